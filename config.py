@@ -1,0 +1,223 @@
+"""Settings from the environment (and a .env file), validated in one place.
+
+Every problem is collected and reported at once, so an operator fixes a bad
+configuration in one round instead of one restart per typo.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import phonenumbers
+
+from providers import PROVIDERS
+from texts import Template, TemplateError
+
+
+# Every event MoyKlass can send (external-apis.md); SMS_TEXT_<EVENT> must name one of them.
+MOYKLASS_EVENTS = frozenset(
+    """
+    user_new user_changed user_changed_state user_birthday
+    join_new join_changed join_changed_state join_deleted
+    payment_new debit_new
+    sub_new sub_lessons_left sub_lesson_in_debt sub_days_next_payment sub_end_days
+    lesson_new lesson_changed lesson_deleted lesson_start_days lesson_start_hours
+    lesson_record_new lesson_record_changed lesson_record_deleted
+    class_new class_changed class_deleted task_new task_changed task_deleted
+    lesson_mark_new lesson_mark_changed lesson_mark_deleted
+    user_consecutive_visit_missed_2
+    """.split()
+)
+
+DEFAULT_SMS_TEXT = (
+    "Poštovani {name}, na Vašoj pretplati su ostala još dva plaćena časa. SmartLab"
+)
+ONECLICK_SEND_URL = "https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx"
+SENDER_PATTERN = re.compile(r"^(?:[A-Za-z0-9 .\-]{1,11}|\+?\d{1,15})$")
+
+
+class ConfigError(Exception):
+    """Raised with every problem found in the settings, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+    def report(self) -> str:
+        lines = ["SMSBulkApp cannot start: fix these settings (environment or .env):"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str
+    port: int
+    data_dir: Path
+    database_path: Path
+    token_file_path: Path
+    log_file_path: Path
+    log_level: str
+    api_key: str | None = field(repr=False)
+    moyklass_api_url: str
+    moyklass_rate_per_sec: float
+    http_timeout: float
+    sms_provider: str
+    sms_api_url: str
+    sms_username: str | None
+    sms_password: str | None = field(repr=False)
+    sms_sender: str
+    sms_text: Template
+    sms_text_by_event: dict[str, Template] = field(default_factory=dict)
+    sms_transliterate: bool = False
+    default_region: str = "RS"
+    webhook_secret: str | None = field(default=None, repr=False)
+    dedup_seconds: int = 180
+
+    def template_for(self, event: str | None) -> Template:
+        return self.sms_text_by_event.get(event or "", self.sms_text)
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a log line or an error message."""
+        return [s for s in (self.api_key, self.sms_password, self.webhook_secret) if s]
+
+
+class _Reader:
+    """Reads typed values from an env mapping, collecting problems instead of raising."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value if value else default
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is not a whole number")
+            return default
+        if not minimum <= value <= maximum:
+            self.problems.append(f"{name}={value} must be between {minimum} and {maximum}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is not a number")
+            return default
+        if value < minimum:
+            self.problems.append(f"{name}={raw} must be at least {minimum}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name}={raw!r} must be 1 or 0")
+        return default
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = (self.text(name) or default).lower()
+        if value not in choices:
+            self.problems.append(f"{name}={value!r} must be one of: {', '.join(choices)}")
+        return value
+
+    def url(self, name: str, default: str) -> str:
+        value = self.text(name, default) or default
+        if not re.match(r"^https?://[^/\s]+", value):
+            self.problems.append(f"{name}={value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    def template(self, name: str, default: str) -> Template:
+        raw = self.env.get(name)
+        source = raw if raw is not None and raw.strip() else default
+        try:
+            return Template(source)
+        except TemplateError as error:
+            self.problems.append(f"{name}: {error}")
+            return Template("")
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Build a Config from `env` (default: os.environ); raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    read = _Reader(env)
+
+    data_dir = Path(read.text("DATA_DIR", "data")).expanduser().resolve()
+    sms_provider = read.choice("SMS_PROVIDER", "console", tuple(PROVIDERS))
+    sms_username = read.text("SMS_USERNAME")
+    sms_password = read.text("SMS_PASSWORD")
+    if sms_provider == "oneclick":
+        for name, value in (("SMS_USERNAME", sms_username), ("SMS_PASSWORD", sms_password)):
+            if not value:
+                read.problems.append(f"{name} is required when SMS_PROVIDER=oneclick")
+
+    sms_sender = read.text("SMS_SENDER", "SmartLab")
+    if not SENDER_PATTERN.match(sms_sender):
+        read.problems.append(
+            f"SMS_SENDER={sms_sender!r} must be 1-11 letters, digits, spaces, '.' or '-', "
+            "or a phone number of up to 15 digits"
+        )
+
+    default_region = (read.text("DEFAULT_REGION", "RS") or "RS").upper()
+    if default_region not in phonenumbers.SUPPORTED_REGIONS:
+        read.problems.append(f"DEFAULT_REGION={default_region!r} is not an ISO 3166 region code")
+
+    sms_text_by_event = {}
+    for name in sorted(env):
+        if name.startswith("SMS_TEXT_"):
+            event = name.removeprefix("SMS_TEXT_").lower()
+            if event not in MOYKLASS_EVENTS:
+                read.problems.append(f"{name}: MoyKlass has no event {event!r}")
+                continue
+            sms_text_by_event[event] = read.template(name, "")
+            if not sms_text_by_event[event].source:
+                read.problems.append(f"{name} is empty")
+
+    def data_path(name: str, filename: str) -> Path:
+        return Path(read.text(name) or data_dir / filename).expanduser().resolve()
+
+    config = Config(
+        host=read.text("HOST", "0.0.0.0"),
+        port=read.integer("PORT", 5000, 1, 65535),
+        data_dir=data_dir,
+        database_path=data_path("DATABASE_PATH", "sms_bulk_app.db"),
+        token_file_path=data_path("TOKEN_FILE_PATH", "token.json"),
+        log_file_path=data_path("LOG_FILE_PATH", "sms_bulk_app.log"),
+        log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+        api_key=read.text("API_KEY"),
+        moyklass_api_url=read.url("MOYKLASS_API_URL", "https://api.moyklass.com/v1"),
+        moyklass_rate_per_sec=read.number("MOYKLASS_RATE_PER_SEC", 6.0, 0.1),
+        http_timeout=read.number("HTTP_TIMEOUT", 10.0, 0.1),
+        sms_provider=sms_provider,
+        sms_api_url=read.url("SMS_API_URL", ONECLICK_SEND_URL),
+        sms_username=sms_username,
+        sms_password=sms_password,
+        sms_sender=sms_sender,
+        sms_text=read.template("SMS_TEXT", DEFAULT_SMS_TEXT),
+        sms_text_by_event=sms_text_by_event,
+        sms_transliterate=read.flag("SMS_TRANSLITERATE", False),
+        default_region=default_region,
+        webhook_secret=read.text("WEBHOOK_SECRET"),
+        dedup_seconds=read.integer("DEDUP_SECONDS", 180, 0, 30 * 86400),
+    )
+    if read.problems:
+        raise ConfigError(read.problems)
+    return config

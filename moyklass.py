@@ -1,0 +1,147 @@
+"""The MoyKlass CRM API client: one keep-alive session, timeouts, bounded retries, a shared rate limit."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from locks import SharedRateLimiter
+from logs import masking_filter
+from token_store import Token, TokenStore, parse_expires_at
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 3.05
+ATTEMPTS = 3
+BACKOFF_SECONDS = 0.25
+MAX_RETRY_AFTER_SECONDS = 5.0
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class MoyKlassError(Exception):
+    """MoyKlass answered, but not with what we asked for (bad API key, unexpected 4xx)."""
+
+
+class MoyKlassUnavailable(MoyKlassError):
+    """MoyKlass could not be reached, timed out, or kept failing after retries."""
+
+
+class UserNotFound(MoyKlassError):
+    pass
+
+
+def new_session(pool_size: int = 32) -> requests.Session:
+    """A keep-alive session with a connection pool large enough for every thread of a process."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _error_text(response: requests.Response) -> str:
+    """MoyKlass errors are `{"code", "message"}`; fall back to the HTTP status."""
+    try:
+        body = response.json()
+        return f"{response.status_code} {body.get('code', '')}: {body.get('message', '')}".strip()
+    except (ValueError, AttributeError):
+        return f"HTTP {response.status_code}"
+
+
+class MoyKlassClient:
+    def __init__(self, base_url: str, api_key: str, token_store_path, rate_limiter: SharedRateLimiter,
+                 timeout: float, session: requests.Session):
+        self.base_url = base_url
+        self._api_key = api_key
+        self._limiter = rate_limiter
+        self._timeout = (CONNECT_TIMEOUT, timeout)
+        self._session = session
+        self.tokens = TokenStore(token_store_path, self._fetch_token)
+
+    def get_user(self, user_id: int) -> dict[str, Any]:
+        """The MoyKlass User object; UserNotFound on 404."""
+        response = self._call_with_token("GET", f"/company/users/{user_id}")
+        if response.status_code == 404:
+            raise UserNotFound(f"MoyKlass has no user {user_id}")
+        return self._json(response)
+
+    def _call_with_token(self, method: str, path: str) -> requests.Response:
+        token = self.tokens.get()
+        response = self._send(method, path, headers={"x-access-token": token.value})
+        if response.status_code == 401:
+            log.warning("MoyKlass rejected the access token; fetching a new one and retrying once")
+            self.tokens.invalidate(token)
+            token = self.tokens.get()
+            response = self._send(method, path, headers={"x-access-token": token.value})
+            if response.status_code == 401:
+                raise MoyKlassError(f"MoyKlass rejected a fresh access token ({_error_text(response)})")
+        return response
+
+    def _fetch_token(self) -> Token:
+        response = self._send("POST", "/company/auth/getToken", json={"apiKey": self._api_key})
+        if response.status_code in (400, 401, 403):
+            raise MoyKlassError(f"MoyKlass rejected API_KEY ({_error_text(response)})")
+        data = self._json(response)
+        try:
+            token = Token(str(data["accessToken"]), parse_expires_at(str(data["expiresAt"])))
+        except (KeyError, ValueError) as error:
+            raise MoyKlassUnavailable(f"MoyKlass sent a token answer we cannot read ({error})")
+        masking_filter.add_secret(token.value)
+        return token
+
+    def _json(self, response: requests.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            raise MoyKlassError(f"MoyKlass answered {_error_text(response)}")
+        try:
+            data = response.json()
+        except ValueError:
+            raise MoyKlassUnavailable(f"MoyKlass answered HTTP {response.status_code} with a body that is not JSON")
+        if not isinstance(data, dict):
+            raise MoyKlassUnavailable("MoyKlass answered with JSON that is not an object")
+        return data
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One call, retried on connection errors, 429 and 5xx only, within MoyKlass' rate limit."""
+        url = self.base_url + path
+        for attempt in range(1, ATTEMPTS + 1):
+            self._limiter.wait()
+            try:
+                response = self._session.request(method, url, timeout=self._timeout, **kwargs)
+            except requests.ConnectionError as error:
+                if attempt == ATTEMPTS:
+                    raise MoyKlassUnavailable(f"MoyKlass cannot be reached ({type(error).__name__})")
+                delay = BACKOFF_SECONDS * 2 ** (attempt - 1)
+            except requests.Timeout:
+                raise MoyKlassUnavailable(f"MoyKlass did not answer within {self._timeout[1]:g} s")
+            else:
+                if response.status_code not in RETRIED_STATUSES:
+                    return response
+                if attempt == ATTEMPTS:
+                    raise MoyKlassUnavailable(f"MoyKlass kept failing ({_error_text(response)})")
+                delay = _retry_after(response) or BACKOFF_SECONDS * 2 ** (attempt - 1)
+            log.warning("MoyKlass %s %s failed (attempt %d of %d); retrying in %.2f s",
+                        method, path, attempt, ATTEMPTS, delay)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    try:
+        return min(float(response.headers["Retry-After"]), MAX_RETRY_AFTER_SECONDS)
+    except (KeyError, ValueError):
+        return None
+
+
+def template_fields(user: dict[str, Any]) -> dict[str, object]:
+    """The values SMS templates may use, taken from a MoyKlass User."""
+    name = str(user.get("name") or "").strip()
+    return {
+        "name": name,
+        "first_name": name.split()[0] if name else "",
+        "user_id": user.get("id"),
+        "email": user.get("email") or "",
+        "balans": user.get("balans", ""),
+    }

@@ -1,0 +1,67 @@
+"""Phone numbers: parse and validate with libphonenumber, format per provider, mask for logs."""
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+from phonenumbers import PhoneNumber, PhoneNumberFormat
+
+
+class InvalidPhone(ValueError):
+    pass
+
+
+def parse_phone(raw: str, default_region: str) -> PhoneNumber:
+    """Parse any common form (`064…`, `+381…`, `00381…`, MoyKlass' bare `381641234567`)."""
+    text = str(raw).strip()
+    candidates = [text]
+    digits = re.sub(r"\D", "", text)
+    if digits and not text.startswith(("+", "0")):
+        # MoyKlass stores international numbers as bare digits; libphonenumber would read
+        # them as national ones, so try them as international first.
+        candidates.insert(0, "+" + digits)
+    for candidate in candidates:
+        try:
+            number = phonenumbers.parse(candidate, default_region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return number
+    raise InvalidPhone(f"{mask(text)} is not a valid phone number (default region {default_region})")
+
+
+def e164(number: PhoneNumber) -> str:
+    return phonenumbers.format_number(number, PhoneNumberFormat.E164)
+
+
+def international_digits(number: PhoneNumber) -> str:
+    """E.164 without the `+`: the form OneClick and SMS Aero expect."""
+    return e164(number).lstrip("+")
+
+
+def mask(phone: str) -> str:
+    """Hide all but the country prefix and the last two digits: `+381641234567` -> `+381*******67`."""
+    digits = re.sub(r"\D", "", phone)
+    if len(digits) < 4:
+        return "*" * len(digits)
+    keep_head = 3 if len(digits) >= 10 else 0
+    masked = digits[:keep_head] + "*" * (len(digits) - keep_head - 2) + digits[-2:]
+    return ("+" if phone.lstrip().startswith("+") else "") + masked
+
+
+# A run of 7 or more digits, possibly broken by single spaces, dashes or parentheses
+# ("+381 64 123-4567", "(064) 1234567"): anything shaped like a phone number in free text.
+PHONE_IN_TEXT = re.compile(r"\+?\(?\d(?:[ \-()]{0,2}\d){6,}")
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def mask_phones_in(text: str) -> str:
+    """Mask every phone-shaped run of digits in free text (log messages, exception texts)."""
+
+    def replace(match: re.Match) -> str:
+        found = match.group(0)
+        if ISO_DATE.match(found):
+            return found[:10] + PHONE_IN_TEXT.sub(replace, found[10:])
+        return mask(found)
+
+    return PHONE_IN_TEXT.sub(replace, text)

@@ -1,0 +1,156 @@
+"""SMS gateways behind one interface: a class per provider, a registry from name to class.
+
+A provider declares what it is (name, phone format, longest text, delivery reports) and its
+`send()` returns a SendResult carrying the gateway's own verdict, never just "HTTP 200".
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import requests
+from phonenumbers import PhoneNumber
+
+from phones import e164, international_digits
+
+if TYPE_CHECKING:
+    from config import Config
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 3.05
+
+
+class Outcome(enum.Enum):
+    SENT = "sent"  # the gateway accepted the message
+    REJECTED = "rejected"  # permanent: sending it again cannot help (invalid phone, bad text)
+    TRANSIENT = "transient"  # try again later (timeout, 5xx, gateway busy)
+    AUTH = "auth"  # the gateway refused our credentials or sender: nothing will go out
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    reference: str | None = None
+    code: str | None = None  # the gateway's own status code, for the log and the journal
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.SENT
+
+
+class Provider:
+    name: ClassVar[str]
+    max_segments: ClassVar[int] = 6  # longest text (in SMS parts) the gateway takes
+    supports_delivery_reports: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, config: Config, session: requests.Session) -> Provider:
+        return cls()
+
+    def format_phone(self, number: PhoneNumber) -> str:
+        return e164(number)
+
+    def send(self, number: PhoneNumber, text: str, sender: str) -> SendResult:
+        raise NotImplementedError
+
+
+class ConsoleProvider(Provider):
+    """Writes each SMS to the log instead of sending it: for trying the service out."""
+
+    name = "console"
+
+    def send(self, number: PhoneNumber, text: str, sender: str) -> SendResult:
+        reference = f"console-{uuid.uuid4().hex[:12]}"
+        log.warning("CONSOLE SMS (not sent) from %s to %s, ref %s: %s",
+                    sender, self.format_phone(number), reference, text)
+        return SendResult(Outcome.SENT, reference=reference, code="0", message="written to the log")
+
+
+class OneClickProvider(Provider):
+    """OneClick (Serbia): JSON over HTTPS, `status == 0` in the answer means accepted."""
+
+    name = "oneclick"
+    supports_delivery_reports = True
+    AUTH_CODES = frozenset({-10, -11, -20, -21, -30, -31})
+    REJECTED_CODES = frozenset({-1})
+
+    def __init__(self, url: str, username: str, password: str, timeout: float,
+                 session: requests.Session):
+        self.url = url
+        self._headers = {
+            "username": username,
+            "pwd": password,
+            "Content-Type": "application/json; charset=utf-8",
+        }
+        self._timeout = (CONNECT_TIMEOUT, timeout)
+        self._session = session
+
+    @classmethod
+    def from_config(cls, config: Config, session: requests.Session) -> OneClickProvider:
+        return cls(config.sms_api_url, config.sms_username, config.sms_password,
+                   config.http_timeout, session)
+
+    def format_phone(self, number: PhoneNumber) -> str:
+        return international_digits(number)
+
+    def send(self, number: PhoneNumber, text: str, sender: str) -> SendResult:
+        body = {"sender": sender, "message": text, "phone": self.format_phone(number)}
+        try:
+            response = self._session.post(self.url, json=body, headers=self._headers,
+                                          timeout=self._timeout)
+        except requests.Timeout:
+            return SendResult(Outcome.TRANSIENT, code="timeout",
+                              message=f"OneClick did not answer within {self._timeout[1]:g} s")
+        except requests.ConnectionError as error:
+            return SendResult(Outcome.TRANSIENT, code="connection",
+                              message=f"OneClick cannot be reached ({type(error).__name__})")
+        return self._verdict(response)
+
+    def _verdict(self, response: requests.Response) -> SendResult:
+        http = response.status_code
+        if http in (401, 403):
+            return SendResult(Outcome.AUTH, code=f"http-{http}", message="OneClick refused the credentials")
+        if http == 429 or http >= 500:
+            return SendResult(Outcome.TRANSIENT, code=f"http-{http}", message=f"OneClick answered HTTP {http}")
+        try:
+            answer = _lower_keys(response.json())
+            status = int(answer["status"])
+        except (ValueError, KeyError, TypeError):
+            outcome = Outcome.REJECTED if 400 <= http < 500 else Outcome.TRANSIENT
+            return SendResult(outcome, code=f"http-{http}",
+                              message=f"OneClick answered HTTP {http} without a status we can read")
+        message = str(answer.get("message") or "")
+        reference = str(answer.get("reference") or "") or None
+        if status == 0:
+            return SendResult(Outcome.SENT, reference=reference, code="0", message=message)
+        if status in self.AUTH_CODES:
+            outcome = Outcome.AUTH
+        elif status in self.REJECTED_CODES:
+            outcome = Outcome.REJECTED
+        else:
+            outcome = Outcome.TRANSIENT
+        return SendResult(outcome, reference=reference, code=str(status), message=message)
+
+
+def _lower_keys(answer: Any) -> dict[str, Any]:
+    """OneClick's key casing varies between endpoints and versions."""
+    if not isinstance(answer, dict):
+        raise TypeError("answer is not a JSON object")
+    return {str(key).lower(): value for key, value in answer.items()}
+
+
+PROVIDERS: dict[str, type[Provider]] = {
+    ConsoleProvider.name: ConsoleProvider,
+    OneClickProvider.name: OneClickProvider,
+}
+
+
+
+def create_provider(config: Config, session: requests.Session) -> Provider:
+    """The provider named by SMS_PROVIDER, built from the settings."""
+    return PROVIDERS[config.sms_provider].from_config(config, session)

@@ -1,0 +1,251 @@
+"""Fake MoyKlass and OneClick: real HTTP servers on 127.0.0.1, faithful to external-apis.md.
+
+Used by the tests and the benchmarks; `python -m tests.fakes` runs both for trying the
+service by hand with curl.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import threading
+import time
+from collections import deque
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+Handler = Callable[["_RequestHandler", dict[str, Any] | None], tuple[int, Any]]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real services do
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake.count_connection()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a fake is quiet; tests read its recorded state instead
+
+    def _handle(self) -> None:
+        fake: FakeService = self.server.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        delay = fake.latency
+        if delay:
+            time.sleep(delay)
+        status, answer = fake.route(self, body)
+        data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in fake.extra_headers(status).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _handle
+
+
+class FakeService:
+    """A fake HTTP service in a background thread: start(), .url, stop()."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latency = 0.0
+        self.connections = 0
+        self._server: _Server | None = None
+
+    def count_connection(self) -> None:
+        with self.lock:
+            self.connections += 1
+
+    def extra_headers(self, status: int) -> dict[str, str]:
+        return {}
+
+    def route(self, request: _RequestHandler, body: Any) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    def start(self, port: int = 0) -> FakeService:
+        self._server = _Server(("127.0.0.1", port), _RequestHandler)
+        self._server.fake = self
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def moyklass_user(user_id: int, phone: str | None, name: str = "Marko Petrović") -> dict[str, Any]:
+    """A User object shaped like MoyKlass' GET /v1/company/users/{userId} answer."""
+    return {
+        "id": user_id,
+        "name": name,
+        "email": f"user{user_id}@example.rs",
+        "phone": phone,
+        "clientStateId": 1,
+        "filials": [1],
+        "tags": [{"id": 3, "name": "Robotika"}],
+        "attributes": [],
+        "createdAt": "2025-09-01T10:00:00+03:00",
+        "balans": 2400,
+    }
+
+
+class FakeMoyKlass(FakeService):
+    """getToken, users/{id} with x-access-token, 401 on a bad token, 429 past 7 requests/s."""
+
+    RATE_LIMIT = 7
+    USER_PATH = re.compile(r"^/v1/company/users/(\d+)$")
+
+    def __init__(self, api_key: str = "test-api-key", enforce_rate_limit: bool = True,
+                 expires_form: str = "z") -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.enforce_rate_limit = enforce_rate_limit
+        self.expires_form = expires_form  # "z": 2026-11-30T07:00:00.000Z, "offset": +03:00
+        self.users: dict[int, dict[str, Any]] = {}
+        self.tokens: set[str] = set()
+        self.token_calls = 0
+        self.user_calls = 0
+        self.request_times: deque[float] = deque()
+        self.fail_next: list[int] = []  # HTTP statuses to answer the next requests with
+        self._token_numbers = itertools.count(1)
+
+    def add_user(self, user_id: int, phone: str | None, name: str = "Marko Petrović") -> None:
+        self.users[user_id] = moyklass_user(user_id, phone, name)
+
+    def revoke_all_tokens(self) -> None:
+        with self.lock:
+            self.tokens.clear()
+
+    def extra_headers(self, status: int) -> dict[str, str]:
+        return {"Retry-After": "1"} if status == 429 else {}
+
+    def _over_rate_limit(self, now: float) -> bool:
+        while self.request_times and self.request_times[0] <= now - 1.0:
+            self.request_times.popleft()
+        return self.enforce_rate_limit and len(self.request_times) > self.RATE_LIMIT
+
+    def _new_token(self) -> dict[str, Any]:
+        token = f"mk-token-{next(self._token_numbers)}-{time.time_ns()}"
+        self.tokens.add(token)
+        expires = datetime.now(timezone.utc) + timedelta(days=7)
+        if self.expires_form == "z":
+            expires_at = expires.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        else:
+            expires_at = expires.astimezone(timezone(timedelta(hours=3))).isoformat(timespec="seconds")
+        return {"accessToken": token, "expiresAt": expires_at, "level": "company"}
+
+    def route(self, request: _RequestHandler, body: Any) -> tuple[int, Any]:
+        now = time.monotonic()
+        with self.lock:
+            self.request_times.append(now)
+            if self.fail_next:
+                return self.fail_next.pop(0), {"code": "Fault", "message": "injected fault"}
+            if self._over_rate_limit(now):
+                return 429, {"code": "TooManyRequests", "message": "Rate limit exceeded"}
+            if request.command == "POST" and request.path == "/v1/company/auth/getToken":
+                self.token_calls += 1
+                if not isinstance(body, dict) or body.get("apiKey") != self.api_key:
+                    return 401, {"code": "Unauthorized", "message": "Invalid apiKey"}
+                return 200, self._new_token()
+            match = self.USER_PATH.match(request.path)
+            if request.command == "GET" and match:
+                self.user_calls += 1
+                if request.headers.get("x-access-token") not in self.tokens:
+                    return 401, {"code": "Unauthorized", "message": "Invalid token"}
+                user = self.users.get(int(match.group(1)))
+                if user is None:
+                    return 404, {"code": "NotFound", "message": "User not found"}
+                return 200, user
+        return 404, {"code": "NotFound", "message": f"No route {request.command} {request.path}"}
+
+
+class FakeOneClick(FakeService):
+    """SendMsg.aspx: HTTP 200 always, `status` 0 on success, -1 bad phone, -10 bad credentials."""
+
+    SEND_PATH = "/SmsWebBulkApi/SendMsg.aspx"
+
+    def __init__(self, username: str = "smartlab", password: str = "oneclick-pass") -> None:
+        super().__init__()
+        self.username = username
+        self.password = password
+        self.messages: list[dict[str, Any]] = []
+        self.answer_status: int | None = None  # force every answer to this gateway status
+        self.fail_next: list[int] = []  # HTTP statuses to answer the next requests with
+        self._references = itertools.count(1000)
+
+    @property
+    def send_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.SEND_PATH}"
+
+    def route(self, request: _RequestHandler, body: Any) -> tuple[int, Any]:
+        with self.lock:
+            if self.fail_next:
+                return self.fail_next.pop(0), b"<html>Service Unavailable</html>"
+            if request.command != "POST" or request.path != self.SEND_PATH:
+                return 404, b"<html>Not Found</html>"
+            if (request.headers.get("username"), request.headers.get("pwd")) != (self.username, self.password):
+                return 200, self._answer(-10, "Pogresno korisnicko ime ili lozinka")
+            if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("sender", "message", "phone")):
+                return 200, self._answer(-3, "Neispravan zahtev")
+            if self.answer_status is not None:
+                return 200, self._answer(self.answer_status, "forced answer")
+            if not re.fullmatch(r"[1-9]\d{9,14}", body["phone"]):
+                return 200, self._answer(-1, "Neispravan broj telefona")
+            reference = str(next(self._references))
+            self.messages.append({**body, "reference": reference})
+            return 200, self._answer(0, "Poruka je poslata", reference)
+
+    @staticmethod
+    def _answer(status: int, message: str, reference: str = "") -> dict[str, Any]:
+        return {"Success": status == 0, "Message": message, "Reference": reference, "Status": status}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run fake MoyKlass and OneClick on 127.0.0.1")
+    parser.add_argument("--moyklass-port", type=int, default=8081)
+    parser.add_argument("--oneclick-port", type=int, default=8082)
+    parser.add_argument("--users", type=int, default=1000, help="users 1..N, each with a phone")
+    parser.add_argument("--latency", type=float, default=0.0, help="OneClick answer delay, s")
+    parser.add_argument("--no-rate-limit", action="store_true", help="no 429 past 7 requests/s")
+    args = parser.parse_args()
+    moyklass = FakeMoyKlass(enforce_rate_limit=not args.no_rate_limit)
+    for user_id in range(1, args.users + 1):
+        moyklass.add_user(user_id, f"38164{1_000_000 + user_id:07d}")
+    oneclick = FakeOneClick()
+    oneclick.latency = args.latency
+    moyklass.start(args.moyklass_port)
+    oneclick.start(args.oneclick_port)
+    print(f"MoyKlass: http://127.0.0.1:{moyklass.port}/v1  API_KEY={moyklass.api_key}", flush=True)
+    print(f"OneClick: {oneclick.send_url}  SMS_USERNAME={oneclick.username}"
+          f" SMS_PASSWORD={oneclick.password}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""POST /webhook: the seed's contract, every status code, one test per MoyKlass event."""
+from __future__ import annotations
+
+import pytest
+
+from sms_bulk_app import create_app
+from store import FAILED, SENT
+from tests.conftest import load_fixture
+
+
+def message_row(app, message_id: int) -> dict:
+    return app.extensions["sms_bulk_app"].store.message(message_id)
+
+
+@pytest.mark.parametrize("event", ["sub_lessons_left", "user_new", "user_birthday",
+                                   "payment_new", "lesson_record_new"])
+def test_each_moyklass_event_sends_one_sms(event, app, client, moyklass, oneclick):
+    payload = load_fixture(event)
+    user_id = payload["object"]["userId"]
+    moyklass.add_user(user_id, f"38164100{user_id:04d}", name="Ana Ilić")
+
+    response = client.post("/webhook", json=payload)
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == "success"
+    assert len(oneclick.messages) == 1
+    sent = oneclick.messages[0]
+    assert sent["phone"] == f"38164100{user_id:04d}"
+    assert sent["sender"] == "SmartLab"
+    assert "Ana Ilić" in sent["message"]
+    row = message_row(app, response.get_json()["id"])
+    assert row["status"] == SENT
+    assert row["event"] == event
+    assert row["user_id"] == user_id
+    assert row["phone"] == f"+38164100{user_id:04d}"
+    assert row["gateway_ref"] == sent["reference"]
+    assert row["encoding"] == "UCS-2" and row["segments"] == 2
+    assert row["provider"] == "oneclick"
+
+
+def test_event_text_overrides_default_and_transliteration_keeps_one_sms(settings, moyklass, oneclick):
+    settings["SMS_TEXT_USER_BIRTHDAY"] = "Srećan rođendan, {first_name}! Želi vam SmartLab, Čačak."
+    settings["SMS_TRANSLITERATE"] = "1"
+    app = create_app(settings)
+    moyklass.add_user(1003, "381641000003", name="Đorđe Šćepanović")
+
+    response = app.test_client().post("/webhook", json=load_fixture("user_birthday"))
+
+    assert response.status_code == 200
+    assert oneclick.messages[0]["message"] == "Srecan rodjendan, Djordje! Zeli vam SmartLab, Cacak."
+    row = message_row(app, response.get_json()["id"])
+    assert (row["encoding"], row["segments"]) == ("GSM-7", 1)
+
+
+def test_seed_minimal_body_is_accepted(client, moyklass, oneclick):
+    moyklass.add_user(123456, "381641234567")
+    response = client.post("/webhook", json={"object": {"userId": 123456}})
+    assert response.status_code == 200
+    assert oneclick.messages[0]["phone"] == "381641234567"
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"not json", "not valid JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'"text"', "JSON object"),
+    (b"{}", "object is missing"),
+    (b'{"object": {}}', "userId is missing"),
+    (b'{"object": {"userId": 0}}', "positive integer"),
+    (b'{"object": {"userId": -5}}', "positive integer"),
+    (b'{"object": {"userId": "12"}}', "positive integer"),
+    (b'{"object": {"userId": true}}', "positive integer"),
+    (b'{"object": {"userId": 1.5}}', "positive integer"),
+    (b'{"event": 5, "object": {"userId": 1}}', "event must be a string"),
+    (b"\xff\xfe", "not valid JSON"),
+])
+def test_bad_bodies_answer_400_json(client, oneclick, body, reason):
+    response = client.post("/webhook", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.is_json
+    assert response.get_json()["status"] == "error"
+    assert reason in response.get_json()["message"]
+    assert oneclick.messages == []
+
+
+def test_body_over_64_kib_answers_413(client):
+    body = b'{"object": {"userId": 1}, "pad": "' + b"x" * 70_000 + b'"}'
+    response = client.post("/webhook", data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json() == {"status": "error", "message": "the body is larger than 64 KiB"}
+
+
+def test_unknown_user_answers_404_at_once(app, client, moyklass, oneclick):
+    response = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 404
+    assert response.get_json()["message"] == "MoyKlass has no user 1001"
+    assert moyklass.user_calls == 1  # no retries on 404
+    assert message_row(app, response.get_json()["id"])["status"] == FAILED
+
+
+def test_user_without_phone_answers_404(client, moyklass):
+    moyklass.add_user(1001, None)
+    response = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 404
+    assert "has no phone" in response.get_json()["message"]
+
+
+def test_invalid_phone_answers_422(client, moyklass, oneclick):
+    moyklass.add_user(1001, "38106012345")
+    response = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 422
+    assert "not a valid phone number" in response.get_json()["message"]
+    assert oneclick.messages == []
+
+
+def test_gateway_error_status_with_http_200_answers_500(app, client, moyklass, oneclick):
+    moyklass.add_user(1001, "381641000001")
+    oneclick.answer_status = -3
+    response = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 500
+    assert "code -3" in response.get_json()["message"]
+    row = message_row(app, response.get_json()["id"])
+    assert (row["status"], row["error_code"], row["last_error"]) == (FAILED, "-3", "forced answer")
+
+
+def test_bad_gateway_credentials_answer_500(settings, moyklass, oneclick):
+    settings["SMS_PASSWORD"] = "wrong"
+    moyklass.add_user(1001, "381641000001")
+    response = create_app(settings).test_client().post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 500
+    assert "code -10" in response.get_json()["message"]
+    assert "wrong" not in response.get_data(as_text=True)
+
+
+def test_gateway_unreachable_answers_500(settings, moyklass, oneclick):
+    oneclick.stop()
+    moyklass.add_user(1001, "381641000001")
+    response = create_app(settings).test_client().post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 500
+    assert "cannot be reached" in response.get_json()["message"]
+
+
+def test_moyklass_unreachable_answers_502(settings, moyklass):
+    moyklass.stop()
+    response = create_app(settings).test_client().post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 502
+    assert "MoyKlass cannot be reached" in response.get_json()["message"]
+
+
+def test_moyklass_5xx_is_retried_then_succeeds(client, moyklass, oneclick):
+    moyklass.add_user(1001, "381641000001")
+    moyklass.fail_next = [503, 500]
+    response = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 200
+    assert len(oneclick.messages) == 1
+
+
+def test_moyklass_bad_api_key_answers_502(settings, moyklass):
+    settings["API_KEY"] = "not-the-key"
+    response = create_app(settings).test_client().post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 502
+    assert "rejected API_KEY" in response.get_json()["message"]
+    assert "not-the-key" not in response.get_data(as_text=True)
+
+
+def test_no_api_key_answers_503_naming_it(settings, oneclick):
+    del settings["API_KEY"]
+    response = create_app(settings).test_client().post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 503
+    assert "API_KEY" in response.get_json()["message"]
+
+
+def test_expired_token_is_replaced_once(client, moyklass, oneclick):
+    moyklass.add_user(1001, "381641000001")
+    assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 200
+    moyklass.revoke_all_tokens()
+    payload = load_fixture("sub_lessons_left") | {"object": {"userId": 1001, "lessonsLeft": 1}}
+    assert client.post("/webhook", json=payload).status_code == 200
+    assert moyklass.token_calls == 2
+    assert len(oneclick.messages) == 2
+
+
+def test_repeated_webhook_sends_one_sms(client, moyklass, oneclick):
+    moyklass.add_user(1001, "381641000001")
+    first = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    again = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert first.status_code == again.status_code == 200
+    assert again.get_json() == {"status": "success", "id": first.get_json()["id"], "duplicate": True}
+    assert len(oneclick.messages) == 1
+
+
+def test_repeat_after_a_failure_is_sent(client, moyklass, oneclick):
+    moyklass.add_user(1001, "381641000001")
+    oneclick.fail_next = [503]
+    assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 500
+    assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 200
+    assert len(oneclick.messages) == 1
+
+
+def test_dedup_off_sends_every_delivery(settings, moyklass, oneclick):
+    settings["DEDUP_SECONDS"] = "0"
+    client = create_app(settings).test_client()
+    moyklass.add_user(1001, "381641000001")
+    for _ in range(2):
+        assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 200
+    assert len(oneclick.messages) == 2
+
+
+@pytest.mark.parametrize("how", ["query", "header"])
+def test_webhook_secret_accepted_in_query_or_header(settings, moyklass, oneclick, how):
+    settings["WEBHOOK_SECRET"] = "s3cret-hook-value"
+    client = create_app(settings).test_client()
+    moyklass.add_user(1001, "381641000001")
+    if how == "query":
+        response = client.post("/webhook?secret=s3cret-hook-value", json=load_fixture("sub_lessons_left"))
+    else:
+        response = client.post("/webhook", json=load_fixture("sub_lessons_left"),
+                               headers={"X-Webhook-Secret": "s3cret-hook-value"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/webhook", "/webhook?secret=wrong", "/webhook?secret="])
+def test_webhook_secret_missing_or_wrong_answers_401(settings, oneclick, path):
+    settings["WEBHOOK_SECRET"] = "s3cret-hook-value"
+    response = create_app(settings).test_client().post(path, json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 401
+    assert response.get_json()["status"] == "error"
+    assert oneclick.messages == []
+
+
+def test_unknown_route_and_wrong_method_answer_json(client):
+    assert client.get("/nowhere").get_json()["status"] == "error"
+    response = client.get("/webhook")
+    assert response.status_code == 405
+    assert response.is_json

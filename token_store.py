@@ -1,0 +1,102 @@
+"""The MoyKlass access token, cached in one file and shared by every process of the service.
+
+A token lives 7 days, so all gunicorn workers and the worker process share one: it is read
+from TOKEN_FILE_PATH, fetched only when missing or near expiry, and the fetch happens under an
+exclusive file lock so that processes starting together fetch one token between them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from locks import FileLock
+
+log = logging.getLogger(__name__)
+
+EXPIRY_MARGIN = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    expires_at: datetime
+
+    def usable(self, now: datetime | None = None) -> bool:
+        return (now or datetime.now(timezone.utc)) < self.expires_at - EXPIRY_MARGIN
+
+
+def parse_expires_at(raw: str) -> datetime:
+    """Parse both forms MoyKlass sends: `2026-11-30T10:00:00+03:00` and `2026-11-30T07:00:00.000Z`."""
+    moment = datetime.fromisoformat(raw)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+class TokenStore:
+    """Returns a usable token, fetching a new one with `fetch` only when none is usable."""
+
+    def __init__(self, path: Path, fetch: Callable[[], Token]):
+        self.path = path
+        self._fetch = fetch
+        self._lock_path = path.with_name(path.name + ".lock")
+        self._cached: Token | None = None
+        self._thread_lock = threading.Lock()
+
+    def get(self) -> Token:
+        cached = self._cached
+        if cached and cached.usable():
+            return cached
+        with self._thread_lock, self._file_lock():
+            token = self._read()
+            if token is None or not token.usable():
+                token = self._fetch()
+                self._write(token)
+                log.info("Fetched a new MoyKlass token, valid until %s", token.expires_at.isoformat())
+            self._cached = token
+            return token
+
+    def invalidate(self, rejected: Token) -> None:
+        """Forget `rejected` (MoyKlass answered 401 to it) unless another process already replaced it."""
+        with self._thread_lock, self._file_lock():
+            if self._cached == rejected:
+                self._cached = None
+            current = self._read()
+            if current is not None and current.value == rejected.value:
+                self.path.unlink(missing_ok=True)
+
+    def _file_lock(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(self._lock_path)
+
+    def _read(self) -> Token | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return Token(str(data["accessToken"]), parse_expires_at(data["expiresAt"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("Token file %s is corrupt (%s); fetching a new token", self.path, error)
+            return None
+
+    def _write(self, token: Token) -> None:
+        data = {"accessToken": token.value, "expiresAt": token.expires_at.isoformat()}
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".token-")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
