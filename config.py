@@ -16,7 +16,6 @@ import phonenumbers
 from providers import PROVIDERS
 from texts import Template, TemplateError
 
-
 # Every event MoyKlass can send (external-apis.md); SMS_TEXT_<EVENT> must name one of them.
 MOYKLASS_EVENTS = frozenset(
     """

@@ -21,6 +21,9 @@ SECRET_IN_TEXT = re.compile(
     r"(?i)((?:secret|token|pwd|password|apikey|api_key|accesstoken)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
 )
 
+# Werkzeug's development server colours its request lines; a log file wants plain text.
+ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*m")
+
 
 class MaskingFilter(logging.Filter):
     """Masks phone numbers and known secrets in the message and traceback of every record."""
@@ -34,6 +37,7 @@ class MaskingFilter(logging.Filter):
             self._secrets.add(value)
 
     def mask(self, text: str) -> str:
+        text = ANSI_COLOR.sub("", text)
         for secret in self._secrets:
             text = text.replace(secret, "***")
         text = SECRET_IN_TEXT.sub(r"\1***", text)

@@ -98,7 +98,8 @@ class MoyKlassClient:
         try:
             data = response.json()
         except ValueError:
-            raise MoyKlassUnavailable(f"MoyKlass answered HTTP {response.status_code} with a body that is not JSON")
+            raise MoyKlassUnavailable(
+                f"MoyKlass answered HTTP {response.status_code} with a body that is not JSON")
         if not isinstance(data, dict):
             raise MoyKlassUnavailable("MoyKlass answered with JSON that is not an object")
         return data

@@ -116,7 +116,8 @@ class OneClickProvider(Provider):
         if http in (401, 403):
             return SendResult(Outcome.AUTH, code=f"http-{http}", message="OneClick refused the credentials")
         if http == 429 or http >= 500:
-            return SendResult(Outcome.TRANSIENT, code=f"http-{http}", message=f"OneClick answered HTTP {http}")
+            return SendResult(Outcome.TRANSIENT, code=f"http-{http}",
+                              message=f"OneClick answered HTTP {http}")
         try:
             answer = _lower_keys(response.json())
             status = int(answer["status"])

@@ -18,6 +18,7 @@ from typing import Any
 from dotenv import load_dotenv
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Config, ConfigError, load_config
 from delivery import Dispatcher, NoPhone
@@ -105,7 +106,10 @@ def _parse_webhook(body: bytes) -> tuple[dict[str, Any], str | None, int]:
 def webhook():
     app = services()
     _check_webhook_secret(app.config.webhook_secret)
-    payload, event, user_id = _parse_webhook(request.get_data(cache=False))
+    body = request.get_data(cache=False)
+    log.debug("Webhook body: %s", body.decode("utf-8", "replace"))
+    payload, event, user_id = _parse_webhook(body)
+    log.info("Webhook %s for user %d from %s", event, user_id, request.remote_addr)
     if app.dispatcher.moyklass is None:
         raise ApiError(503, "MoyKlass is not configured: set API_KEY")
     accepted = app.store.accept_webhook(payload, event, user_id, app.config.dedup_seconds)
@@ -134,7 +138,8 @@ def health():
     except Exception as error:  # any failure here is what /health exists to report
         checks["database"] = f"error: {error}"
     data_dir = app.config.data_dir
-    checks["data_dir"] = "ok" if os.access(data_dir, os.W_OK | os.X_OK) else f"error: {data_dir} is not writable"
+    writable = os.access(data_dir, os.W_OK | os.X_OK)
+    checks["data_dir"] = "ok" if writable else f"error: {data_dir} is not writable"
     healthy = all(value == "ok" for value in checks.values())
     body = {"status": "ok" if healthy else "error", "checks": checks,
             "provider": app.config.sms_provider}
@@ -182,7 +187,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         config = load_config()
     else:
         config = load_config(test_config)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     setup_logging(config.log_file_path, config.log_level, config.secrets())
     store = Store(config.database_path)
     store.initialize()
@@ -195,6 +200,8 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     dispatcher = Dispatcher(config, store, moyklass, create_provider(config, session))
 
     app = Flask(__name__)
+    # One trusted proxy hop (nginx): the client address is the last X-Forwarded-For entry.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     app.extensions["sms_bulk_app"] = Services(config, store, dispatcher)

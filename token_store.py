@@ -13,7 +13,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from locks import FileLock
@@ -29,14 +29,14 @@ class Token:
     expires_at: datetime
 
     def usable(self, now: datetime | None = None) -> bool:
-        return (now or datetime.now(timezone.utc)) < self.expires_at - EXPIRY_MARGIN
+        return (now or datetime.now(UTC)) < self.expires_at - EXPIRY_MARGIN
 
 
 def parse_expires_at(raw: str) -> datetime:
     """Parse both forms MoyKlass sends: `2026-11-30T10:00:00+03:00` and `2026-11-30T07:00:00.000Z`."""
     moment = datetime.fromisoformat(raw)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment
 
 

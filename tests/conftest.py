@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 
 from sms_bulk_app import create_app
 from tests.fakes import FakeMoyKlass, FakeOneClick
@@ -54,3 +61,42 @@ def app(settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_gunicorn(settings: dict[str, str], workers: int, threads: int = 16):
+    """The service under real gunicorn, as production runs it; yields its base URL."""
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], **settings, "HOST": "127.0.0.1", "PORT": str(port),
+           "WEB_WORKERS": str(workers), "WEB_THREADS": str(threads)}
+    log_path = Path(settings["DATA_DIR"]).parent / "gunicorn.out"
+    with open(log_path, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+             "sms_bulk_app:create_app()"],
+            cwd=Path(settings["DATA_DIR"]).parent, env=env, stdout=output, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

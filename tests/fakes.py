@@ -12,9 +12,10 @@ import re
 import threading
 import time
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 Handler = Callable[["_RequestHandler", dict[str, Any] | None], tuple[int, Any]]
 
@@ -127,7 +128,8 @@ class FakeMoyKlass(FakeService):
         self.tokens: set[str] = set()
         self.token_calls = 0
         self.user_calls = 0
-        self.request_times: deque[float] = deque()
+        self.request_times: deque[float] = deque()  # the last second, for the rate limit
+        self.request_log: list[float] = []  # every request's time.monotonic()
         self.fail_next: list[int] = []  # HTTP statuses to answer the next requests with
         self._token_numbers = itertools.count(1)
 
@@ -149,7 +151,7 @@ class FakeMoyKlass(FakeService):
     def _new_token(self) -> dict[str, Any]:
         token = f"mk-token-{next(self._token_numbers)}-{time.time_ns()}"
         self.tokens.add(token)
-        expires = datetime.now(timezone.utc) + timedelta(days=7)
+        expires = datetime.now(UTC) + timedelta(days=7)
         if self.expires_form == "z":
             expires_at = expires.strftime("%Y-%m-%dT%H:%M:%S.000Z")
         else:
@@ -160,6 +162,7 @@ class FakeMoyKlass(FakeService):
         now = time.monotonic()
         with self.lock:
             self.request_times.append(now)
+            self.request_log.append(now)
             if self.fail_next:
                 return self.fail_next.pop(0), {"code": "Fault", "message": "injected fault"}
             if self._over_rate_limit(now):
@@ -205,9 +208,11 @@ class FakeOneClick(FakeService):
                 return self.fail_next.pop(0), b"<html>Service Unavailable</html>"
             if request.command != "POST" or request.path != self.SEND_PATH:
                 return 404, b"<html>Not Found</html>"
-            if (request.headers.get("username"), request.headers.get("pwd")) != (self.username, self.password):
+            credentials = (request.headers.get("username"), request.headers.get("pwd"))
+            if credentials != (self.username, self.password):
                 return 200, self._answer(-10, "Pogresno korisnicko ime ili lozinka")
-            if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("sender", "message", "phone")):
+            fields = ("sender", "message", "phone")
+            if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in fields):
                 return 200, self._answer(-3, "Neispravan zahtev")
             if self.answer_status is not None:
                 return 200, self._answer(self.answer_status, "forced answer")

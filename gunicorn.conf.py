@@ -1,0 +1,31 @@
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py 'sms_bulk_app:create_app()'`.
+
+gthread workers: a webhook waiting on a slow gateway holds a thread, not a whole process.
+The settings are read and checked here, once, before any worker starts: a bad setting
+stops gunicorn with one clear message instead of a traceback per worker.
+"""
+import os
+import sys
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from config import ConfigError, load_config  # noqa: E402  (needs the path above)
+
+load_dotenv(Path.cwd() / ".env")
+try:
+    _config = load_config()
+except ConfigError as error:
+    print(error.report(), file=sys.stderr)
+    sys.exit(2)
+
+bind = f"{_config.host}:{_config.port}"
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_WORKERS", "2"))
+threads = int(os.environ.get("WEB_THREADS", "16"))
+timeout = 60
+graceful_timeout = 10
+keepalive = 5
+# nginx in front is the one trusted hop; it sets X-Forwarded-For.
+forwarded_allow_ips = "127.0.0.1"

@@ -1,0 +1,97 @@
+"""The shipped nginx.conf and systemd unit, checked with the real tools and real traffic."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, free_port, load_fixture, running_gunicorn
+
+needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None,
+                                 reason="nginx is not installed (make test installs it)")
+needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                   reason="systemd-analyze is not installed")
+
+
+def nginx_site(tmp_path: Path, upstream_port: int) -> tuple[Path, int]:
+    """The shipped nginx.conf with only its paths and ports moved into the test's directory."""
+    port = free_port()
+    site = (ROOT / "nginx.conf").read_text()
+    site = site.replace("/var/log/nginx", str(tmp_path))
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};").replace("listen [::]:80;", "")
+    site = site.replace("server 127.0.0.1:5000;", f"server 127.0.0.1:{upstream_port};")
+    (tmp_path / "site.conf").write_text(site)
+    main = tmp_path / "nginx-main.conf"
+    main.write_text(f"events {{}}\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+                    f"http {{ include {tmp_path}/site.conf; }}\n")
+    return main, port
+
+
+@needs_nginx
+def test_nginx_conf_passes_nginx_t(tmp_path):
+    main, _ = nginx_site(tmp_path, 5000)
+    result = subprocess.run(["nginx", "-t", "-c", str(main), "-p", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+@needs_nginx
+def test_through_nginx_the_secret_stays_out_of_its_log_and_errors_are_json(settings, moyklass, oneclick,
+                                                                         tmp_path):
+    settings["WEBHOOK_SECRET"] = "url-secret-4242"
+    moyklass.add_user(1001, "381641000001")
+    with running_gunicorn(settings, workers=1) as base_url:
+        main, port = nginx_site(tmp_path, int(base_url.rsplit(":", 1)[1]))
+        subprocess.run(["nginx", "-c", str(main), "-p", str(tmp_path)], check=True)
+        try:
+            front = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    requests.get(f"{front}/health", timeout=1)
+                    break
+                except requests.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            sent = requests.post(f"{front}/webhook?secret=url-secret-4242",
+                                 json=load_fixture("sub_lessons_left"), timeout=10)
+            too_large = requests.post(f"{front}/webhook?secret=url-secret-4242",
+                                      data=b"x" * 100_000, timeout=10)
+            no_secret = requests.post(f"{front}/webhook", json={"object": {"userId": 1}}, timeout=10)
+        finally:
+            subprocess.run(["nginx", "-c", str(main), "-p", str(tmp_path), "-s", "stop"], check=True)
+    assert sent.status_code == 200 and sent.json()["status"] == "success"
+    assert too_large.status_code == 413
+    assert too_large.json() == {"status": "error", "message": "the body is larger than 64 KiB"}
+    assert no_secret.status_code == 401 and no_secret.json()["status"] == "error"
+    access_log = (tmp_path / "sms_bulk_app.access.log").read_text()
+    assert access_log.count("POST /webhook HTTP/1.1") == 3
+    assert "url-secret-4242" not in access_log
+    assert len(oneclick.messages) == 1
+
+
+@needs_systemd
+def test_systemd_unit_verifies(tmp_path):
+    """systemd-analyze verify, with the install paths pointed at this checkout's venv."""
+    install = tmp_path / "opt"
+    (install / ".venv" / "bin").mkdir(parents=True)
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    (install / ".venv" / "bin" / "gunicorn").symlink_to(gunicorn)
+    unit_text = (ROOT / "sms_bulk_app.service").read_text()
+    unit = tmp_path / "sms_bulk_app.service"
+    unit.write_text(unit_text.replace("/opt/sms_bulk_app", str(install)))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for directive in ["User=sms_bulk_app", "EnvironmentFile=", "Restart=on-failure",
+                      "ProtectSystem=strict", "NoNewPrivileges=yes", "ReadWritePaths=/var/lib/sms_bulk_app"]:
+        assert directive in unit_text
+    assert re.search(r"^ExecStart=.*gunicorn -c \S+gunicorn.conf.py \"sms_bulk_app:create_app\(\)\"$",
+                     unit_text, re.M)

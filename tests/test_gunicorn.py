@@ -1,0 +1,36 @@
+"""The service under real gunicorn: many workers share one token and MoyKlass' rate limit."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from tests.conftest import load_fixture, running_gunicorn
+
+
+def test_100_concurrent_webhooks_on_4_workers_send_100_sms_with_one_token(settings, moyklass, oneclick):
+    del settings["MOYKLASS_RATE_PER_SEC"]  # the default, under MoyKlass' 7 requests/s
+    user_ids = range(2001, 2101)
+    for user_id in user_ids:
+        moyklass.add_user(user_id, f"38164{1_000_000 + user_id:07d}")
+
+    def fire(user_id: int) -> int:
+        payload = load_fixture("sub_lessons_left")
+        payload["object"]["userId"] = user_id
+        return requests.post(f"{base_url}/webhook", json=payload, timeout=60).status_code
+
+    with running_gunicorn(settings, workers=4) as base_url:
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            statuses = list(pool.map(fire, user_ids))
+
+    assert statuses == [200] * 100
+    assert len(oneclick.messages) == 100
+    assert sorted(m["phone"] for m in oneclick.messages) == sorted(
+        f"38164{1_000_000 + u:07d}" for u in user_ids)
+    assert moyklass.token_calls == 1
+    assert moyklass.user_calls == 100  # no 429 was ever answered, so nothing was retried
+    times = moyklass.request_log
+    busiest_second = max(sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times))
+    assert busiest_second <= 7
+    # gunicorn's workers keep their connections to the gateway open.
+    assert oneclick.connections <= 4 * 16

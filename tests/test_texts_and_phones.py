@@ -1,0 +1,70 @@
+"""Encodings, segment counts, transliteration, templates; phone parsing and masking."""
+from __future__ import annotations
+
+import pytest
+
+from phones import InvalidPhone, e164, international_digits, mask, mask_phones_in, parse_phone
+from texts import Template, TemplateError, measure, transliterate
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a" * 160, ("GSM-7", 1)),
+    ("a" * 161, ("GSM-7", 2)),
+    ("a" * 306, ("GSM-7", 2)),
+    ("a" * 307, ("GSM-7", 3)),
+    ("{" * 80, ("GSM-7", 1)),  # escape + char: 160 septets
+    ("{" * 81, ("GSM-7", 2)),
+    ("a" * 152 + "€" + "a" * 10, ("GSM-7", 2)),  # the escape pair is not split
+    ("č" * 70, ("UCS-2", 1)),
+    ("č" * 71, ("UCS-2", 2)),
+    ("Здраво" + "a" * 128, ("UCS-2", 2)),
+    ("😀" * 35, ("UCS-2", 1)),  # surrogate pairs: two units each
+    ("", ("GSM-7", 1)),
+])
+def test_encoding_and_segments(text, expected):
+    encoding = measure(text)
+    assert (encoding.name, encoding.segments) == expected
+
+
+def test_transliteration_of_serbian_latin_and_cyrillic():
+    assert transliterate("čćžšđ ČĆŽŠĐ") == "cczsdj CCZSDj"
+    assert transliterate("Љубица Ђорђевић, Џон, Шабац") == "Ljubica Djordjevic, Dzon, Sabac"
+    assert transliterate("„Čas“ — sutra…") == '"Cas" - sutra...'
+    assert transliterate("Müller é à") == "Müller é à"  # already GSM-7
+    assert measure(transliterate("Поштовани Ђорђе, остала су још два часа.")).name == "GSM-7"
+
+
+def test_template_renders_known_fields_and_rejects_others():
+    assert Template("Zdravo {first_name}!").render({"first_name": "Ana"}) == "Zdravo Ana!"
+    assert Template("{{literal}} {name}").render({"name": "X"}) == "{literal} X"
+    for bad in ["{surname}", "{name.__class__}", "{0}", "{}", "{name!r}", "{name:>10}", "{name"]:
+        with pytest.raises(TemplateError):
+            Template(bad)
+
+
+@pytest.mark.parametrize("raw", ["0641234567", "064 123 4567", "+381641234567", "00381641234567",
+                                 "381641234567", "+381 (64) 123-45-67"])
+def test_serbian_forms_parse_to_one_number(raw):
+    number = parse_phone(raw, "RS")
+    assert e164(number) == "+381641234567"
+    assert international_digits(number) == "381641234567"
+
+
+def test_russian_numbers_parse_with_their_region_and_bare_digits():
+    assert e164(parse_phone("89001234567", "RU")) == "+79001234567"
+    assert e164(parse_phone("79001234567", "RS")) == "+79001234567"
+
+
+@pytest.mark.parametrize("raw", ["06012345", "12", "", "abc", "+3816412345678901"])
+def test_invalid_numbers_are_refused(raw):
+    with pytest.raises(InvalidPhone):
+        parse_phone(raw, "RS")
+
+
+def test_masking():
+    assert mask("+381641234567") == "+381*******67"
+    assert mask("0641234567") == "064*****67"
+    assert mask_phones_in("to 381641234567 at 2026-11-23 10:00, ip 127.0.0.1") == \
+        "to 381*******67 at 2026-11-23 10:00, ip 127.0.0.1"
+    assert mask_phones_in("2026-11-23 381641234567") == "2026-11-23 381*******67"
+    assert mask_phones_in("+381 64 123-4567") == "+381*******67"
