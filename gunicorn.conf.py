@@ -23,7 +23,7 @@ except ConfigError as error:
 bind = f"{_config.host}:{_config.port}"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
-threads = int(os.environ.get("WEB_THREADS", "16"))
+threads = int(os.environ.get("WEB_THREADS", "8"))
 timeout = 60
 graceful_timeout = 10
 keepalive = 5

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.utils import get_environ_proxies
 
 from locks import SharedRateLimiter
 from logs import masking_filter
@@ -33,9 +36,21 @@ class UserNotFound(MoyKlassError):
     pass
 
 
-def new_session(pool_size: int = 32) -> requests.Session:
-    """A keep-alive session with a connection pool large enough for every thread of a process."""
+def new_session(urls: list[str], pool_size: int = 32) -> requests.Session:
+    """A keep-alive session for every call of a process, its pool large enough for every thread.
+
+    Proxy and CA settings are read from the environment once, here, for the `urls` the
+    service calls: requests would otherwise re-read them (and ~/.netrc) on every call,
+    a fifth of a webhook's CPU time.
+    """
     session = requests.Session()
+    session.trust_env = False
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    for url in urls:
+        scheme, host = urlsplit(url).scheme, urlsplit(url).hostname
+        proxy = get_environ_proxies(url).get(scheme)
+        if proxy:
+            session.proxies[f"{scheme}://{host}"] = proxy
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

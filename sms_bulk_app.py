@@ -191,7 +191,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     setup_logging(config.log_file_path, config.log_level, config.secrets())
     store = Store(config.database_path)
     store.initialize()
-    session = new_session()
+    session = new_session([config.moyklass_api_url, config.sms_api_url])
     moyklass = None
     if config.api_key:
         limiter = SharedRateLimiter(config.data_dir / "moyklass.rate", config.moyklass_rate_per_sec)

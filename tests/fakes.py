@@ -9,6 +9,7 @@ import argparse
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -31,6 +32,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body leave in two writes; without NODELAY, Nagle holds the body back.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.fake.count_connection()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -112,6 +115,11 @@ def moyklass_user(user_id: int, phone: str | None, name: str = "Marko Petrović"
     }
 
 
+def numbered_phone(user_id: int) -> str:
+    """A valid Serbian mobile number, different for every user id below nine million."""
+    return f"38164{1_000_000 + user_id:07d}"
+
+
 class FakeMoyKlass(FakeService):
     """getToken, users/{id} with x-access-token, 401 on a bad token, 429 past 7 requests/s."""
 
@@ -119,8 +127,9 @@ class FakeMoyKlass(FakeService):
     USER_PATH = re.compile(r"^/v1/company/users/(\d+)$")
 
     def __init__(self, api_key: str = "test-api-key", enforce_rate_limit: bool = True,
-                 expires_form: str = "z") -> None:
+                 expires_form: str = "z", numbered_users: int = 0) -> None:
         super().__init__()
+        self.numbered_users = numbered_users  # users 1..N exist without being added, for load
         self.api_key = api_key
         self.enforce_rate_limit = enforce_rate_limit
         self.expires_form = expires_form  # "z": 2026-11-30T07:00:00.000Z, "offset": +03:00
@@ -135,6 +144,13 @@ class FakeMoyKlass(FakeService):
 
     def add_user(self, user_id: int, phone: str | None, name: str = "Marko Petrović") -> None:
         self.users[user_id] = moyklass_user(user_id, phone, name)
+
+    def _user(self, user_id: int) -> dict[str, Any] | None:
+        if user_id in self.users:
+            return self.users[user_id]
+        if user_id <= self.numbered_users:
+            return moyklass_user(user_id, numbered_phone(user_id))
+        return None
 
     def revoke_all_tokens(self) -> None:
         with self.lock:
@@ -177,7 +193,7 @@ class FakeMoyKlass(FakeService):
                 self.user_calls += 1
                 if request.headers.get("x-access-token") not in self.tokens:
                     return 401, {"code": "Unauthorized", "message": "Invalid token"}
-                user = self.users.get(int(match.group(1)))
+                user = self._user(int(match.group(1)))
                 if user is None:
                     return 404, {"code": "NotFound", "message": "User not found"}
                 return 200, user
@@ -227,29 +243,34 @@ class FakeOneClick(FakeService):
         return {"Success": status == 0, "Message": message, "Reference": reference, "Status": status}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Run fake MoyKlass and OneClick on 127.0.0.1")
-    parser.add_argument("--moyklass-port", type=int, default=8081)
-    parser.add_argument("--oneclick-port", type=int, default=8082)
-    parser.add_argument("--users", type=int, default=1000, help="users 1..N, each with a phone")
-    parser.add_argument("--latency", type=float, default=0.0, help="OneClick answer delay, s")
-    parser.add_argument("--no-rate-limit", action="store_true", help="no 429 past 7 requests/s")
-    args = parser.parse_args()
-    moyklass = FakeMoyKlass(enforce_rate_limit=not args.no_rate_limit)
-    for user_id in range(1, args.users + 1):
-        moyklass.add_user(user_id, f"38164{1_000_000 + user_id:07d}")
-    oneclick = FakeOneClick()
-    oneclick.latency = args.latency
-    moyklass.start(args.moyklass_port)
-    oneclick.start(args.oneclick_port)
-    print(f"MoyKlass: http://127.0.0.1:{moyklass.port}/v1  API_KEY={moyklass.api_key}", flush=True)
-    print(f"OneClick: {oneclick.send_url}  SMS_USERNAME={oneclick.username}"
-          f" SMS_PASSWORD={oneclick.password}", flush=True)
+def serve(service: str, port: int, latency: float = 0.0, numbered_users: int = 1000,
+          rate_limit: bool = True) -> None:
+    """Run one fake in the foreground until interrupted (a process of its own for benchmarks)."""
+    if service == "moyklass":
+        fake: FakeService = FakeMoyKlass(enforce_rate_limit=rate_limit, numbered_users=numbered_users)
+    else:
+        fake = FakeOneClick()
+    fake.latency = latency
+    fake.start(port)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run a fake MoyKlass or OneClick on 127.0.0.1")
+    parser.add_argument("service", choices=["moyklass", "oneclick"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--users", type=int, default=1000, help="MoyKlass users 1..N, each with a phone")
+    parser.add_argument("--latency", type=float, default=0.0, help="delay of every answer, s")
+    parser.add_argument("--no-rate-limit", action="store_true", help="MoyKlass: no 429 past 7 requests/s")
+    args = parser.parse_args()
+    print(f"fake {args.service} on http://127.0.0.1:{args.port}"
+          f" (MoyKlass: API_KEY=test-api-key, base /v1; OneClick: smartlab / oneclick-pass,"
+          f" {FakeOneClick.SEND_PATH})", flush=True)
+    serve(args.service, args.port, args.latency, args.users, not args.no_rate_limit)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from tests.conftest import load_fixture, running_gunicorn
+from tests.fakes import numbered_phone
 
 
 def test_100_concurrent_webhooks_on_4_workers_send_100_sms_with_one_token(settings, moyklass, oneclick):
     del settings["MOYKLASS_RATE_PER_SEC"]  # the default, under MoyKlass' 7 requests/s
     user_ids = range(2001, 2101)
     for user_id in user_ids:
-        moyklass.add_user(user_id, f"38164{1_000_000 + user_id:07d}")
+        moyklass.add_user(user_id, numbered_phone(user_id))
 
     def fire(user_id: int) -> int:
         payload = load_fixture("sub_lessons_left")
@@ -25,8 +26,7 @@ def test_100_concurrent_webhooks_on_4_workers_send_100_sms_with_one_token(settin
 
     assert statuses == [200] * 100
     assert len(oneclick.messages) == 100
-    assert sorted(m["phone"] for m in oneclick.messages) == sorted(
-        f"38164{1_000_000 + u:07d}" for u in user_ids)
+    assert sorted(m["phone"] for m in oneclick.messages) == sorted(numbered_phone(u) for u in user_ids)
     assert moyklass.token_calls == 1
     assert moyklass.user_calls == 100  # no 429 was ever answered, so nothing was retried
     times = moyklass.request_log

@@ -232,3 +232,13 @@ def test_unknown_route_and_wrong_method_answer_json(client):
     response = client.get("/webhook")
     assert response.status_code == 405
     assert response.is_json
+
+
+def test_outbound_proxy_from_the_environment_is_kept_per_host(monkeypatch):
+    from moyklass import new_session
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "api.moyklass.com")
+    session = new_session(["https://api.moyklass.com/v1", "https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx"])
+    assert session.proxies == {"https://sms.oneclick.rs": "http://proxy.internal:3128"}
+    assert session.trust_env is False

@@ -1,0 +1,158 @@
+"""Benchmark plumbing: fakes and gunicorn as separate processes, a keep-alive load generator."""
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes import serve  # noqa: E402  (needs the path above)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen | None = None, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {seconds} s")
+
+
+@dataclass
+class Fakes:
+    moyklass_url: str
+    oneclick_url: str
+
+
+@contextmanager
+def running_fakes(latency: float) -> Iterator[Fakes]:
+    """Fake MoyKlass (no rate limit, 10 million users) and OneClick, one process each."""
+    ports = {"moyklass": free_port(), "oneclick": free_port()}
+    processes = [
+        multiprocessing.Process(target=serve, args=("moyklass", ports["moyklass"], 0.0, 10_000_000, False),
+                                daemon=True),
+        multiprocessing.Process(target=serve, args=("oneclick", ports["oneclick"], latency), daemon=True),
+    ]
+    for process in processes:
+        process.start()
+    try:
+        for port in ports.values():
+            wait_for_port(port)
+        yield Fakes(f"http://127.0.0.1:{ports['moyklass']}/v1",
+                    f"http://127.0.0.1:{ports['oneclick']}/SmsWebBulkApi/SendMsg.aspx")
+    finally:
+        for process in processes:
+            process.terminate()
+            process.join()
+
+
+def fake_settings(fakes: Fakes) -> dict[str, str]:
+    return {"API_KEY": "test-api-key", "MOYKLASS_API_URL": fakes.moyklass_url,
+            "SMS_API_URL": fakes.oneclick_url, "SMS_USERNAME": "smartlab",
+            "SMS_PASSWORD": "oneclick-pass"}
+
+
+@contextmanager
+def running_gunicorn(app: str, env: dict[str, str], args: list[str]) -> Iterator[int]:
+    """gunicorn serving `app` on a free port; yields the port."""
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", *args, "--bind", f"127.0.0.1:{port}", app]
+    full_env = {"PATH": os.environ["PATH"], **env, "HOST": "127.0.0.1", "PORT": str(port)}
+    process = subprocess.Popen(command, cwd=ROOT, env=full_env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    errors: int
+    latencies: list[float]
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+
+
+USER_IDS = itertools.count(1)  # every webhook of a run names a user no earlier one named
+
+
+def sub_lessons_left(user_id: int) -> bytes:
+    return json.dumps({"companyId": 48213, "event": "sub_lessons_left",
+                       "object": {"userId": user_id, "lessonsLeft": 2}}).encode()
+
+
+def fire(port: int, path: str, body: Callable[[int], bytes], concurrency: int, seconds: float,
+         expect: int = 200) -> LoadResult:
+    """`concurrency` keep-alive clients POST for `seconds`; counts answers other than `expect`."""
+    stop_at = time.monotonic() + seconds
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine, failed = [], 0
+        while time.monotonic() < stop_at:
+            data = body(next(USER_IDS))
+            started = time.perf_counter()
+            try:
+                connection.request("POST", path, data, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                ok = response.status == expect
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                ok = False
+            mine.append(time.perf_counter() - started)
+            failed += not ok
+        with lock:
+            latencies.extend(mine)
+            errors[0] += failed
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return LoadResult(len(latencies), time.monotonic() - started, errors[0], latencies)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
