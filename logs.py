@@ -92,7 +92,11 @@ masking_filter = MaskingFilter()
 
 
 def setup_logging(log_file: Path, level: str, secrets: list[str]) -> None:
-    """Send every logger's records, masked, to the rotating file and to stderr."""
+    """Send every logger's records, masked, to the rotating file; warnings also to stderr.
+
+    stderr is the terminal, or journald under systemd: it gets what an operator must see
+    (startup warnings, errors) without a second copy of every line of the file.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     for secret in secrets:
         masking_filter.add_secret(secret)
@@ -101,7 +105,9 @@ def setup_logging(log_file: Path, level: str, secrets: list[str]) -> None:
     for handler in [h for h in root.handlers if getattr(h, "sms_bulk_app", False)]:
         root.removeHandler(handler)
         handler.close()
-    for handler in (SharedRotatingFileHandler(log_file), logging.StreamHandler(sys.stderr)):
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    for handler in (SharedRotatingFileHandler(log_file), console):
         handler.sms_bulk_app = True
         handler.setFormatter(formatter)
         handler.addFilter(masking_filter)

@@ -1,6 +1,7 @@
 """The shipped nginx.conf and systemd unit, checked with the real tools and real traffic."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -13,9 +14,11 @@ import requests
 
 from tests.conftest import ROOT, free_port, load_fixture, running_gunicorn
 
-needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None,
-                                 reason="nginx is not installed (make test installs it)")
-needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+# Skipped where the tool is missing on a developer's machine; in CI a missing tool is a failure.
+IN_CI = bool(os.environ.get("CI"))
+needs_nginx = pytest.mark.skipif(not IN_CI and shutil.which("nginx") is None,
+                                 reason="nginx is not installed (make test installs it as root)")
+needs_systemd = pytest.mark.skipif(not IN_CI and shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze is not installed")
 
 
