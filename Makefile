@@ -23,4 +23,5 @@ test:
 		echo "installing$$missing for the deployment tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	$(VENV)/bin/ruff check .
 	PATH="$$PATH:/usr/sbin" $(VENV)/bin/python -m pytest -q

@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import (ROOT, fake_settings, fire, median, running_fakes, running_gunicorn,
-                    sub_lessons_left)
+from common import ROOT, fake_settings, fire, median, running_fakes, running_gunicorn, sub_lessons_left
 
 
 def run_once(which: str, latency: float, seconds: float, concurrency: int):
@@ -48,7 +47,8 @@ def main() -> None:
             print(f"round {round_number}: {scenario[0]:<10} gateway {scenario[1] * 1000:>3.0f} ms:"
                   f" {result.per_second:8.1f} webhooks/s, p50 {result.percentile(0.5):7.1f} ms,"
                   f" p99 {result.percentile(0.99):7.1f} ms, errors {result.errors}", flush=True)
-    print(f"\nmedians of {args.rounds} rounds, {args.concurrency} concurrent clients, {args.seconds:g} s each")
+    print(f"\nmedians of {args.rounds} rounds, {args.concurrency} concurrent clients,"
+          f" {args.seconds:g} s each")
     print(f"{'service':<11} {'gateway':>8} {'webhooks/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for (which, latency), runs in results.items():
         print(f"{which:<11} {latency * 1000:>6.0f}ms {median([r.per_second for r in runs]):>11.1f}"

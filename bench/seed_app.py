@@ -6,7 +6,7 @@ from HTTP 200, and gunicorn's sync workers. Run: gunicorn -w 2 bench.seed_app:ap
 """
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import requests
 from flask import Flask, jsonify, request
@@ -25,7 +25,7 @@ def get_token() -> str:
     try:
         with open(TOKEN_FILE_PATH) as handle:
             saved = json.load(handle)
-        if datetime.fromisoformat(saved["expiresAt"]) > datetime.now(timezone.utc):
+        if datetime.fromisoformat(saved["expiresAt"]) > datetime.now(UTC):
             return saved["accessToken"]
     except (OSError, ValueError, KeyError):
         pass

@@ -263,7 +263,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run a fake MoyKlass or OneClick on 127.0.0.1")
     parser.add_argument("service", choices=["moyklass", "oneclick"])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--users", type=int, default=1000, help="MoyKlass users 1..N, each with a phone")
+    parser.add_argument("--users", type=int, default=100_000, help="MoyKlass users 1..N, each with a phone")
     parser.add_argument("--latency", type=float, default=0.0, help="delay of every answer, s")
     parser.add_argument("--no-rate-limit", action="store_true", help="MoyKlass: no 429 past 7 requests/s")
     args = parser.parse_args()
