@@ -35,6 +35,7 @@ DEFAULT_SMS_TEXT = (
     "Poštovani {name}, na Vašoj pretplati su ostala još dva plaćena časa. SmartLab"
 )
 ONECLICK_SEND_URL = "https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx"
+CONNECT_TIMEOUT = 3.05  # seconds to open a connection to MoyKlass or a gateway
 SENDER_PATTERN = re.compile(r"^(?:[A-Za-z0-9 .\-]{1,11}|\+?\d{1,15})$")
 
 
@@ -75,6 +76,20 @@ class Config:
     default_region: str = "RS"
     webhook_secret: str | None = field(default=None, repr=False)
     dedup_seconds: int = 180
+    webhook_mode: str = "sync"
+    sms_max_attempts: int = 8
+    sms_valid_seconds: int = 86400
+    sms_retry_base_seconds: float = 15.0
+    sms_rate_per_sec: float = 0.0  # 0: no limit
+    sms_concurrency: int = 4
+    sms_dlr_max_seconds: int = 6 * 3600
+    worker_lease_seconds: float = 60.0
+    database_timeout: float = 5.0
+
+    @property
+    def http_timeouts(self) -> tuple[float, float]:
+        """(connect, read) timeouts of every outbound call."""
+        return CONNECT_TIMEOUT, self.http_timeout
 
     def template_for(self, event: str | None) -> Template:
         return self.sms_text_by_event.get(event or "", self.sms_text)
@@ -216,7 +231,21 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         default_region=default_region,
         webhook_secret=read.text("WEBHOOK_SECRET"),
         dedup_seconds=read.integer("DEDUP_SECONDS", 180, 0, 30 * 86400),
+        webhook_mode=read.choice("WEBHOOK_MODE", "sync", ("sync", "async")),
+        sms_max_attempts=read.integer("SMS_MAX_ATTEMPTS", 8, 1, 100),
+        sms_valid_seconds=read.integer("SMS_VALID_SECONDS", 86400, 1, 30 * 86400),
+        sms_retry_base_seconds=read.number("SMS_RETRY_BASE_SECONDS", 15.0, 0.01),
+        sms_rate_per_sec=read.number("SMS_RATE_PER_SEC", 0.0, 0.0),
+        sms_concurrency=read.integer("SMS_CONCURRENCY", 4, 1, 256),
+        sms_dlr_max_seconds=read.integer("SMS_DLR_MAX_SECONDS", 6 * 3600, 0, 30 * 86400),
+        worker_lease_seconds=read.number("WORKER_LEASE_SECONDS", 60.0, 1.0),
+        database_timeout=read.number("DATABASE_TIMEOUT", 5.0, 0.1),
     )
+    lease_floor = CONNECT_TIMEOUT + config.http_timeout + 2
+    if config.worker_lease_seconds < lease_floor:
+        read.problems.append(
+            f"WORKER_LEASE_SECONDS={config.worker_lease_seconds:g} must exceed the longest send"
+            f" (connect + HTTP_TIMEOUT + 2 = {lease_floor:g} s), or a slow send is taken over and sent twice")
     if read.problems:
         raise ConfigError(read.problems)
     return config

@@ -1,68 +1,199 @@
-"""From a journaled message to the gateway's verdict: look up the phone, render, send, record."""
+"""One attempt at one leased message: resolve the phone, render, send, record the verdict.
+
+Used by the worker for every queued message, and by the webhook in sync mode for the first
+attempt. Whatever happens, the message leaves in a status the outbox can carry on from:
+SENT, FAILED (permanent), EXPIRED, or QUEUED again with the time of its next attempt.
+"""
 from __future__ import annotations
 
+import enum
 import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
 
 from config import Config
-from moyklass import MoyKlassClient, MoyKlassError, template_fields
+from locks import SharedRateLimiter, SharedSlots
+from moyklass import MoyKlassClient, MoyKlassError, UserNotFound, template_fields
 from phones import InvalidPhone, e164, mask, parse_phone
-from providers import Outcome, Provider, SendResult
-from store import FAILED, SENDING, SENT, Store
+from providers import Delivery, Outcome, Provider, SendResult
+from store import DELIVERED, EXPIRED, FAILED, QUEUED, SENDING, SENT, UNDELIVERED, Store
 from texts import measure, transliterate
 
 log = logging.getLogger(__name__)
 
+PROVIDER_PAUSE_SECONDS = 60.0  # how long bad gateway credentials stop sending before a new try
+MAX_RETRY_DELAY = 3600.0
+REPORT_FIRST_DELAY = 10.0
+REPORT_MAX_DELAY = 1800.0
 
-class NoPhone(Exception):
-    pass
+
+class Cause(enum.Enum):
+    """Why an attempt did not end SENT; the sync webhook answers each with its own status code."""
+
+    USER_NOT_FOUND = "user_not_found"
+    NO_PHONE = "no_phone"
+    INVALID_PHONE = "invalid_phone"
+    MOYKLASS = "moyklass"
+    GATEWAY = "gateway"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    status: str  # the message's status afterwards
+    cause: Cause | None = None
+    error: str = ""
+
+    @property
+    def will_retry(self) -> bool:
+        return self.status == QUEUED
 
 
 class Dispatcher:
-    def __init__(self, config: Config, store: Store, moyklass: MoyKlassClient | None,
-                 provider: Provider):
+    def __init__(self, config: Config, store: Store, moyklass: MoyKlassClient | None, provider: Provider):
         self.config = config
         self.store = store
         self.moyklass = moyklass
         self.provider = provider
+        state = config.data_dir / provider.name
+        self._rate = (SharedRateLimiter(state.with_suffix(".rate"), config.sms_rate_per_sec)
+                      if config.sms_rate_per_sec > 0 else None)
+        self._slots = SharedSlots(state.with_suffix(".slots"), config.sms_concurrency)
 
-    def deliver_to_user(self, message_id: int, event: str | None, user_id: int) -> SendResult:
-        """Send the event's text to a MoyKlass user's phone.
-
-        Raises MoyKlassError (and its UserNotFound, MoyKlassUnavailable), NoPhone or
-        InvalidPhone after marking the message FAILED; a gateway refusal is a SendResult.
-        """
+    def attempt(self, message: dict[str, Any], owner: str) -> AttemptResult:
+        """Make one attempt at a message leased to `owner`, and record where it stands after it."""
+        where = f"message {message['id']} (event {message['event'] or '-'}, user {message['user_id'] or '-'})"
+        if message["deadline"] < time.time():
+            return self._finish(message, owner, EXPIRED, Cause.EXPIRED,
+                                "its deadline passed before it was sent")
         try:
-            user = self.moyklass.get_user(user_id)
-            if not user.get("phone"):
-                raise NoPhone(f"MoyKlass user {user_id} has no phone")
-            number = parse_phone(user["phone"], self.config.default_region)
-        except (MoyKlassError, NoPhone, InvalidPhone) as error:
-            log.warning("Message %d (event %s, user %d) failed: %s", message_id, event, user_id, error)
-            self.store.transition(message_id, FAILED, error_code=type(error).__name__,
-                                  last_error=str(error))
-            raise
-        text = self.config.template_for(event).render(template_fields(user))
-        if self.config.sms_transliterate:
-            text = transliterate(text)
+            number, text = self._resolve(message)
+        except (UserNotFound, _NoPhone, InvalidPhone) as error:
+            cause = {UserNotFound: Cause.USER_NOT_FOUND, _NoPhone: Cause.NO_PHONE,
+                     InvalidPhone: Cause.INVALID_PHONE}[type(error)]
+            return self._finish(message, owner, FAILED, cause, str(error), code=type(error).__name__)
+        except MoyKlassError as error:  # unreachable, failing, or refusing our key: try again later
+            log.warning("%s: %s; trying again later", where, error)
+            return self._retry_later(message, owner, Cause.MOYKLASS, str(error), code=type(error).__name__,
+                                     delay=self._jittered(self.config.sms_retry_base_seconds))
+
+        pause = self.store.provider_pause(self.provider.name)
+        if pause and pause.retry_at > time.time():
+            return self._retry_later(message, owner, Cause.GATEWAY, f"sending paused: {pause.reason}",
+                                     code="paused", delay=pause.retry_at - time.time())
+
         encoding = measure(text)
-        self.store.transition(message_id, SENDING, phone=e164(number), text=text,
-                              encoding=encoding.name, segments=encoding.segments,
-                              provider=self.provider.name)
+        self.store.transition(message["id"], SENDING, owner, phone=e164(number), text=text,
+                              encoding=encoding.name, segments=encoding.segments, provider=self.provider.name)
+        where += f" to {mask(e164(number))} via {self.provider.name}"
         if encoding.segments > self.provider.max_segments:
             result = SendResult(Outcome.REJECTED, code="too-long",
                                 message=f"the text needs {encoding.segments} SMS; {self.provider.name}"
                                         f" takes at most {self.provider.max_segments}")
         else:
-            result = self.provider.send(number, text, self.config.sms_sender)
-        where = (f"message {message_id} (event {event}, user {user_id}) to {mask(e164(number))}"
-                 f" via {self.provider.name}")
+            with self._slots.hold():
+                if self._rate:
+                    self._rate.wait()
+                result = self.provider.send(number, text, self.config.sms_sender)
+        return self._record(message, owner, where, result, encoding.segments, encoding.name)
+
+    def _resolve(self, message: dict[str, Any]) -> tuple[Any, str]:
+        """The number and text: given (CLI, API) or looked up in MoyKlass and rendered (webhooks)."""
+        if message["phone"] and message["text"] is not None:
+            return parse_phone(message["phone"], self.config.default_region), message["text"]
+        if self.moyklass is None:
+            raise MoyKlassError("MoyKlass is not configured: set API_KEY")
+        user = self.moyklass.get_user(message["user_id"])
+        if not user.get("phone"):
+            raise _NoPhone(f"MoyKlass user {message['user_id']} has no phone")
+        number = parse_phone(user["phone"], self.config.default_region)
+        text = message["text"]
+        if text is None:
+            text = self.config.template_for(message["event"]).render(template_fields(user))
+            if self.config.sms_transliterate:
+                text = transliterate(text)
+        return number, text
+
+    def _record(self, message: dict[str, Any], owner: str, where: str, result: SendResult,
+                segments: int, encoding: str) -> AttemptResult:
         if result.ok:
-            self.store.transition(message_id, SENT, gateway_ref=result.reference, error_code=result.code)
-            log.info("Sent %s: ref %s, %d SMS %s", where, result.reference, encoding.segments,
-                     encoding.name)
-        else:
-            self.store.transition(message_id, FAILED, gateway_ref=result.reference,
-                                  error_code=result.code, last_error=result.message)
-            log.error("Gateway refused %s: %s, code %s: %s", where, result.outcome.value,
-                      result.code, result.message)
-        return result
+            now = time.time()
+            reports = self.provider.supports_delivery_reports and self.config.sms_dlr_max_seconds > 0
+            self.store.transition(
+                message["id"], SENT, owner, count_attempt=True, gateway_ref=result.reference,
+                error_code=result.code, last_error=None,
+                report_next_at=now + REPORT_FIRST_DELAY if reports else None,
+                report_until=now + self.config.sms_dlr_max_seconds if reports else None)
+            if self.store.resume_provider(self.provider.name):
+                log.warning("%s accepts our credentials again: sending resumed", self.provider.name)
+            log.info("Sent %s: ref %s, %d SMS %s", where, result.reference, segments, encoding)
+            return AttemptResult(SENT)
+        error = f"{result.message} (code {result.code})"
+        if result.outcome is Outcome.AUTH:
+            retry_at = time.time() + PROVIDER_PAUSE_SECONDS
+            self.store.pause_provider(self.provider.name, retry_at, error)
+            log.error("%s refused our credentials or sender: %s. Sending through it is paused; "
+                      "fix SMS_USERNAME / SMS_PASSWORD / SMS_SENDER. Next try in %.0f s.",
+                      self.provider.name, error, PROVIDER_PAUSE_SECONDS)
+            return self._retry_later(message, owner, Cause.GATEWAY, error, code=result.code,
+                                     delay=PROVIDER_PAUSE_SECONDS)
+        attempts = message["attempts"] + 1
+        if result.outcome is Outcome.TRANSIENT:
+            delay = self._jittered(min(self.config.sms_retry_base_seconds * 2 ** (attempts - 1),
+                                       MAX_RETRY_DELAY))
+            if attempts >= self.config.sms_max_attempts:
+                error = f"gave up after {attempts} attempts: {error}"
+            elif time.time() + delay > message["deadline"]:
+                error = f"no time left before its deadline: {error}"
+            else:
+                log.warning("Gateway did not take %s (attempt %d of %d): %s; next try in %.1f s",
+                            where, attempts, self.config.sms_max_attempts, error, delay)
+                return self._retry_later(message, owner, Cause.GATEWAY, error, code=result.code,
+                                         delay=delay, count_attempt=True)
+        log.error("Gateway refused %s: %s", where, error)
+        return self._finish(message, owner, FAILED, Cause.GATEWAY, error, code=result.code,
+                            count_attempt=True, gateway_ref=result.reference)
+
+    def _retry_later(self, message: dict[str, Any], owner: str, cause: Cause, error: str, *,
+                     code: str | None, delay: float, count_attempt: bool = False) -> AttemptResult:
+        """Back to the queue for a later attempt; past the deadline it EXPIRES instead."""
+        next_at = time.time() + delay
+        if next_at > message["deadline"]:
+            return self._finish(message, owner, EXPIRED, Cause.EXPIRED, f"deadline passed: {error}",
+                                code=code)
+        self.store.transition(message["id"], QUEUED, owner, count_attempt=count_attempt,
+                              next_attempt_at=next_at, error_code=code, last_error=error)
+        return AttemptResult(QUEUED, cause, error)
+
+    def _finish(self, message: dict[str, Any], owner: str, status: str, cause: Cause, error: str,
+                code: str | None = None, **fields: Any) -> AttemptResult:
+        if status != FAILED or cause is not Cause.GATEWAY:
+            log.warning("Message %d (event %s, user %s) %s: %s", message["id"], message["event"] or "-",
+                        message["user_id"] or "-", status, error)
+        self.store.transition(message["id"], status, owner, error_code=code, last_error=error, **fields)
+        return AttemptResult(status, cause, error)
+
+    def poll_report(self, message: dict[str, Any]) -> None:
+        """Ask the gateway how a SENT message fared; record a final answer or ask again later."""
+        report = self.provider.delivery_report(message["gateway_ref"])
+        final = {Delivery.DELIVERED: DELIVERED, Delivery.UNDELIVERED: UNDELIVERED, Delivery.FAILED: FAILED}
+        if report.state in final:
+            self.store.transition(message["id"], final[report.state], report_text=report.description)
+            log.info("Delivery report for message %d: %s (%s)", message["id"], final[report.state],
+                     report.description)
+            return
+        now = time.time()
+        delay = min(max(now - message["sent_at"], REPORT_FIRST_DELAY), REPORT_MAX_DELAY)
+        keep_asking = report.state is Delivery.PENDING and now + delay <= (message["report_until"] or 0)
+        self.store.schedule_report(message["id"], now + delay if keep_asking else None, report.description)
+
+    @staticmethod
+    def _jittered(delay: float) -> float:
+        """Spread retries so that messages failed together do not come back together."""
+        return delay * random.uniform(0.8, 1.2)
+
+
+class _NoPhone(Exception):
+    pass

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import struct
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -53,3 +56,28 @@ class SharedRateLimiter:
             os.pwrite(fd, self._SLOT.pack(slot + self.interval), 0)
         if slot > now:
             time.sleep(slot - now)
+
+
+class SharedSlots:
+    """At most `count` holders at once across every process: one lock file per slot."""
+
+    def __init__(self, path: Path, count: int):
+        self.paths = [path.with_name(f"{path.name}.{index}") for index in range(count)]
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        while True:
+            start = random.randrange(len(self.paths))  # spread holders over the slots
+            for path in self.paths[start:] + self.paths[:start]:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                try:
+                    yield
+                finally:
+                    os.close(fd)
+                return
+            time.sleep(0.002)

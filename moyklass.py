@@ -17,7 +17,6 @@ from token_store import Token, TokenStore, parse_expires_at
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 3.05
 ATTEMPTS = 3
 BACKOFF_SECONDS = 0.25
 MAX_RETRY_AFTER_SECONDS = 5.0
@@ -68,11 +67,11 @@ def _error_text(response: requests.Response) -> str:
 
 class MoyKlassClient:
     def __init__(self, base_url: str, api_key: str, token_store_path, rate_limiter: SharedRateLimiter,
-                 timeout: float, session: requests.Session):
+                 timeouts: tuple[float, float], session: requests.Session):
         self.base_url = base_url
         self._api_key = api_key
         self._limiter = rate_limiter
-        self._timeout = (CONNECT_TIMEOUT, timeout)
+        self._timeout = timeouts
         self._session = session
         self.tokens = TokenStore(token_store_path, self._fetch_token)
 

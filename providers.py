@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 3.05
-
 
 class Outcome(enum.Enum):
     SENT = "sent"  # the gateway accepted the message
@@ -43,6 +41,22 @@ class SendResult:
         return self.outcome is Outcome.SENT
 
 
+class Delivery(enum.Enum):
+    """What a delivery report says about a sent message."""
+
+    DELIVERED = "DELIVERED"
+    UNDELIVERED = "UNDELIVERED"  # the network could not deliver it
+    FAILED = "FAILED"  # the gateway gave up on it (invalid number, blacklisted, sending error)
+    PENDING = "PENDING"  # not final yet: ask again later
+    UNKNOWN = "UNKNOWN"  # the gateway does not know the message: asking again will not help
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    state: Delivery
+    description: str = ""
+
+
 class Provider:
     name: ClassVar[str]
     max_segments: ClassVar[int] = 6  # longest text (in SMS parts) the gateway takes
@@ -56,6 +70,10 @@ class Provider:
         return e164(number)
 
     def send(self, number: PhoneNumber, text: str, sender: str) -> SendResult:
+        raise NotImplementedError
+
+    def delivery_report(self, reference: str) -> DeliveryReport:
+        """Only for providers that declare `supports_delivery_reports`."""
         raise NotImplementedError
 
 
@@ -78,22 +96,27 @@ class OneClickProvider(Provider):
     supports_delivery_reports = True
     AUTH_CODES = frozenset({-10, -11, -20, -21, -30, -31})
     REJECTED_CODES = frozenset({-1})
+    # SentMsgDR.aspx StatusVal -> what it means for the message; others (5 pending, -200
+    # error, -202 credentials, -1 unknown) are asked again later.
+    REPORT_STATES = {1: Delivery.DELIVERED, 2: Delivery.UNDELIVERED, 3: Delivery.FAILED,
+                     6: Delivery.FAILED, 8: Delivery.FAILED, -201: Delivery.UNKNOWN}
 
-    def __init__(self, url: str, username: str, password: str, timeout: float,
+    def __init__(self, url: str, username: str, password: str, timeouts: tuple[float, float],
                  session: requests.Session):
         self.url = url
+        self.report_url = url.rsplit("/", 1)[0] + "/SentMsgDR.aspx"
         self._headers = {
             "username": username,
             "pwd": password,
             "Content-Type": "application/json; charset=utf-8",
         }
-        self._timeout = (CONNECT_TIMEOUT, timeout)
+        self._timeout = timeouts
         self._session = session
 
     @classmethod
     def from_config(cls, config: Config, session: requests.Session) -> OneClickProvider:
         return cls(config.sms_api_url, config.sms_username, config.sms_password,
-                   config.http_timeout, session)
+                   config.http_timeouts, session)
 
     def format_phone(self, number: PhoneNumber) -> str:
         return international_digits(number)
@@ -110,6 +133,17 @@ class OneClickProvider(Provider):
             return SendResult(Outcome.TRANSIENT, code="connection",
                               message=f"OneClick cannot be reached ({type(error).__name__})")
         return self._verdict(response)
+
+    def delivery_report(self, reference: str) -> DeliveryReport:
+        try:
+            response = self._session.post(self.report_url, json={"reference": reference},
+                                          headers=self._headers, timeout=self._timeout)
+            answer = _lower_keys(response.json())
+            status = int(answer["statusval"])
+        except (requests.RequestException, ValueError, KeyError, TypeError) as error:
+            return DeliveryReport(Delivery.PENDING, f"no report this time ({type(error).__name__})")
+        description = str(answer.get("description") or answer.get("status") or status)
+        return DeliveryReport(self.REPORT_STATES.get(status, Delivery.PENDING), description)
 
     def _verdict(self, response: requests.Response) -> SendResult:
         http = response.status_code

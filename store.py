@@ -1,8 +1,14 @@
-"""The SQLite journal of every SMS: schema, migrations, queries and the status machine.
+"""The outbox: one SQLite table is the single source of truth for every SMS.
 
-Each message is one row in `messages`, from the moment a webhook is accepted to the
-gateway's verdict. Status changes go through `Store.transition`, which refuses any change
-the status machine does not allow, so no code path can move a message backwards.
+Statuses: QUEUED -> SENDING -> SENT -> DELIVERED | UNDELIVERED, and FAILED (permanent error
+or attempts used up), EXPIRED (deadline passed before sending), CANCELED (cancelled before
+sending). Every status change goes through this module and is checked against TRANSITIONS
+inside the UPDATE itself, so no code path can move a message backwards: DELIVERED, EXPIRED
+and CANCELED are final, and FAILED / UNDELIVERED leave only by an operator's retry.
+
+A message being sent holds a lease (owner, until). Claiming happens in one write
+transaction, so any number of workers on one database never hold the same message; a
+lease left by a dead worker is taken over once it expires.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +26,22 @@ from typing import Any
 
 from locks import FileLock
 
-QUEUED, SENDING, SENT, FAILED = "QUEUED", "SENDING", "SENT", "FAILED"
+QUEUED, SENDING, SENT = "QUEUED", "SENDING", "SENT"
+DELIVERED, UNDELIVERED = "DELIVERED", "UNDELIVERED"
+FAILED, EXPIRED, CANCELED = "FAILED", "EXPIRED", "CANCELED"
+STATUSES = (QUEUED, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED)
+FINAL_STATUSES = frozenset({DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED})
 
 # new status -> the statuses it may be reached from
 TRANSITIONS: dict[str, frozenset[str]] = {
-    SENDING: frozenset({QUEUED}),
+    QUEUED: frozenset({SENDING, FAILED, UNDELIVERED}),  # retry later; operator's retry-failed
+    SENDING: frozenset({QUEUED, SENDING}),  # claim; take over an expired lease
     SENT: frozenset({SENDING}),
-    FAILED: frozenset({QUEUED, SENDING}),
+    DELIVERED: frozenset({SENT}),
+    UNDELIVERED: frozenset({SENT}),
+    FAILED: frozenset({QUEUED, SENDING, SENT}),  # SENT: the delivery report says it failed
+    EXPIRED: frozenset({QUEUED, SENDING}),
+    CANCELED: frozenset({QUEUED}),
 }
 
 MIGRATIONS = [
@@ -46,13 +61,29 @@ MIGRATIONS = [
         provider TEXT,
         status TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        deadline REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
         gateway_ref TEXT,
         error_code TEXT,
         last_error TEXT,
-        sent_at REAL
+        sent_at REAL,
+        done_at REAL,
+        report_next_at REAL,
+        report_until REAL,
+        report_text TEXT
     );
     CREATE INDEX messages_dedup ON messages (dedup_key, created_at);
-    CREATE INDEX messages_status ON messages (status);
+    CREATE INDEX messages_due ON messages (status, next_attempt_at);
+    CREATE INDEX messages_lease ON messages (status, lease_until);
+    CREATE INDEX messages_report ON messages (report_next_at) WHERE report_next_at IS NOT NULL;
+    CREATE TABLE provider_pauses (
+        provider TEXT PRIMARY KEY,
+        paused_at REAL NOT NULL,
+        retry_at REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
     """,
 ]
 
@@ -72,17 +103,29 @@ class Accepted:
     status: str
 
 
+@dataclass(frozen=True)
+class ProviderPause:
+    provider: str
+    retry_at: float
+    reason: str
+
+
 def webhook_dedup_key(payload: dict[str, Any]) -> str:
     """Identical deliveries of one webhook share this key; `time` is left out on purpose."""
     identity = {k: payload.get(k) for k in ("event", "companyId", "object")}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _placeholders(values: Iterable[Any]) -> str:
+    return ", ".join("?" for _ in values)
+
+
 class Store:
     """One connection per thread and process, opened on first use; WAL so readers never block."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, timeout: float = 5.0):
         self.path = path
+        self.timeout = timeout
         self._write_lock_path = path.with_name(path.name + ".writelock")
         self._local = threading.local()
 
@@ -100,7 +143,7 @@ class Store:
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None or self._local.pid != os.getpid():
-            db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
                                  check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode = WAL")
@@ -114,7 +157,8 @@ class Store:
 
         Writers first queue on a file lock: the kernel wakes the next one the moment the
         lock is free, where SQLite's own busy handler would poll with sleeps of up to 100 ms
-        (at 32 threads that alone cut throughput fivefold).
+        (at 32 threads that alone cut throughput fivefold). Any SQLite failure (locked by
+        another program, disk full, read-only) is DatabaseUnavailable, after a rollback.
         """
         db = self._connection()
         with FileLock(self._write_lock_path):
@@ -125,58 +169,192 @@ class Store:
             try:
                 yield db
                 db.execute("COMMIT")
+            except sqlite3.OperationalError as error:
+                db.execute("ROLLBACK")
+                raise DatabaseUnavailable(str(error)) from error
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
 
+    # --- putting messages in ---
+
     def accept_webhook(self, payload: dict[str, Any], event: str | None, user_id: int,
-                       dedup_seconds: int) -> Accepted:
-        """Journal a webhook as QUEUED, unless the same one is already journaled and not FAILED."""
+                       dedup_seconds: int, valid_seconds: int, lease: tuple[str, float] | None = None
+                       ) -> Accepted:
+        """Journal a webhook, unless the same one is already journaled and has not FAILED.
+
+        With `lease` (owner, seconds) the caller sends it itself right away: the message
+        starts SENDING under that lease, and the worker takes it over only if the lease expires.
+        """
         key = webhook_dedup_key(payload)
         now = time.time()
-        try:
-            with self._transaction() as db:
-                if dedup_seconds:
-                    earlier = db.execute(
-                        "SELECT id, status FROM messages WHERE dedup_key = ? AND created_at >= ?"
-                        " AND status != ? ORDER BY id DESC LIMIT 1",
-                        (key, now - dedup_seconds, FAILED),
-                    ).fetchone()
-                    if earlier:
-                        return Accepted(earlier["id"], True, earlier["status"])
-                cursor = db.execute(
-                    "INSERT INTO messages (created_at, updated_at, source, event, dedup_key, user_id,"
-                    " status) VALUES (?, ?, 'webhook', ?, ?, ?, ?)",
-                    (now, now, event, key, user_id, QUEUED),
-                )
-                return Accepted(cursor.lastrowid, False, QUEUED)
-        except sqlite3.OperationalError as error:
-            raise DatabaseUnavailable(str(error)) from error
+        with self._transaction() as db:
+            if dedup_seconds:
+                earlier = db.execute(
+                    "SELECT id, status FROM messages WHERE dedup_key = ? AND created_at >= ?"
+                    " AND status NOT IN (?, ?) ORDER BY id DESC LIMIT 1",
+                    (key, now - dedup_seconds, FAILED, EXPIRED),
+                ).fetchone()
+                if earlier:
+                    return Accepted(earlier["id"], True, earlier["status"])
+            status, owner, until = (SENDING, lease[0], now + lease[1]) if lease else (QUEUED, None, None)
+            cursor = db.execute(
+                "INSERT INTO messages (created_at, updated_at, source, event, dedup_key, user_id,"
+                " status, next_attempt_at, deadline, lease_owner, lease_until)"
+                " VALUES (?, ?, 'webhook', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now, now, event, key, user_id, status, now, now + valid_seconds, owner, until),
+            )
+            return Accepted(cursor.lastrowid, False, status)
 
-    def transition(self, message_id: int, status: str, **fields: Any) -> None:
-        """Move a message to `status`, setting `fields` with it; refuse a move the machine forbids."""
+    def enqueue(self, source: str, valid_seconds: int, *, phone: str | None = None,
+                text: str | None = None, user_id: int | None = None, event: str | None = None) -> int:
+        """Queue one message: to a phone with a text, or to a MoyKlass user (resolved by the worker)."""
+        return self.enqueue_many(source, valid_seconds, [(phone, text, user_id, event)])[0]
+
+    def enqueue_many(self, source: str, valid_seconds: int,
+                     rows: list[tuple[str | None, str | None, int | None, str | None]]) -> list[int]:
+        """Queue (phone, text, user_id, event) rows in one transaction; returns their ids."""
+        now = time.time()
+        with self._transaction() as db:
+            first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
+            db.executemany(
+                "INSERT INTO messages (id, created_at, updated_at, source, phone, text, user_id, event,"
+                " status, next_attempt_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(first + i, now, now, source, phone, text, user_id, event, QUEUED, now,
+                  now + valid_seconds) for i, (phone, text, user_id, event) in enumerate(rows)],
+            )
+        return list(range(first, first + len(rows)))
+
+    # --- the worker's side ---
+
+    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+        """Lease up to `limit` due messages to `owner`: QUEUED ones whose time has come, and
+        SENDING ones whose lease expired (their worker died: they may have reached the gateway)."""
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM messages WHERE status = ? AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?", (QUEUED, now, limit)).fetchall()
+            if len(rows) < limit:
+                rows += db.execute(
+                    "SELECT * FROM messages WHERE status = ? AND lease_until < ? LIMIT ?",
+                    (SENDING, now, limit - len(rows))).fetchall()
+            if not rows:
+                return []
+            ids = [row["id"] for row in rows]
+            allowed = TRANSITIONS[SENDING]
+            db.execute(
+                f"UPDATE messages SET status = ?, lease_owner = ?, lease_until = ?, updated_at = ?"
+                f" WHERE id IN ({_placeholders(ids)}) AND status IN ({_placeholders(allowed)})",
+                (SENDING, owner, now + lease_seconds, now, *ids, *sorted(allowed)))
+        return [dict(row) | {"status": SENDING, "lease_owner": owner} for row in rows]
+
+    def transition(self, message_id: int, status: str, owner: str | None = None,
+                   count_attempt: bool = False, **fields: Any) -> None:
+        """Move a message to `status`, setting `fields` with it (and attempts + 1 if `count_attempt`).
+
+        Refused (InvalidTransition) when the status machine forbids the move or, with `owner`,
+        when the message's lease is no longer that owner's (another worker took it over).
+        """
         allowed = TRANSITIONS[status]
         now = time.time()
         fields["updated_at"] = now
         if status == SENT:
             fields["sent_at"] = now
-        if status == SENDING:
-            assignments = "attempts = attempts + 1, "
-        else:
-            assignments = ""
-        assignments += ", ".join(f"{name} = ?" for name in fields)
+        if status != SENDING:
+            fields.setdefault("lease_owner", None)
+            fields.setdefault("lease_until", None)
+        if status in FINAL_STATUSES:
+            fields["done_at"] = now
+            fields["report_next_at"] = None
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        if count_attempt:
+            assignments += ", attempts = attempts + 1"
+        condition = f"status IN ({_placeholders(allowed)})"
+        params = [status, *fields.values(), message_id, *sorted(allowed)]
+        if owner is not None:
+            condition += " AND lease_owner = ?"
+            params.append(owner)
         with self._transaction() as db:
             cursor = db.execute(
-                f"UPDATE messages SET status = ?, {assignments} WHERE id = ?"
-                f" AND status IN ({', '.join('?' * len(allowed))})",
-                (status, *fields.values(), message_id, *sorted(allowed)),
-            )
+                f"UPDATE messages SET status = ?, {assignments} WHERE id = ? AND {condition}", params)
             if cursor.rowcount != 1:
                 raise InvalidTransition(f"message {message_id} cannot move to {status}")
+
+    def release(self, owner: str, message_ids: list[int]) -> int:
+        """Give leased messages back to the queue untouched (a worker shutting down)."""
+        if not message_ids:
+            return 0
+        with self._transaction() as db:
+            return db.execute(
+                f"UPDATE messages SET status = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                f" WHERE status = ? AND lease_owner = ? AND id IN ({_placeholders(message_ids)})",
+                (QUEUED, time.time(), SENDING, owner, *message_ids)).rowcount
+
+    def claim_reports(self, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+        """SENT messages whose delivery report is due; pushed back by a lease so one worker polls each."""
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM messages WHERE report_next_at <= ? AND status = ?"
+                " ORDER BY report_next_at LIMIT ?", (now, SENT, limit)).fetchall()
+            if rows:
+                ids = [row["id"] for row in rows]
+                db.execute(f"UPDATE messages SET report_next_at = ? WHERE id IN ({_placeholders(ids)})",
+                           (now + lease_seconds, *ids))
+        return [dict(row) for row in rows]
+
+    def schedule_report(self, message_id: int, next_at: float | None, report_text: str | None) -> None:
+        """Poll the report of a SENT message again at `next_at` (None: stop polling, leave it SENT)."""
+        with self._transaction() as db:
+            db.execute("UPDATE messages SET report_next_at = ?, report_text = coalesce(?, report_text),"
+                       " updated_at = ? WHERE id = ? AND status = ?",
+                       (next_at, report_text, time.time(), message_id, SENT))
+
+    # --- operators ---
+
+    def retry_failed(self, valid_seconds: int, since: float | None = None) -> int:
+        """Re-queue FAILED and UNDELIVERED messages (those since `since`), with fresh attempts."""
+        now = time.time()
+        allowed = sorted(TRANSITIONS[QUEUED] - {SENDING})
+        with self._transaction() as db:
+            return db.execute(
+                f"UPDATE messages SET status = ?, attempts = 0, next_attempt_at = ?, deadline = ?,"
+                f" lease_owner = NULL, lease_until = NULL, done_at = NULL, updated_at = ?"
+                f" WHERE status IN ({_placeholders(allowed)}) AND created_at >= ?",
+                (QUEUED, now, now + valid_seconds, now, *allowed, since or 0)).rowcount
+
+    def counts(self) -> dict[str, int]:
+        rows = self._connection().execute("SELECT status, count(*) FROM messages GROUP BY status")
+        found = dict(rows.fetchall())
+        return {status: found.get(status, 0) for status in STATUSES}
+
+    def oldest_queued_at(self) -> float | None:
+        return self._connection().execute(
+            "SELECT min(created_at) FROM messages WHERE status IN (?, ?)", (QUEUED, SENDING)).fetchone()[0]
 
     def message(self, message_id: int) -> dict[str, Any] | None:
         row = self._connection().execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
         return dict(row) if row else None
+
+    # --- providers that refused our credentials ---
+
+    def pause_provider(self, provider: str, retry_at: float, reason: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO provider_pauses (provider, paused_at, retry_at, reason)"
+                       " VALUES (?, ?, ?, ?) ON CONFLICT (provider)"
+                       " DO UPDATE SET retry_at = excluded.retry_at, reason = excluded.reason",
+                       (provider, time.time(), retry_at, reason))
+
+    def resume_provider(self, provider: str) -> bool:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM provider_pauses WHERE provider = ?", (provider,)).rowcount > 0
+
+    def provider_pause(self, provider: str) -> ProviderPause | None:
+        row = self._connection().execute(
+            "SELECT provider, retry_at, reason FROM provider_pauses WHERE provider = ?",
+            (provider,)).fetchone()
+        return ProviderPause(*row) if row else None
 
     def check(self) -> None:
         """Raise if the database cannot be read and written."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from sms_bulk_app import create_app
-from store import FAILED, SENT
+from store import FAILED, QUEUED, SENT
 from tests.conftest import load_fixture
 
 
@@ -112,14 +112,27 @@ def test_invalid_phone_answers_422(client, moyklass, oneclick):
     assert oneclick.messages == []
 
 
-def test_gateway_error_status_with_http_200_answers_500(app, client, moyklass, oneclick):
+def test_gateway_error_status_with_http_200_answers_500_and_stays_queued(app, client, moyklass, oneclick):
     moyklass.add_user(1001, "381641000001")
     oneclick.answer_status = -3
     response = client.post("/webhook", json=load_fixture("sub_lessons_left"))
     assert response.status_code == 500
-    assert "code -3" in response.get_json()["message"]
+    body = response.get_json()
+    assert "code -3" in body["message"]
+    assert f"message {body['id']} stays queued and will be retried" in body["message"]
+    row = message_row(app, body["id"])
+    assert (row["status"], row["error_code"], row["attempts"]) == (QUEUED, "-3", 1)
+    assert row["next_attempt_at"] > row["created_at"]
+
+
+def test_gateway_permanent_refusal_answers_500_and_fails(app, client, moyklass, oneclick):
+    moyklass.add_user(1001, "381641000001")
+    oneclick.answer_status = -1
+    response = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 500
+    assert "will be retried" not in response.get_json()["message"]
     row = message_row(app, response.get_json()["id"])
-    assert (row["status"], row["error_code"], row["last_error"]) == (FAILED, "-3", "forced answer")
+    assert (row["status"], row["error_code"], row["last_error"]) == (FAILED, "-1", "forced answer (code -1)")
 
 
 def test_bad_gateway_credentials_answer_500(settings, moyklass, oneclick):
@@ -189,9 +202,8 @@ def test_repeated_webhook_sends_one_sms(client, moyklass, oneclick):
 
 
 def test_repeat_after_a_failure_is_sent(client, moyklass, oneclick):
+    assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 404
     moyklass.add_user(1001, "381641000001")
-    oneclick.fail_next = [503]
-    assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 500
     assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 200
     assert len(oneclick.messages) == 1
 

@@ -1,0 +1,94 @@
+"""The worker: claims due messages from the outbox, sends them, retries, polls delivery reports.
+
+Run as its own process (`python sms_bulk_app.py worker`, unit sms_bulk_app-worker.service),
+as many as you like on one database, or inside `python sms_bulk_app.py` for a one-command setup.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from delivery import Dispatcher
+from store import InvalidTransition, Store
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_SECONDS = 0.2  # how often an idle worker looks for due messages
+SHUTDOWN_GRACE_SECONDS = 8.0  # in-flight sends get this long after SIGTERM (the unit allows 10)
+REPORT_BATCH = 50
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, store: Store, dispatcher: Dispatcher, concurrency: int, lease_seconds: float):
+        self.store = store
+        self.dispatcher = dispatcher
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.owner = worker_id()
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until `stop` is set; then release what has not started and let sends in flight finish."""
+        log.info("Worker %s started: %d at a time, leases of %.0f s",
+                 self.owner, self.concurrency, self.lease_seconds)
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="send")
+        in_flight: dict[Future, int | None] = {}  # message id, or None for a report poll
+        try:
+            while not stop.is_set():
+                room = 2 * self.concurrency - len(in_flight)  # keep the senders fed, no more
+                if room > 0:
+                    for message in self.store.claim(self.owner, room, self.lease_seconds):
+                        in_flight[pool.submit(self._attempt, message)] = message["id"]
+                    if len(in_flight) < self.concurrency:
+                        for message in self.store.claim_reports(REPORT_BATCH, self.lease_seconds):
+                            in_flight[pool.submit(self._poll_report, message)] = None
+                if in_flight:
+                    done, _ = wait(in_flight, timeout=IDLE_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        del in_flight[future]
+                else:
+                    stop.wait(IDLE_POLL_SECONDS)
+        finally:
+            self._shut_down(pool, in_flight)
+
+    def _shut_down(self, pool: ThreadPoolExecutor, in_flight: dict[Future, int | None]) -> None:
+        not_started = [message_id for future, message_id in in_flight.items()
+                       if future.cancel() and message_id is not None]
+        released = self.store.release(self.owner, not_started)
+        running = [future for future in in_flight if not future.cancelled()]
+        _, unfinished = wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
+        pool.shutdown(wait=False, cancel_futures=True)
+        log.info("Worker %s stopped: %d messages released, %d sends finished, %d still in flight"
+                 " (their leases expire and another worker takes them over)",
+                 self.owner, released, len(running) - len(unfinished), len(unfinished))
+
+    def _attempt(self, message: dict) -> None:
+        try:
+            self.dispatcher.attempt(message, self.owner)
+        except InvalidTransition as error:
+            log.warning("Message %d was taken over by another worker: %s", message["id"], error)
+        except Exception:
+            # The lease expires and the message is tried again; the error must not kill the worker.
+            log.exception("Unexpected error on message %d", message["id"])
+
+    def _poll_report(self, message: dict) -> None:
+        try:
+            self.dispatcher.poll_report(message)
+        except Exception:
+            log.exception("Unexpected error polling the report of message %d", message["id"])
+
+
+def run_until_signalled(worker: Worker) -> None:
+    """Run the worker in this thread until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker.run(stop)
