@@ -23,9 +23,10 @@ from texts import measure, transliterate
 
 log = logging.getLogger(__name__)
 
-PROVIDER_PAUSE_SECONDS = 60.0  # how long bad gateway credentials stop sending before a new try
+# Delays scale with SMS_RETRY_BASE_SECONDS (15 s by default), capped at these:
 MAX_RETRY_DELAY = 3600.0
-REPORT_FIRST_DELAY = 10.0
+PROVIDER_PAUSE_MAX = 60.0  # bad gateway credentials stop sending this long before a new try
+REPORT_FIRST_MAX = 10.0  # the first delivery report is asked for this long after sending
 REPORT_MAX_DELAY = 1800.0
 
 
@@ -124,7 +125,7 @@ class Dispatcher:
             self.store.transition(
                 message["id"], SENT, owner, count_attempt=True, gateway_ref=result.reference,
                 error_code=result.code, last_error=None,
-                report_next_at=now + REPORT_FIRST_DELAY if reports else None,
+                report_next_at=now + self._report_first_delay if reports else None,
                 report_until=now + self.config.sms_dlr_max_seconds if reports else None)
             if self.store.resume_provider(self.provider.name):
                 log.warning("%s accepts our credentials again: sending resumed", self.provider.name)
@@ -132,13 +133,12 @@ class Dispatcher:
             return AttemptResult(SENT)
         error = f"{result.message} (code {result.code})"
         if result.outcome is Outcome.AUTH:
-            retry_at = time.time() + PROVIDER_PAUSE_SECONDS
-            self.store.pause_provider(self.provider.name, retry_at, error)
+            pause = min(4 * self.config.sms_retry_base_seconds, PROVIDER_PAUSE_MAX)
+            self.store.pause_provider(self.provider.name, time.time() + pause, error)
             log.error("%s refused our credentials or sender: %s. Sending through it is paused; "
                       "fix SMS_USERNAME / SMS_PASSWORD / SMS_SENDER. Next try in %.0f s.",
-                      self.provider.name, error, PROVIDER_PAUSE_SECONDS)
-            return self._retry_later(message, owner, Cause.GATEWAY, error, code=result.code,
-                                     delay=PROVIDER_PAUSE_SECONDS)
+                      self.provider.name, error, pause)
+            return self._retry_later(message, owner, Cause.GATEWAY, error, code=result.code, delay=pause)
         attempts = message["attempts"] + 1
         if result.outcome is Outcome.TRANSIENT:
             delay = self._jittered(min(self.config.sms_retry_base_seconds * 2 ** (attempts - 1),
@@ -185,9 +185,13 @@ class Dispatcher:
                      report.description)
             return
         now = time.time()
-        delay = min(max(now - message["sent_at"], REPORT_FIRST_DELAY), REPORT_MAX_DELAY)
+        delay = min(max(now - message["sent_at"], self._report_first_delay), REPORT_MAX_DELAY)
         keep_asking = report.state is Delivery.PENDING and now + delay <= (message["report_until"] or 0)
         self.store.schedule_report(message["id"], now + delay if keep_asking else None, report.description)
+
+    @property
+    def _report_first_delay(self) -> float:
+        return min(self.config.sms_retry_base_seconds, REPORT_FIRST_MAX)
 
     @staticmethod
     def _jittered(delay: float) -> float:

@@ -100,3 +100,50 @@ def running_gunicorn(settings: dict[str, str], workers: int, threads: int = 16):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def worker_settings(settings) -> dict[str, str]:
+    """Settings for tests with a worker: fast retries, short leases (HTTP_TIMEOUT=1 allows 6 s)."""
+    return settings | {"HTTP_TIMEOUT": "1", "WORKER_LEASE_SECONDS": "6.5", "SMS_RETRY_BASE_SECONDS": "0.05"}
+
+
+def command(settings: dict[str, str], *args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sms_bulk_app.py"), *args]
+
+
+def command_env(settings: dict[str, str]) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], **settings}
+
+
+def run_command(settings: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`python sms_bulk_app.py ARGS` as an operator would run it."""
+    return subprocess.run(command(settings, *args), cwd=Path(settings["DATA_DIR"]).parent,
+                          env=command_env(settings), capture_output=True, text=True, timeout=60)
+
+
+@contextmanager
+def running_worker(settings: dict[str, str]):
+    """`python sms_bulk_app.py worker` as its own process; stopped with SIGTERM at the end."""
+    Path(settings["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    output = open(Path(settings["DATA_DIR"]).parent / f"worker-{time.monotonic_ns()}.out", "wb")
+    process = subprocess.Popen(command(settings, "worker"), cwd=Path(settings["DATA_DIR"]).parent,
+                               env=command_env(settings), stdout=output, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=20)
+        output.close()

@@ -201,9 +201,13 @@ class FakeMoyKlass(FakeService):
 
 
 class FakeOneClick(FakeService):
-    """SendMsg.aspx: HTTP 200 always, `status` 0 on success, -1 bad phone, -10 bad credentials."""
+    """SendMsg.aspx: HTTP 200 always, `status` 0 on success, -1 bad phone, -10 bad credentials.
+    SentMsgDR.aspx: the delivery report of a reference, StatusVal 1 (delivered) unless set."""
 
     SEND_PATH = "/SmsWebBulkApi/SendMsg.aspx"
+    REPORT_PATH = "/SmsWebBulkApi/SentMsgDR.aspx"
+    REPORT_DESCRIPTIONS = {1: "Isporučena", 2: "Nije isporučena", 3: "Neispravan broj", 5: "Na čekanju",
+                           6: "Greška pri slanju", 8: "Blacklist", -201: "Neispravna referenca"}
 
     def __init__(self, username: str = "smartlab", password: str = "oneclick-pass") -> None:
         super().__init__()
@@ -211,6 +215,10 @@ class FakeOneClick(FakeService):
         self.password = password
         self.messages: list[dict[str, Any]] = []
         self.answer_status: int | None = None  # force every answer to this gateway status
+        self.report_status = 1  # StatusVal of every delivery report not set in `reports`
+        self.reports: dict[str, int] = {}  # reference -> StatusVal
+        self.report_calls = 0
+        self._sent_references: set[str] = set()
         self.fail_next: list[int] = []  # HTTP statuses to answer the next requests with
         self._references = itertools.count(1000)
 
@@ -222,9 +230,11 @@ class FakeOneClick(FakeService):
         with self.lock:
             if self.fail_next:
                 return self.fail_next.pop(0), b"<html>Service Unavailable</html>"
-            if request.command != "POST" or request.path != self.SEND_PATH:
+            if request.command != "POST" or request.path not in (self.SEND_PATH, self.REPORT_PATH):
                 return 404, b"<html>Not Found</html>"
             credentials = (request.headers.get("username"), request.headers.get("pwd"))
+            if request.path == self.REPORT_PATH:
+                return 200, self._report(body, credentials == (self.username, self.password))
             if credentials != (self.username, self.password):
                 return 200, self._answer(-10, "Pogresno korisnicko ime ili lozinka")
             fields = ("sender", "message", "phone")
@@ -235,8 +245,21 @@ class FakeOneClick(FakeService):
             if not re.fullmatch(r"[1-9]\d{9,14}", body["phone"]):
                 return 200, self._answer(-1, "Neispravan broj telefona")
             reference = str(next(self._references))
-            self.messages.append({**body, "reference": reference})
+            self.messages.append({**body, "reference": reference, "at": time.monotonic()})
+            self._sent_references.add(reference)
             return 200, self._answer(0, "Poruka je poslata", reference)
+
+    def _report(self, body: Any, authorized: bool) -> dict[str, Any]:
+        self.report_calls += 1
+        reference = str(body.get("reference", "")) if isinstance(body, dict) else ""
+        if not authorized:
+            status = -202
+        elif reference in self._sent_references:
+            status = self.reports.get(reference, self.report_status)
+        else:
+            status = -201
+        return {"StatusVal": status, "Reference": reference,
+                "Description": self.REPORT_DESCRIPTIONS.get(status, "Greška"), "Status": str(status)}
 
     @staticmethod
     def _answer(status: int, message: str, reference: str = "") -> dict[str, Any]:

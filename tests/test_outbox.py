@@ -1,0 +1,115 @@
+"""store.py: the status machine, leases and claims on a real SQLite file."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from store import (CANCELED, DELIVERED, EXPIRED, FAILED, QUEUED, SENDING, SENT, UNDELIVERED,
+                   InvalidTransition, Store)
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    store = Store(tmp_path / "outbox.db")
+    store.initialize()
+    return store
+
+
+def queue(store: Store, count: int = 1) -> list[int]:
+    return store.enqueue_many("test", 3600, [("+381641000001", f"text {i}", None, None) for i in range(count)])
+
+
+def test_a_message_travels_the_whole_way(store):
+    [message_id] = queue(store)
+    [claimed] = store.claim("w1", 10, 30)
+    assert (claimed["id"], claimed["status"]) == (message_id, SENDING)
+    store.transition(message_id, SENT, "w1", count_attempt=True, gateway_ref="ref-1")
+    store.transition(message_id, DELIVERED, report_text="Isporučena")
+    row = store.message(message_id)
+    assert (row["status"], row["attempts"], row["gateway_ref"], row["lease_owner"]) == (DELIVERED, 1, "ref-1", None)
+    assert row["sent_at"] and row["done_at"]
+
+
+@pytest.mark.parametrize("final", [DELIVERED, UNDELIVERED, FAILED])
+def test_no_move_out_of_a_report_state_but_retry(store, final):
+    [message_id] = queue(store)
+    store.claim("w1", 1, 30)
+    store.transition(message_id, SENT, "w1")
+    store.transition(message_id, final)
+    for status in (QUEUED, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED):
+        if status == QUEUED and final != DELIVERED:
+            continue  # an operator's retry-failed is the one way out of FAILED / UNDELIVERED
+        with pytest.raises(InvalidTransition):
+            store.transition(message_id, status)
+    assert store.message(message_id)["status"] == final
+
+
+def test_delivered_is_never_downgraded_even_by_retry_failed(store):
+    [delivered, failed] = queue(store, 2)
+    store.claim("w1", 2, 30)
+    for message_id in (delivered, failed):
+        store.transition(message_id, SENT, "w1")
+    store.transition(delivered, DELIVERED)
+    store.transition(failed, UNDELIVERED)
+    assert store.retry_failed(3600) == 1
+    assert store.message(delivered)["status"] == DELIVERED
+    assert (store.message(failed)["status"], store.message(failed)["attempts"]) == (QUEUED, 0)
+
+
+def test_a_claimed_message_is_nobody_elses_until_its_lease_expires(store):
+    queue(store, 5)
+    assert len(store.claim("w1", 10, lease_seconds=0.2)) == 5
+    assert store.claim("w2", 10, 30) == []
+    time.sleep(0.25)
+    taken_over = store.claim("w2", 10, 30)
+    assert len(taken_over) == 5
+    with pytest.raises(InvalidTransition):  # the first worker's late answer is refused
+        store.transition(taken_over[0]["id"], SENT, "w1")
+    store.transition(taken_over[0]["id"], SENT, "w2")
+
+
+def test_threads_claiming_together_never_share_a_message(store, tmp_path):
+    queue(store, 1000)
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def claim_all(owner: str) -> None:
+        own = Store(tmp_path / "outbox.db")  # a connection of its own, as another process has
+        while batch := own.claim(owner, 7, 30):
+            with lock:
+                claimed.extend(m["id"] for m in batch)
+
+    threads = [threading.Thread(target=claim_all, args=(f"w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claimed) == 1000 and len(set(claimed)) == 1000
+
+
+def test_release_gives_back_only_the_owners_messages(store):
+    ids = queue(store, 3)
+    store.claim("w1", 3, 30)
+    assert store.release("w2", ids) == 0
+    assert store.release("w1", ids[:2]) == 2
+    assert [store.message(i)["status"] for i in ids] == [QUEUED, QUEUED, SENDING]
+
+
+def test_retry_failed_since_leaves_older_failures(store):
+    [old] = queue(store)
+    store.claim("w1", 1, 30)
+    store.transition(old, FAILED, "w1")
+    cutoff = time.time()
+    [new] = queue(store)
+    store.claim("w1", 1, 30)
+    store.transition(new, FAILED, "w1")
+    assert store.retry_failed(3600, since=cutoff) == 1
+    assert (store.message(old)["status"], store.message(new)["status"]) == (FAILED, QUEUED)
+
+
+def test_counts_cover_every_status(store):
+    queue(store, 2)
+    assert store.counts() == {QUEUED: 2, SENDING: 0, SENT: 0, DELIVERED: 0, UNDELIVERED: 0,
+                              FAILED: 0, EXPIRED: 0, CANCELED: 0}
