@@ -169,11 +169,11 @@ class Store:
             try:
                 yield db
                 db.execute("COMMIT")
-            except sqlite3.OperationalError as error:
-                db.execute("ROLLBACK")
-                raise DatabaseUnavailable(str(error)) from error
-            except BaseException:
-                db.execute("ROLLBACK")
+            except BaseException as error:
+                if db.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
+                    db.execute("ROLLBACK")
+                if isinstance(error, sqlite3.OperationalError):
+                    raise DatabaseUnavailable(str(error)) from error
                 raise
 
     # --- putting messages in ---

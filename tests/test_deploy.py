@@ -82,19 +82,23 @@ def test_through_nginx_the_secret_stays_out_of_its_log_and_errors_are_json(setti
 
 
 @needs_systemd
-def test_systemd_unit_verifies(tmp_path):
+@pytest.mark.parametrize("unit_name, exec_start", [
+    ("sms_bulk_app.service", r"\S+/gunicorn -c \S+/gunicorn.conf.py \"sms_bulk_app:create_app\(\)\""),
+    ("sms_bulk_app-worker.service", r"\S+/python \S+/sms_bulk_app.py worker"),
+])
+def test_systemd_units_verify(tmp_path, unit_name, exec_start):
     """systemd-analyze verify, with the install paths pointed at this checkout's venv."""
     install = tmp_path / "opt"
     (install / ".venv" / "bin").mkdir(parents=True)
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    (install / ".venv" / "bin" / "gunicorn").symlink_to(gunicorn)
-    unit_text = (ROOT / "sms_bulk_app.service").read_text()
-    unit = tmp_path / "sms_bulk_app.service"
+    for program in ("gunicorn", "python"):
+        (install / ".venv" / "bin" / program).symlink_to(Path(sys.executable).parent / program)
+    (install / "sms_bulk_app.py").symlink_to(ROOT / "sms_bulk_app.py")
+    unit_text = (ROOT / unit_name).read_text()
+    unit = tmp_path / unit_name
     unit.write_text(unit_text.replace("/opt/sms_bulk_app", str(install)))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     for directive in ["User=sms_bulk_app", "EnvironmentFile=", "Restart=on-failure",
                       "ProtectSystem=strict", "NoNewPrivileges=yes", "ReadWritePaths=/var/lib/sms_bulk_app"]:
         assert directive in unit_text
-    assert re.search(r"^ExecStart=.*gunicorn -c \S+gunicorn.conf.py \"sms_bulk_app:create_app\(\)\"$",
-                     unit_text, re.M)
+    assert re.search(rf"^ExecStart={exec_start}$", unit_text, re.M)
