@@ -6,8 +6,18 @@ import time
 
 import pytest
 
-from store import (CANCELED, DELIVERED, EXPIRED, FAILED, QUEUED, SENDING, SENT, UNDELIVERED,
-                   InvalidTransition, Store)
+from store import (
+    CANCELED,
+    DELIVERED,
+    EXPIRED,
+    FAILED,
+    QUEUED,
+    SENDING,
+    SENT,
+    UNDELIVERED,
+    InvalidTransition,
+    Store,
+)
 
 
 @pytest.fixture

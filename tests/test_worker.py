@@ -13,8 +13,7 @@ import pytest
 
 from sms_bulk_app import create_app
 from store import DELIVERED, EXPIRED, FAILED, QUEUED, SENDING, SENT, UNDELIVERED, Store
-from tests.conftest import (command, command_env, load_fixture, run_command, running_worker,
-                            wait_until)
+from tests.conftest import command, command_env, load_fixture, run_command, running_worker, wait_until
 
 
 def open_store(settings) -> Store:
