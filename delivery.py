@@ -18,7 +18,7 @@ from locks import SharedRateLimiter, SharedSlots
 from moyklass import MoyKlassClient, MoyKlassError, UserNotFound, template_fields
 from phones import InvalidPhone, e164, mask, parse_phone
 from providers import Delivery, Outcome, Provider, SendResult
-from store import DELIVERED, EXPIRED, FAILED, QUEUED, SENDING, SENT, UNDELIVERED, Store
+from store import DELIVERED, EXPIRED, FAILED, QUEUED, SENT, UNDELIVERED, Store
 from texts import measure, transliterate
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,11 @@ class Dispatcher:
         self._slots = SharedSlots(state.with_suffix(".slots"), config.sms_concurrency)
 
     def attempt(self, message: dict[str, Any], owner: str) -> AttemptResult:
-        """Make one attempt at a message leased to `owner`, and record where it stands after it."""
+        """Make one attempt at a message leased to `owner`, and record where it stands after it.
+
+        One write per attempt: what was resolved (phone, text, encoding) is recorded together
+        with the outcome; until then the lease alone says the message is being sent.
+        """
         where = f"message {message['id']} (event {message['event'] or '-'}, user {message['user_id'] or '-'})"
         if message["deadline"] < time.time():
             return self._finish(message, owner, EXPIRED, Cause.EXPIRED,
@@ -80,15 +84,14 @@ class Dispatcher:
             return self._retry_later(message, owner, Cause.MOYKLASS, str(error), code=type(error).__name__,
                                      delay=self._jittered(self.config.sms_retry_base_seconds))
 
+        encoding = measure(text)
+        details = {"phone": e164(number), "text": text, "encoding": encoding.name,
+                   "segments": encoding.segments, "provider": self.provider.name}
         pause = self.store.provider_pause(self.provider.name)
         if pause and pause.retry_at > time.time():
             return self._retry_later(message, owner, Cause.GATEWAY, f"sending paused: {pause.reason}",
-                                     code="paused", delay=pause.retry_at - time.time())
-
-        encoding = measure(text)
-        self.store.transition(message["id"], SENDING, owner, phone=e164(number), text=text,
-                              encoding=encoding.name, segments=encoding.segments, provider=self.provider.name)
-        where += f" to {mask(e164(number))} via {self.provider.name}"
+                                     code="paused", delay=pause.retry_at - time.time(), **details)
+        where += f" to {mask(details['phone'])} via {self.provider.name}"
         if encoding.segments > self.provider.max_segments:
             result = SendResult(Outcome.REJECTED, code="too-long",
                                 message=f"the text needs {encoding.segments} SMS; {self.provider.name}"
@@ -98,7 +101,7 @@ class Dispatcher:
                 if self._rate:
                     self._rate.wait()
                 result = self.provider.send(number, text, self.config.sms_sender)
-        return self._record(message, owner, where, result, encoding.segments, encoding.name)
+        return self._record(message, owner, where, result, details, resumes=pause is not None)
 
     def _resolve(self, message: dict[str, Any]) -> tuple[Any, str]:
         """The number and text: given (CLI, API) or looked up in MoyKlass and rendered (webhooks)."""
@@ -118,7 +121,7 @@ class Dispatcher:
         return number, text
 
     def _record(self, message: dict[str, Any], owner: str, where: str, result: SendResult,
-                segments: int, encoding: str) -> AttemptResult:
+                details: dict[str, Any], resumes: bool) -> AttemptResult:
         if result.ok:
             now = time.time()
             reports = self.provider.supports_delivery_reports and self.config.sms_dlr_max_seconds > 0
@@ -126,10 +129,11 @@ class Dispatcher:
                 message["id"], SENT, owner, count_attempt=True, gateway_ref=result.reference,
                 error_code=result.code, last_error=None,
                 report_next_at=now + self._report_first_delay if reports else None,
-                report_until=now + self.config.sms_dlr_max_seconds if reports else None)
-            if self.store.resume_provider(self.provider.name):
+                report_until=now + self.config.sms_dlr_max_seconds if reports else None, **details)
+            if resumes and self.store.resume_provider(self.provider.name):
                 log.warning("%s accepts our credentials again: sending resumed", self.provider.name)
-            log.info("Sent %s: ref %s, %d SMS %s", where, result.reference, segments, encoding)
+            log.info("Sent %s: ref %s, %d SMS %s", where, result.reference, details["segments"],
+                     details["encoding"])
             return AttemptResult(SENT)
         error = f"{result.message} (code {result.code})"
         if result.outcome is Outcome.AUTH:
@@ -138,7 +142,8 @@ class Dispatcher:
             log.error("%s refused our credentials or sender: %s. Sending through it is paused; "
                       "fix SMS_USERNAME / SMS_PASSWORD / SMS_SENDER. Next try in %.0f s.",
                       self.provider.name, error, pause)
-            return self._retry_later(message, owner, Cause.GATEWAY, error, code=result.code, delay=pause)
+            return self._retry_later(message, owner, Cause.GATEWAY, error, code=result.code, delay=pause,
+                                     **details)
         attempts = message["attempts"] + 1
         if result.outcome is Outcome.TRANSIENT:
             delay = self._jittered(min(self.config.sms_retry_base_seconds * 2 ** (attempts - 1),
@@ -151,20 +156,21 @@ class Dispatcher:
                 log.warning("Gateway did not take %s (attempt %d of %d): %s; next try in %.1f s",
                             where, attempts, self.config.sms_max_attempts, error, delay)
                 return self._retry_later(message, owner, Cause.GATEWAY, error, code=result.code,
-                                         delay=delay, count_attempt=True)
+                                         delay=delay, count_attempt=True, **details)
         log.error("Gateway refused %s: %s", where, error)
         return self._finish(message, owner, FAILED, Cause.GATEWAY, error, code=result.code,
-                            count_attempt=True, gateway_ref=result.reference)
+                            count_attempt=True, gateway_ref=result.reference, **details)
 
     def _retry_later(self, message: dict[str, Any], owner: str, cause: Cause, error: str, *,
-                     code: str | None, delay: float, count_attempt: bool = False) -> AttemptResult:
+                     code: str | None, delay: float, count_attempt: bool = False, **details: Any
+                     ) -> AttemptResult:
         """Back to the queue for a later attempt; past the deadline it EXPIRES instead."""
         next_at = time.time() + delay
         if next_at > message["deadline"]:
             return self._finish(message, owner, EXPIRED, Cause.EXPIRED, f"deadline passed: {error}",
-                                code=code)
+                                code=code, **details)
         self.store.transition(message["id"], QUEUED, owner, count_attempt=count_attempt,
-                              next_attempt_at=next_at, error_code=code, last_error=error)
+                              next_attempt_at=next_at, error_code=code, last_error=error, **details)
         return AttemptResult(QUEUED, cause, error)
 
     def _finish(self, message: dict[str, Any], owner: str, status: str, cause: Cause, error: str,

@@ -211,13 +211,12 @@ def build_services(config: Config) -> Services:
     setup_logging(config.log_file_path, config.log_level, config.secrets())
     store = Store(config.database_path, config.database_timeout)
     store.initialize()
-    session = new_session([config.moyklass_api_url, config.sms_api_url])
     moyklass = None
     if config.api_key:
         limiter = SharedRateLimiter(config.data_dir / "moyklass.rate", config.moyklass_rate_per_sec)
         moyklass = MoyKlassClient(config.moyklass_api_url, config.api_key, config.token_file_path,
-                                  limiter, config.http_timeouts, session)
-    return Services(config, store, Dispatcher(config, store, moyklass, create_provider(config, session)))
+                                  limiter, config.http_timeouts, new_session([config.moyklass_api_url]))
+    return Services(config, store, Dispatcher(config, store, moyklass, create_provider(config)))
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
