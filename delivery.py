@@ -18,7 +18,7 @@ from locks import SharedRateLimiter, SharedSlots
 from moyklass import MoyKlassClient, MoyKlassError, UserNotFound, template_fields
 from phones import InvalidPhone, e164, mask, parse_phone
 from providers import Delivery, Outcome, Provider, SendResult
-from store import DELIVERED, EXPIRED, FAILED, QUEUED, SENT, UNDELIVERED, Store
+from store import DELIVERED, EXPIRED, FAILED, QUEUED, SENT, UNDELIVERED, Change, ProviderPause, Store
 from texts import measure, transliterate
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ MAX_RETRY_DELAY = 3600.0
 PROVIDER_PAUSE_MAX = 60.0  # bad gateway credentials stop sending this long before a new try
 REPORT_FIRST_MAX = 10.0  # the first delivery report is asked for this long after sending
 REPORT_MAX_DELAY = 1800.0
+PAUSE_CHECK_SECONDS = 1.0  # how stale this process's view of a provider pause may be
 
 
 class Cause(enum.Enum):
@@ -43,9 +44,13 @@ class Cause(enum.Enum):
 
 @dataclass(frozen=True)
 class AttemptResult:
-    status: str  # the message's status afterwards
+    change: Change  # what to write: the message's status afterwards, with what was learnt
     cause: Cause | None = None
     error: str = ""
+
+    @property
+    def status(self) -> str:
+        return self.change.status
 
     @property
     def will_retry(self) -> bool:
@@ -62,34 +67,44 @@ class Dispatcher:
         self._rate = (SharedRateLimiter(state.with_suffix(".rate"), config.sms_rate_per_sec)
                       if config.sms_rate_per_sec > 0 else None)
         self._slots = SharedSlots(state.with_suffix(".slots"), config.sms_concurrency)
+        self._pause: ProviderPause | None = None
+        self._pause_checked_at = -PAUSE_CHECK_SECONDS
 
-    def attempt(self, message: dict[str, Any], owner: str) -> AttemptResult:
-        """Make one attempt at a message leased to `owner`, and record where it stands after it.
+    def attempt_and_record(self, message: dict[str, Any], owner: str) -> AttemptResult:
+        """One attempt, written at once (the synchronous webhook)."""
+        result = self.attempt(message)
+        self.store.transition(result.change.message_id, result.change.status, owner,
+                              result.change.count_attempt, **result.change.fields)
+        return result
 
-        One write per attempt: what was resolved (phone, text, encoding) is recorded together
-        with the outcome; until then the lease alone says the message is being sent.
+    def attempt(self, message: dict[str, Any]) -> AttemptResult:
+        """Make one attempt at a leased message; the result says what to write, the caller writes it.
+
+        What was resolved (phone, text, encoding) is written together with the outcome, so an
+        attempt costs one write, which a worker batches with others; until then the lease alone
+        says the message is being sent.
         """
         where = f"message {message['id']} (event {message['event'] or '-'}, user {message['user_id'] or '-'})"
         if message["deadline"] < time.time():
-            return self._finish(message, owner, EXPIRED, Cause.EXPIRED,
+            return self._finish(message, EXPIRED, Cause.EXPIRED,
                                 "its deadline passed before it was sent")
         try:
             number, text = self._resolve(message)
         except (UserNotFound, _NoPhone, InvalidPhone) as error:
             cause = {UserNotFound: Cause.USER_NOT_FOUND, _NoPhone: Cause.NO_PHONE,
                      InvalidPhone: Cause.INVALID_PHONE}[type(error)]
-            return self._finish(message, owner, FAILED, cause, str(error), code=type(error).__name__)
+            return self._finish(message, FAILED, cause, str(error), code=type(error).__name__)
         except MoyKlassError as error:  # unreachable, failing, or refusing our key: try again later
             log.warning("%s: %s; trying again later", where, error)
-            return self._retry_later(message, owner, Cause.MOYKLASS, str(error), code=type(error).__name__,
+            return self._retry_later(message, Cause.MOYKLASS, str(error), code=type(error).__name__,
                                      delay=self._jittered(self.config.sms_retry_base_seconds))
 
         encoding = measure(text)
         details = {"phone": e164(number), "text": text, "encoding": encoding.name,
                    "segments": encoding.segments, "provider": self.provider.name}
-        pause = self.store.provider_pause(self.provider.name)
+        pause = self._provider_pause()
         if pause and pause.retry_at > time.time():
-            return self._retry_later(message, owner, Cause.GATEWAY, f"sending paused: {pause.reason}",
+            return self._retry_later(message, Cause.GATEWAY, f"sending paused: {pause.reason}",
                                      code="paused", delay=pause.retry_at - time.time(), **details)
         where += f" to {mask(details['phone'])} via {self.provider.name}"
         if encoding.segments > self.provider.max_segments:
@@ -101,7 +116,7 @@ class Dispatcher:
                 if self._rate:
                     self._rate.wait()
                 result = self.provider.send(number, text, self.config.sms_sender)
-        return self._record(message, owner, where, result, details, resumes=pause is not None)
+        return self._record(message, where, result, details, resumes=pause is not None)
 
     def _resolve(self, message: dict[str, Any]) -> tuple[Any, str]:
         """The number and text: given (CLI, API) or looked up in MoyKlass and rendered (webhooks)."""
@@ -120,29 +135,38 @@ class Dispatcher:
                 text = transliterate(text)
         return number, text
 
-    def _record(self, message: dict[str, Any], owner: str, where: str, result: SendResult,
+    def _provider_pause(self) -> ProviderPause | None:
+        """Whether sending through our provider is paused; read from the database once a second."""
+        now = time.monotonic()
+        if now >= self._pause_checked_at + PAUSE_CHECK_SECONDS:
+            self._pause = self.store.provider_pause(self.provider.name)
+            self._pause_checked_at = now
+        return self._pause
+
+    def _record(self, message: dict[str, Any], where: str, result: SendResult,
                 details: dict[str, Any], resumes: bool) -> AttemptResult:
         if result.ok:
             now = time.time()
             reports = self.provider.supports_delivery_reports and self.config.sms_dlr_max_seconds > 0
-            self.store.transition(
-                message["id"], SENT, owner, count_attempt=True, gateway_ref=result.reference,
-                error_code=result.code, last_error=None,
+            change = Change(message["id"], SENT, dict(
+                details, gateway_ref=result.reference, error_code=result.code, last_error=None,
                 report_next_at=now + self._report_first_delay if reports else None,
-                report_until=now + self.config.sms_dlr_max_seconds if reports else None, **details)
+                report_until=now + self.config.sms_dlr_max_seconds if reports else None), count_attempt=True)
             if resumes and self.store.resume_provider(self.provider.name):
+                self._pause = None
                 log.warning("%s accepts our credentials again: sending resumed", self.provider.name)
             log.info("Sent %s: ref %s, %d SMS %s", where, result.reference, details["segments"],
                      details["encoding"])
-            return AttemptResult(SENT)
+            return AttemptResult(change)
         error = f"{result.message} (code {result.code})"
         if result.outcome is Outcome.AUTH:
             pause = min(4 * self.config.sms_retry_base_seconds, PROVIDER_PAUSE_MAX)
             self.store.pause_provider(self.provider.name, time.time() + pause, error)
+            self._pause_checked_at = 0.0  # read it back at once
             log.error("%s refused our credentials or sender: %s. Sending through it is paused; "
                       "fix SMS_USERNAME / SMS_PASSWORD / SMS_SENDER. Next try in %.0f s.",
                       self.provider.name, error, pause)
-            return self._retry_later(message, owner, Cause.GATEWAY, error, code=result.code, delay=pause,
+            return self._retry_later(message, Cause.GATEWAY, error, code=result.code, delay=pause,
                                      **details)
         attempts = message["attempts"] + 1
         if result.outcome is Outcome.TRANSIENT:
@@ -155,31 +179,31 @@ class Dispatcher:
             else:
                 log.warning("Gateway did not take %s (attempt %d of %d): %s; next try in %.1f s",
                             where, attempts, self.config.sms_max_attempts, error, delay)
-                return self._retry_later(message, owner, Cause.GATEWAY, error, code=result.code,
+                return self._retry_later(message, Cause.GATEWAY, error, code=result.code,
                                          delay=delay, count_attempt=True, **details)
         log.error("Gateway refused %s: %s", where, error)
-        return self._finish(message, owner, FAILED, Cause.GATEWAY, error, code=result.code,
+        return self._finish(message, FAILED, Cause.GATEWAY, error, code=result.code,
                             count_attempt=True, gateway_ref=result.reference, **details)
 
-    def _retry_later(self, message: dict[str, Any], owner: str, cause: Cause, error: str, *,
+    def _retry_later(self, message: dict[str, Any], cause: Cause, error: str, *,
                      code: str | None, delay: float, count_attempt: bool = False, **details: Any
                      ) -> AttemptResult:
         """Back to the queue for a later attempt; past the deadline it EXPIRES instead."""
         next_at = time.time() + delay
         if next_at > message["deadline"]:
-            return self._finish(message, owner, EXPIRED, Cause.EXPIRED, f"deadline passed: {error}",
+            return self._finish(message, EXPIRED, Cause.EXPIRED, f"deadline passed: {error}",
                                 code=code, **details)
-        self.store.transition(message["id"], QUEUED, owner, count_attempt=count_attempt,
-                              next_attempt_at=next_at, error_code=code, last_error=error, **details)
-        return AttemptResult(QUEUED, cause, error)
+        change = Change(message["id"], QUEUED, dict(details, next_attempt_at=next_at, error_code=code,
+                                                    last_error=error), count_attempt)
+        return AttemptResult(change, cause, error)
 
-    def _finish(self, message: dict[str, Any], owner: str, status: str, cause: Cause, error: str,
-                code: str | None = None, **fields: Any) -> AttemptResult:
+    def _finish(self, message: dict[str, Any], status: str, cause: Cause, error: str,
+                code: str | None = None, count_attempt: bool = False, **fields: Any) -> AttemptResult:
         if status != FAILED or cause is not Cause.GATEWAY:
             log.warning("Message %d (event %s, user %s) %s: %s", message["id"], message["event"] or "-",
                         message["user_id"] or "-", status, error)
-        self.store.transition(message["id"], status, owner, error_code=code, last_error=error, **fields)
-        return AttemptResult(status, cause, error)
+        change = Change(message["id"], status, dict(fields, error_code=code, last_error=error), count_attempt)
+        return AttemptResult(change, cause, error)
 
     def poll_report(self, message: dict[str, Any]) -> None:
         """Ask the gateway how a SENT message fared; record a final answer or ask again later."""

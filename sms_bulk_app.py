@@ -133,7 +133,7 @@ def webhook():
         return jsonify({"status": status, "id": accepted.message_id, "duplicate": True}), status_code
     if not synchronous:
         return jsonify({"status": status, "id": accepted.message_id}), status_code
-    result = app.dispatcher.attempt(app.store.message(accepted.message_id), owner)
+    result = app.dispatcher.attempt_and_record(app.store.message(accepted.message_id), owner)
     if result.status == SENT:
         return jsonify({"status": status, "id": accepted.message_id})
     message = result.error

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,16 @@ class Accepted:
     message_id: int
     duplicate: bool  # an identical webhook was accepted within the dedup window
     status: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """A status change waiting to be written, with the fields that go with it."""
+
+    message_id: int
+    status: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    count_attempt: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,14 +261,29 @@ class Store:
 
     def transition(self, message_id: int, status: str, owner: str | None = None,
                    count_attempt: bool = False, **fields: Any) -> None:
-        """Move a message to `status`, setting `fields` with it (and attempts + 1 if `count_attempt`).
+        """Move one message to `status`, setting `fields` with it (see `apply`)."""
+        if self.apply([Change(message_id, status, fields, count_attempt)], owner):
+            raise InvalidTransition(f"message {message_id} cannot move to {status}")
 
-        Refused (InvalidTransition) when the status machine forbids the move or, with `owner`,
-        when the message's lease is no longer that owner's (another worker took it over).
+    def apply(self, changes: list[Change], owner: str | None = None) -> list[int]:
+        """Apply status changes in one transaction; return the ids of those refused.
+
+        A change is refused when the status machine forbids it or, with `owner`, when the
+        message's lease is no longer that owner's (another worker took it over).
         """
-        allowed = TRANSITIONS[status]
+        refused = []
+        with self._transaction() as db:
+            for change in changes:
+                statement, params = self._update(change, owner)
+                if db.execute(statement, params).rowcount != 1:
+                    refused.append(change.message_id)
+        return refused
+
+    @staticmethod
+    def _update(change: Change, owner: str | None) -> tuple[str, list[Any]]:
+        status, allowed = change.status, TRANSITIONS[change.status]
         now = time.time()
-        fields["updated_at"] = now
+        fields = dict(change.fields, updated_at=now)
         if status == SENT:
             fields["sent_at"] = now
         if status != SENDING:
@@ -268,18 +293,14 @@ class Store:
             fields["done_at"] = now
             fields["report_next_at"] = None
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        if count_attempt:
+        if change.count_attempt:
             assignments += ", attempts = attempts + 1"
         condition = f"status IN ({_placeholders(allowed)})"
-        params = [status, *fields.values(), message_id, *sorted(allowed)]
+        params = [status, *fields.values(), change.message_id, *sorted(allowed)]
         if owner is not None:
             condition += " AND lease_owner = ?"
             params.append(owner)
-        with self._transaction() as db:
-            cursor = db.execute(
-                f"UPDATE messages SET status = ?, {assignments} WHERE id = ? AND {condition}", params)
-            if cursor.rowcount != 1:
-                raise InvalidTransition(f"message {message_id} cannot move to {status}")
+        return f"UPDATE messages SET status = ?, {assignments} WHERE id = ? AND {condition}", params
 
     def release(self, owner: str, message_ids: list[int]) -> int:
         """Give leased messages back to the queue untouched (a worker shutting down)."""

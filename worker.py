@@ -14,11 +14,12 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from delivery import Dispatcher
-from store import InvalidTransition, Store
+from store import Store
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 0.2  # how often an idle worker looks for due messages
+CLAIM_AHEAD = 4  # messages leased per sender thread: enough to keep them busy between claims
 SHUTDOWN_GRACE_SECONDS = 8.0  # in-flight sends get this long after SIGTERM (the unit allows 10)
 REPORT_BATCH = 50
 
@@ -36,48 +37,59 @@ class Worker:
         self.owner = worker_id()
 
     def run(self, stop: threading.Event) -> None:
-        """Work until `stop` is set; then release what has not started and let sends in flight finish."""
+        """Work until `stop` is set; then release what has not started and let sends in flight finish.
+
+        Sender threads only talk to the gateway; this thread alone claims and writes, the
+        results of all sends that finished together in one transaction.
+        """
         log.info("Worker %s started: %d at a time, leases of %.0f s",
                  self.owner, self.concurrency, self.lease_seconds)
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="send")
         in_flight: dict[Future, int | None] = {}  # message id, or None for a report poll
         try:
             while not stop.is_set():
-                room = 2 * self.concurrency - len(in_flight)  # keep the senders fed, no more
-                if room > 0:
+                room = CLAIM_AHEAD * self.concurrency - len(in_flight)
+                if room >= self.concurrency:
                     for message in self.store.claim(self.owner, room, self.lease_seconds):
-                        in_flight[pool.submit(self._attempt, message)] = message["id"]
+                        in_flight[pool.submit(self.dispatcher.attempt, message)] = message["id"]
                     if len(in_flight) < self.concurrency:
                         for message in self.store.claim_reports(REPORT_BATCH, self.lease_seconds):
                             in_flight[pool.submit(self._poll_report, message)] = None
                 if in_flight:
                     done, _ = wait(in_flight, timeout=IDLE_POLL_SECONDS, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        del in_flight[future]
+                    self._record(done, in_flight)
                 else:
                     stop.wait(IDLE_POLL_SECONDS)
         finally:
             self._shut_down(pool, in_flight)
 
+    def _record(self, done: set[Future], in_flight: dict[Future, int | None]) -> None:
+        changes = []
+        for future in done:
+            message_id = in_flight.pop(future)
+            if message_id is None:
+                continue
+            try:
+                changes.append(future.result().change)
+            except Exception:
+                # The lease expires and the message is tried again; the error must not stop the worker.
+                log.exception("Unexpected error on message %d", message_id)
+        if changes:
+            for message_id in self.store.apply(changes, self.owner):
+                log.warning("Message %d was taken over by another worker before its result was written",
+                            message_id)
+
     def _shut_down(self, pool: ThreadPoolExecutor, in_flight: dict[Future, int | None]) -> None:
         not_started = [message_id for future, message_id in in_flight.items()
                        if future.cancel() and message_id is not None]
         released = self.store.release(self.owner, not_started)
-        running = [future for future in in_flight if not future.cancelled()]
-        _, unfinished = wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
+        running = {future for future in in_flight if not future.cancelled()}
+        finished, unfinished = wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
+        self._record(finished, in_flight)
         pool.shutdown(wait=False, cancel_futures=True)
         log.info("Worker %s stopped: %d messages released, %d sends finished, %d still in flight"
                  " (their leases expire and another worker takes them over)",
-                 self.owner, released, len(running) - len(unfinished), len(unfinished))
-
-    def _attempt(self, message: dict) -> None:
-        try:
-            self.dispatcher.attempt(message, self.owner)
-        except InvalidTransition as error:
-            log.warning("Message %d was taken over by another worker: %s", message["id"], error)
-        except Exception:
-            # The lease expires and the message is tried again; the error must not kill the worker.
-            log.exception("Unexpected error on message %d", message["id"])
+                 self.owner, released, len(finished), len(unfinished))
 
     def _poll_report(self, message: dict) -> None:
         try:
