@@ -16,7 +16,7 @@ from typing import Any
 from config import Config
 from locks import SharedRateLimiter, SharedSlots
 from moyklass import MoyKlassClient, MoyKlassError, UserNotFound, template_fields
-from phones import InvalidPhone, e164, mask, parse_phone
+from phones import InvalidPhone, mask, to_e164
 from providers import Delivery, Outcome, Provider, SendResult
 from store import DELIVERED, EXPIRED, FAILED, QUEUED, SENT, UNDELIVERED, Change, ProviderPause, Store
 from texts import measure, transliterate
@@ -89,7 +89,7 @@ class Dispatcher:
             return self._finish(message, EXPIRED, Cause.EXPIRED,
                                 "its deadline passed before it was sent")
         try:
-            number, text = self._resolve(message)
+            phone, text = self._resolve(message)
         except (UserNotFound, _NoPhone, InvalidPhone) as error:
             cause = {UserNotFound: Cause.USER_NOT_FOUND, _NoPhone: Cause.NO_PHONE,
                      InvalidPhone: Cause.INVALID_PHONE}[type(error)]
@@ -100,7 +100,7 @@ class Dispatcher:
                                      delay=self._jittered(self.config.sms_retry_base_seconds))
 
         encoding = measure(text)
-        details = {"phone": e164(number), "text": text, "encoding": encoding.name,
+        details = {"phone": phone, "text": text, "encoding": encoding.name,
                    "segments": encoding.segments, "provider": self.provider.name}
         pause = self._provider_pause()
         if pause and pause.retry_at > time.time():
@@ -115,25 +115,26 @@ class Dispatcher:
             with self._slots.hold():
                 if self._rate:
                     self._rate.wait()
-                result = self.provider.send(number, text, self.config.sms_sender)
+                result = self.provider.send(phone, text, self.config.sms_sender)
         return self._record(message, where, result, details, resumes=pause is not None)
 
-    def _resolve(self, message: dict[str, Any]) -> tuple[Any, str]:
-        """The number and text: given (CLI, API) or looked up in MoyKlass and rendered (webhooks)."""
+    def _resolve(self, message: dict[str, Any]) -> tuple[str, str]:
+        """The E.164 number and the text: given (CLI, API: checked when queued), or looked up in
+        MoyKlass and rendered (webhooks)."""
         if message["phone"] and message["text"] is not None:
-            return parse_phone(message["phone"], self.config.default_region), message["text"]
+            return message["phone"], message["text"]
         if self.moyklass is None:
             raise MoyKlassError("MoyKlass is not configured: set API_KEY")
         user = self.moyklass.get_user(message["user_id"])
         if not user.get("phone"):
             raise _NoPhone(f"MoyKlass user {message['user_id']} has no phone")
-        number = parse_phone(user["phone"], self.config.default_region)
+        phone = to_e164(user["phone"], self.config.default_region)
         text = message["text"]
         if text is None:
             text = self.config.template_for(message["event"]).render(template_fields(user))
             if self.config.sms_transliterate:
                 text = transliterate(text)
-        return number, text
+        return phone, text
 
     def _provider_pause(self) -> ProviderPause | None:
         """Whether sending through our provider is paused; read from the database once a second."""

@@ -56,35 +56,56 @@ class MaskingFilter(logging.Filter):
 class SharedRotatingFileHandler(RotatingFileHandler):
     """A RotatingFileHandler that several processes (gunicorn workers, the worker) can share.
 
-    Rotation happens under a file lock, and a process whose file was rotated away by another
-    reopens the new one, so no two processes rotate at once and no line lands in a stale file.
+    Each line is written under an exclusive file lock; a process whose file was rotated away
+    by another reopens the new one, and the size that triggers rotation is the file's own, not
+    this process's view of it, so no two processes rotate at once and no line is lost.
     """
 
     def __init__(self, filename: Path):
         super().__init__(filename, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT,
                          encoding="utf-8", delay=True)
         self._lock_path = f"{self.baseFilename}.lock"
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
 
-    def _stream_is_stale(self) -> bool:
-        if self.stream is None:
-            return False
-        try:
-            return os.stat(self.baseFilename).st_ino != os.fstat(self.stream.fileno()).st_ino
-        except FileNotFoundError:
-            return True
+    def _lock_file(self) -> int:
+        """The lock file, opened once per process (a descriptor inherited over fork would be shared)."""
+        if self._lock_fd is None or self._lock_pid != os.getpid():
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_pid = os.getpid()
+        return self._lock_fd
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            with open(self._lock_path, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if self._stream_is_stale():
-                    self.stream.close()
-                    self.stream = None
-                if self.shouldRollover(record):
-                    self.doRollover()
-                logging.FileHandler.emit(self, record)
+            line = self.format(record) + self.terminator
+            lock = self._lock_file()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if self.stream is not None:
+                    size_and_inode = os.fstat(self.stream.fileno())
+                    try:
+                        rotated_away = os.stat(self.baseFilename).st_ino != size_and_inode.st_ino
+                    except FileNotFoundError:
+                        rotated_away = True
+                    if rotated_away:
+                        self.stream.close()
+                        self.stream = None
+                    elif size_and_inode.st_size + len(line.encode()) > self.maxBytes:
+                        self.doRollover()
+                if self.stream is None:
+                    self.stream = self._open()
+                self.stream.write(line)
+                self.stream.flush()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
         except Exception:
             self.handleError(record)
+
+    def close(self) -> None:
+        super().close()
+        if self._lock_fd is not None and self._lock_pid == os.getpid():
+            os.close(self._lock_fd)
+        self._lock_fd = None
 
 
 # One filter for the whole process: later code (the token store) registers secrets it learns.

@@ -4,15 +4,16 @@ from __future__ import annotations
 import re
 
 import phonenumbers
-from phonenumbers import PhoneNumber, PhoneNumberFormat
+from phonenumbers import PhoneNumberFormat
 
 
 class InvalidPhone(ValueError):
     pass
 
 
-def parse_phone(raw: str, default_region: str) -> PhoneNumber:
-    """Parse any common form (`064…`, `+381…`, `00381…`, MoyKlass' bare `381641234567`)."""
+def to_e164(raw: str, default_region: str) -> str:
+    """Validate any common form (`064…`, `+381…`, `00381…`, MoyKlass' bare `381641234567`)
+    and return it in E.164 (`+381641234567`), the form the outbox keeps."""
     text = str(raw).strip()
     candidates = [text]
     digits = re.sub(r"\D", "", text)
@@ -26,17 +27,13 @@ def parse_phone(raw: str, default_region: str) -> PhoneNumber:
         except phonenumbers.NumberParseException:
             continue
         if phonenumbers.is_valid_number(number):
-            return number
+            return phonenumbers.format_number(number, PhoneNumberFormat.E164)
     raise InvalidPhone(f"{mask(text)} is not a valid phone number (default region {default_region})")
 
 
-def e164(number: PhoneNumber) -> str:
-    return phonenumbers.format_number(number, PhoneNumberFormat.E164)
-
-
-def international_digits(number: PhoneNumber) -> str:
+def international_digits(e164: str) -> str:
     """E.164 without the `+`: the form OneClick and SMS Aero expect."""
-    return e164(number).lstrip("+")
+    return e164.lstrip("+")
 
 
 def mask(phone: str) -> str:

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import urllib3
-from phonenumbers import PhoneNumber
 
-from phones import e164, international_digits
+from phones import international_digits
 
 if TYPE_CHECKING:
     from config import Config
@@ -117,10 +116,11 @@ class Provider:
     def from_config(cls, config: Config) -> Provider:
         return cls()
 
-    def format_phone(self, number: PhoneNumber) -> str:
-        return e164(number)
+    def format_phone(self, phone: str) -> str:
+        """The gateway's form of an E.164 number; E.164 itself unless a provider says otherwise."""
+        return phone
 
-    def send(self, number: PhoneNumber, text: str, sender: str) -> SendResult:
+    def send(self, phone: str, text: str, sender: str) -> SendResult:
         raise NotImplementedError
 
     def delivery_report(self, reference: str) -> DeliveryReport:
@@ -133,10 +133,10 @@ class ConsoleProvider(Provider):
 
     name = "console"
 
-    def send(self, number: PhoneNumber, text: str, sender: str) -> SendResult:
+    def send(self, phone: str, text: str, sender: str) -> SendResult:
         reference = f"console-{uuid.uuid4().hex[:12]}"
         log.warning("CONSOLE SMS (not sent) from %s to %s, ref %s: %s",
-                    sender, self.format_phone(number), reference, text)
+                    sender, self.format_phone(phone), reference, text)
         return SendResult(Outcome.SENT, reference=reference, code="0", message="written to the log")
 
 
@@ -166,11 +166,11 @@ class OneClickProvider(Provider):
         http = GatewayHttp(config.sms_api_url, config.http_timeouts, pool_size=max(config.sms_concurrency, 16))
         return cls(config.sms_username, config.sms_password, http)
 
-    def format_phone(self, number: PhoneNumber) -> str:
-        return international_digits(number)
+    def format_phone(self, phone: str) -> str:
+        return international_digits(phone)
 
-    def send(self, number: PhoneNumber, text: str, sender: str) -> SendResult:
-        body = {"sender": sender, "message": text, "phone": self.format_phone(number)}
+    def send(self, phone: str, text: str, sender: str) -> SendResult:
+        body = {"sender": sender, "message": text, "phone": self.format_phone(phone)}
         try:
             response = self._http.post_json(self._http.path, body, self._headers)
         except GatewayUnreachable as error:

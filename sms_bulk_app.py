@@ -31,7 +31,7 @@ from delivery import Cause, Dispatcher
 from locks import SharedRateLimiter
 from logs import setup_logging
 from moyklass import MoyKlassClient, new_session
-from phones import InvalidPhone, e164, parse_phone
+from phones import InvalidPhone, to_e164
 from providers import create_provider
 from store import SENT, DatabaseUnavailable, Store
 from worker import Worker, run_until_signalled, worker_id
@@ -277,7 +277,7 @@ def _send(app_services: Services, args: argparse.Namespace) -> int:
     config, store = app_services.config, app_services.store
     if args.phone:
         try:
-            phone = e164(parse_phone(args.phone, config.default_region))
+            phone = to_e164(args.phone, config.default_region)
         except InvalidPhone as error:
             print(f"send: {error}", file=sys.stderr)
             return 1

@@ -45,8 +45,7 @@ def drain(messages: int, workers: int) -> tuple[float, float]:
             store.enqueue_many("bench", 86400, [(f"+38164{1_000_000 + i:07d}", f"Poruka {i}", None, None)
                                                 for i in range(start, min(start + 10_000, messages))])
         env = {"PATH": os.environ["PATH"], **fake_settings(fakes), "DATA_DIR": data_dir,
-               "SMS_PROVIDER": "oneclick", "SMS_CONCURRENCY": str(CONCURRENCY), "SMS_DLR_MAX_SECONDS": "0",
-               "LOG_LEVEL": "warning"}
+               "SMS_PROVIDER": "oneclick", "SMS_CONCURRENCY": str(CONCURRENCY), "SMS_DLR_MAX_SECONDS": "0"}
         started = time.monotonic()
         processes = [subprocess.Popen([sys.executable, str(ROOT / "sms_bulk_app.py"), "worker"], cwd=data_dir,
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
