@@ -116,9 +116,8 @@ def webhook():
     config = app.config
     _check_webhook_secret(config.webhook_secret)
     body = request.get_data(cache=False)
-    log.debug("Webhook body: %s", body.decode("utf-8", "replace"))
+    log.debug("Webhook body from %s: %s", request.remote_addr, body.decode("utf-8", "replace"))
     payload, event, user_id = _parse_webhook(body)
-    log.info("Webhook %s for user %d from %s", event or "-", user_id, request.remote_addr)
     if app.dispatcher.moyklass is None:
         raise ApiError(503, "MoyKlass is not configured: set API_KEY")
     synchronous = config.webhook_mode == "sync"
