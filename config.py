@@ -81,7 +81,7 @@ class Config:
     sms_valid_seconds: int = 86400
     sms_retry_base_seconds: float = 15.0
     sms_rate_per_sec: float = 0.0  # 0: no limit
-    sms_concurrency: int = 4
+    sms_concurrency: int = 16
     sms_dlr_max_seconds: int = 6 * 3600
     worker_lease_seconds: float = 60.0
     database_timeout: float = 5.0
@@ -236,7 +236,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         sms_valid_seconds=read.integer("SMS_VALID_SECONDS", 86400, 1, 30 * 86400),
         sms_retry_base_seconds=read.number("SMS_RETRY_BASE_SECONDS", 15.0, 0.01),
         sms_rate_per_sec=read.number("SMS_RATE_PER_SEC", 0.0, 0.0),
-        sms_concurrency=read.integer("SMS_CONCURRENCY", 4, 1, 256),
+        sms_concurrency=read.integer("SMS_CONCURRENCY", 16, 1, 256),
         sms_dlr_max_seconds=read.integer("SMS_DLR_MAX_SECONDS", 6 * 3600, 0, 30 * 86400),
         worker_lease_seconds=read.number("WORKER_LEASE_SECONDS", 60.0, 1.0),
         database_timeout=read.number("DATABASE_TIMEOUT", 5.0, 0.1),

@@ -85,6 +85,57 @@ MIGRATIONS = [
         reason TEXT NOT NULL
     );
     """,
+    # Bulk mailings: clients, mailings, API keys; a mailing's messages are outbox rows too.
+    """
+    CREATE TABLE clients (
+        id INTEGER PRIMARY KEY,
+        phone TEXT NOT NULL UNIQUE,
+        operator_code TEXT NOT NULL,
+        timezone TEXT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        moyklass_user_id INTEGER UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX clients_operator ON clients (operator_code);
+    CREATE TABLE client_tags (
+        tag TEXT NOT NULL,
+        client_id INTEGER NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+        PRIMARY KEY (tag, client_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX client_tags_client ON client_tags (client_id);
+    CREATE TABLE mailings (
+        id INTEGER PRIMARY KEY,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        start_at REAL NOT NULL,
+        end_at REAL NOT NULL,
+        text TEXT NOT NULL,
+        filter TEXT NOT NULL,
+        window_from TEXT,
+        window_to TEXT,
+        state TEXT NOT NULL,
+        started_at REAL
+    );
+    CREATE INDEX mailings_due ON mailings (state, start_at);
+    ALTER TABLE messages ADD COLUMN mailing_id INTEGER REFERENCES mailings (id);
+    ALTER TABLE messages ADD COLUMN client_id INTEGER;
+    ALTER TABLE messages ADD COLUMN timezone TEXT;
+    ALTER TABLE messages ADD COLUMN window_from TEXT;
+    ALTER TABLE messages ADD COLUMN window_to TEXT;
+    CREATE UNIQUE INDEX messages_mailing_client ON messages (mailing_id, client_id) WHERE mailing_id IS NOT NULL;
+    CREATE INDEX messages_mailing_status ON messages (mailing_id, status) WHERE mailing_id IS NOT NULL;
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        daily_quota INTEGER,
+        created_at REAL NOT NULL,
+        revoked_at REAL,
+        quota_day TEXT,
+        quota_used INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 
@@ -141,7 +192,7 @@ class Store:
 
     def initialize(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._transaction() as db:
+        with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in script.split(";"):
@@ -150,7 +201,7 @@ class Store:
                 db.execute(f"PRAGMA user_version = {number}")
         os.chmod(self.path, 0o600)
 
-    def _connection(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None or self._local.pid != os.getpid():
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
@@ -162,7 +213,7 @@ class Store:
         return db
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction, atomic for check-then-insert (BEGIN IMMEDIATE).
 
         Writers first queue on a file lock: the kernel wakes the next one the moment the
@@ -170,7 +221,7 @@ class Store:
         (at 32 threads that alone cut throughput fivefold). Any SQLite failure (locked by
         another program, disk full, read-only) is DatabaseUnavailable, after a rollback.
         """
-        db = self._connection()
+        db = self.connection()
         with FileLock(self._write_lock_path):
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -198,7 +249,7 @@ class Store:
         """
         key = webhook_dedup_key(payload)
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             if dedup_seconds:
                 earlier = db.execute(
                     "SELECT id, status FROM messages WHERE dedup_key = ? AND created_at >= ?"
@@ -225,7 +276,7 @@ class Store:
                      rows: list[tuple[str | None, str | None, int | None, str | None]]) -> list[int]:
         """Queue (phone, text, user_id, event) rows in one transaction; returns their ids."""
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
             db.executemany(
                 "INSERT INTO messages (id, created_at, updated_at, source, phone, text, user_id, event,"
@@ -241,7 +292,7 @@ class Store:
         """Lease up to `limit` due messages to `owner`: QUEUED ones whose time has come, and
         SENDING ones whose lease expired (their worker died: they may have reached the gateway)."""
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             rows = db.execute(
                 "SELECT * FROM messages WHERE status = ? AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at LIMIT ?", (QUEUED, now, limit)).fetchall()
@@ -272,7 +323,7 @@ class Store:
         message's lease is no longer that owner's (another worker took it over).
         """
         refused = []
-        with self._transaction() as db:
+        with self.transaction() as db:
             for change in changes:
                 statement, params = self._update(change, owner)
                 if db.execute(statement, params).rowcount != 1:
@@ -306,7 +357,7 @@ class Store:
         """Give leased messages back to the queue untouched (a worker shutting down)."""
         if not message_ids:
             return 0
-        with self._transaction() as db:
+        with self.transaction() as db:
             return db.execute(
                 f"UPDATE messages SET status = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
                 f" WHERE status = ? AND lease_owner = ? AND id IN ({_placeholders(message_ids)})",
@@ -315,7 +366,7 @@ class Store:
     def claim_reports(self, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
         """SENT messages whose delivery report is due; pushed back by a lease so one worker polls each."""
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             rows = db.execute(
                 "SELECT * FROM messages WHERE report_next_at <= ? AND status = ?"
                 " ORDER BY report_next_at LIMIT ?", (now, SENT, limit)).fetchall()
@@ -327,7 +378,7 @@ class Store:
 
     def schedule_report(self, message_id: int, next_at: float | None, report_text: str | None) -> None:
         """Poll the report of a SENT message again at `next_at` (None: stop polling, leave it SENT)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("UPDATE messages SET report_next_at = ?, report_text = coalesce(?, report_text),"
                        " updated_at = ? WHERE id = ? AND status = ?",
                        (next_at, report_text, time.time(), message_id, SENT))
@@ -338,7 +389,7 @@ class Store:
         """Re-queue FAILED and UNDELIVERED messages (those since `since`), with fresh attempts."""
         now = time.time()
         allowed = sorted(TRANSITIONS[QUEUED] - {SENDING})
-        with self._transaction() as db:
+        with self.transaction() as db:
             return db.execute(
                 f"UPDATE messages SET status = ?, attempts = 0, next_attempt_at = ?, deadline = ?,"
                 f" lease_owner = NULL, lease_until = NULL, done_at = NULL, updated_at = ?"
@@ -346,38 +397,38 @@ class Store:
                 (QUEUED, now, now + valid_seconds, now, *allowed, since or 0)).rowcount
 
     def counts(self) -> dict[str, int]:
-        rows = self._connection().execute("SELECT status, count(*) FROM messages GROUP BY status")
+        rows = self.connection().execute("SELECT status, count(*) FROM messages GROUP BY status")
         found = dict(rows.fetchall())
         return {status: found.get(status, 0) for status in STATUSES}
 
     def oldest_queued_at(self) -> float | None:
-        return self._connection().execute(
+        return self.connection().execute(
             "SELECT min(created_at) FROM messages WHERE status IN (?, ?)", (QUEUED, SENDING)).fetchone()[0]
 
     def message(self, message_id: int) -> dict[str, Any] | None:
-        row = self._connection().execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        row = self.connection().execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
         return dict(row) if row else None
 
     # --- providers that refused our credentials ---
 
     def pause_provider(self, provider: str, retry_at: float, reason: str) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("INSERT INTO provider_pauses (provider, paused_at, retry_at, reason)"
                        " VALUES (?, ?, ?, ?) ON CONFLICT (provider)"
                        " DO UPDATE SET retry_at = excluded.retry_at, reason = excluded.reason",
                        (provider, time.time(), retry_at, reason))
 
     def resume_provider(self, provider: str) -> bool:
-        with self._transaction() as db:
+        with self.transaction() as db:
             return db.execute("DELETE FROM provider_pauses WHERE provider = ?", (provider,)).rowcount > 0
 
     def provider_pause(self, provider: str) -> ProviderPause | None:
-        row = self._connection().execute(
+        row = self.connection().execute(
             "SELECT provider, retry_at, reason FROM provider_pauses WHERE provider = ?",
             (provider,)).fetchone()
         return ProviderPause(*row) if row else None
 
     def check(self) -> None:
         """Raise if the database cannot be read and written."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("SELECT count(*) FROM messages WHERE id = -1").fetchone()
