@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
@@ -85,6 +86,7 @@ class Config:
     sms_dlr_max_seconds: int = 6 * 3600
     worker_lease_seconds: float = 60.0
     database_timeout: float = 5.0
+    default_timezone: str = "Europe/Belgrade"
 
     @property
     def http_timeouts(self) -> tuple[float, float]:
@@ -158,6 +160,14 @@ class _Reader:
         if not re.match(r"^https?://[^/\s]+", value):
             self.problems.append(f"{name}={value!r} is not an http(s) URL")
         return value.rstrip("/")
+
+    def timezone(self, name: str, default: str) -> str:
+        value = self.text(name, default) or default
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.problems.append(f"{name}={value!r} is not an IANA time zone such as Europe/Belgrade")
+        return value
 
     def template(self, name: str, default: str) -> Template:
         raw = self.env.get(name)
@@ -240,6 +250,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         sms_dlr_max_seconds=read.integer("SMS_DLR_MAX_SECONDS", 6 * 3600, 0, 30 * 86400),
         worker_lease_seconds=read.number("WORKER_LEASE_SECONDS", 60.0, 1.0),
         database_timeout=read.number("DATABASE_TIMEOUT", 5.0, 0.1),
+        default_timezone=read.timezone("DEFAULT_TIMEZONE", "Europe/Belgrade"),
     )
     lease_floor = CONNECT_TIMEOUT + config.http_timeout + 2
     if config.worker_lease_seconds < lease_floor:

@@ -15,6 +15,7 @@ from typing import Any
 
 from config import Config
 from locks import SharedRateLimiter, SharedSlots
+from mailings import next_opening
 from moyklass import MoyKlassClient, MoyKlassError, UserNotFound, template_fields
 from phones import InvalidPhone, mask, to_e164
 from providers import Delivery, Outcome, Provider, SendResult
@@ -40,6 +41,7 @@ class Cause(enum.Enum):
     MOYKLASS = "moyklass"
     GATEWAY = "gateway"
     EXPIRED = "expired"
+    OUTSIDE_WINDOW = "outside_window"
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class Dispatcher:
         attempt costs one write, which a worker batches with others; until then the lease alone
         says the message is being sent.
         """
-        where = f"message {message['id']} (event {message['event'] or '-'}, user {message['user_id'] or '-'})"
+        where = describe(message)
         if message["deadline"] < time.time():
             return self._finish(message, EXPIRED, Cause.EXPIRED,
                                 "its deadline passed before it was sent")
@@ -99,6 +101,11 @@ class Dispatcher:
             return self._retry_later(message, Cause.MOYKLASS, str(error), code=type(error).__name__,
                                      delay=self._jittered(self.config.sms_retry_base_seconds))
 
+        if message["window_from"]:
+            opening = next_opening(time.time(), message["timezone"], (message["window_from"], message["window_to"]))
+            if opening > time.time():
+                return self._retry_later(message, Cause.OUTSIDE_WINDOW, "outside the client's local-time window",
+                                         code="window", delay=opening - time.time())
         encoding = measure(text)
         details = {"phone": phone, "text": text, "encoding": encoding.name,
                    "segments": encoding.segments, "provider": self.provider.name}
@@ -201,8 +208,7 @@ class Dispatcher:
     def _finish(self, message: dict[str, Any], status: str, cause: Cause, error: str,
                 code: str | None = None, count_attempt: bool = False, **fields: Any) -> AttemptResult:
         if status != FAILED or cause is not Cause.GATEWAY:
-            log.warning("Message %d (event %s, user %s) %s: %s", message["id"], message["event"] or "-",
-                        message["user_id"] or "-", status, error)
+            log.warning("%s %s: %s", describe(message).capitalize(), status, error)
         change = Change(message["id"], status, dict(fields, error_code=code, last_error=error), count_attempt)
         return AttemptResult(change, cause, error)
 
@@ -232,3 +238,10 @@ class Dispatcher:
 
 class _NoPhone(Exception):
     pass
+
+
+def describe(message: dict[str, Any]) -> str:
+    """How log lines name a message: with its mailing and client, or its event and MoyKlass user."""
+    if message.get("mailing_id"):
+        return f"message {message['id']} (mailing {message['mailing_id']}, client {message['client_id']})"
+    return f"message {message['id']} (event {message['event'] or '-'}, user {message['user_id'] or '-'})"

@@ -82,14 +82,21 @@ class MoyKlassClient:
             raise UserNotFound(f"MoyKlass has no user {user_id}")
         return self._json(response)
 
-    def _call_with_token(self, method: str, path: str) -> requests.Response:
+    def list_users(self, offset: int, limit: int, client_state_ids: list[int] | None = None) -> dict[str, Any]:
+        """A page of students: `{"users": [...], "stats": {"totalItems": N}}` (limit at most 500)."""
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if client_state_ids:
+            params["clientStateId"] = ",".join(map(str, client_state_ids))
+        return self._json(self._call_with_token("GET", "/company/users", params=params))
+
+    def _call_with_token(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         token = self.tokens.get()
-        response = self._send(method, path, headers={"x-access-token": token.value})
+        response = self._send(method, path, headers={"x-access-token": token.value}, **kwargs)
         if response.status_code == 401:
             log.warning("MoyKlass rejected the access token; fetching a new one and retrying once")
             self.tokens.invalidate(token)
             token = self.tokens.get()
-            response = self._send(method, path, headers={"x-access-token": token.value})
+            response = self._send(method, path, headers={"x-access-token": token.value}, **kwargs)
             if response.status_code == 401:
                 raise MoyKlassError(f"MoyKlass rejected a fresh access token ({_error_text(response)})")
         return response

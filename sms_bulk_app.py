@@ -3,7 +3,8 @@
 `create_app()` builds the Flask app. In production gunicorn runs `sms_bulk_app:create_app()`
 (see gunicorn.conf.py) and the worker runs as `python sms_bulk_app.py worker`.
 `python sms_bulk_app.py` alone serves on HOST:PORT with a worker in the same process;
-`python sms_bulk_app.py --help` lists the other commands (status, send, retry-failed).
+`python sms_bulk_app.py --help` lists the other commands (status, send, retry-failed,
+import-clients, sync-moyklass, keys).
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import hmac
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,14 +26,17 @@ from typing import Any
 
 from dotenv import load_dotenv
 from flask import Blueprint, Flask, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import api
+import api_keys
+import clients
 from config import Config, ConfigError, load_config
 from delivery import Cause, Dispatcher
+from errors import ApiError, register_error_handlers
 from locks import SharedRateLimiter
 from logs import setup_logging
-from moyklass import MoyKlassClient, new_session
+from moyklass import MoyKlassClient, MoyKlassError, new_session
 from phones import InvalidPhone, to_e164
 from providers import create_provider
 from store import SENT, DatabaseUnavailable, Store
@@ -38,7 +44,7 @@ from worker import Worker, run_until_signalled, worker_id
 
 log = logging.getLogger("sms_bulk_app")
 
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * 1024  # webhooks and API requests; CSV imports may be larger (api.py)
 
 bp = Blueprint("sms_bulk_app", __name__)
 
@@ -50,23 +56,9 @@ class Services:
     dispatcher: Dispatcher
 
 
-class ApiError(Exception):
-    """An error answered as `{"status": "error", "message": ...}` with its HTTP status."""
-
-    def __init__(self, status_code: int, message: str, **extra: Any):
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.extra = extra
-
-
 def services(app: Flask | None = None) -> Services:
     """The app's configured parts; the current app's inside a request."""
     return (app or current_app).extensions["sms_bulk_app"]
-
-
-def error_response(status_code: int, message: str, **extra: Any):
-    return jsonify({"status": "error", "message": message, **extra}), status_code
 
 
 # Why a synchronous webhook's first attempt did not end SENT, and the status it answers with.
@@ -77,6 +69,7 @@ CAUSE_STATUS_CODES = {
     Cause.MOYKLASS: 502,
     Cause.GATEWAY: 500,
     Cause.EXPIRED: 500,
+    Cause.OUTSIDE_WINDOW: 500,  # webhooks have no window: listed for completeness of the mapping
 }
 
 
@@ -162,30 +155,6 @@ def health():
     return jsonify(body), 200 if healthy else 503
 
 
-@bp.app_errorhandler(ApiError)
-def handle_api_error(error: ApiError):
-    return error_response(error.status_code, error.message, **error.extra)
-
-
-@bp.app_errorhandler(HTTPException)
-def handle_http_error(error: HTTPException):
-    if error.code == 413:
-        return error_response(413, f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
-    return error_response(error.code or 500, error.description or error.name)
-
-
-@bp.app_errorhandler(DatabaseUnavailable)
-def handle_database_unavailable(error: DatabaseUnavailable):
-    log.error("Database unavailable: %s", error)
-    return error_response(503, "the database is unavailable; try again later")
-
-
-@bp.app_errorhandler(Exception)
-def handle_unexpected(error: Exception):
-    log.exception("Unexpected error on %s %s", request.method, request.path)
-    return error_response(500, "internal error; see the service log")
-
-
 def _warn_about(config: Config) -> None:
     if config.sms_provider == "console":
         log.warning("!!! SMS_PROVIDER=console: no SMS will be sent; each one is only written to "
@@ -228,6 +197,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["sms_bulk_app"] = app_services
     app.register_blueprint(bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(api.docs_blueprint())
+    app.add_url_rule("/openapi.json", view_func=api.openapi)
+    register_error_handlers(app)
     _warn_about(app_services.config)
     return app
 
@@ -266,7 +239,7 @@ def _status(app_services: Services) -> int:
 
 
 def _retry_failed(app_services: Services, since: datetime | None) -> int:
-    count = app_services.store.retry_failed(app_services.config.sms_valid_seconds,
+    count = app_services.store.retry_failed(time.time() + app_services.config.sms_valid_seconds,
                                             since.timestamp() if since else None)
     print(f"{count} FAILED / UNDELIVERED messages queued again")
     return 0
@@ -289,6 +262,97 @@ def _send(app_services: Services, args: argparse.Namespace) -> int:
                                    text=args.text, event=args.event)
     print(f"queued as message {message_id}")
     return 0
+
+
+class Progress:
+    """A progress bar on stderr for long commands; a line every 10 % when stderr is not a terminal."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self._shown = label, max(total, 1), -1
+        self._terminal = sys.stderr.isatty()
+
+    def __call__(self, done: int) -> None:
+        share = min(done / self.total, 1.0)
+        if self._terminal:
+            bar = "#" * int(share * 30)
+            print(f"\r{self.label} [{bar:<30}] {done}/{self.total}", end="", file=sys.stderr, flush=True)
+        elif int(share * 10) > self._shown:
+            self._shown = int(share * 10)
+            print(f"{self.label}: {done}/{self.total}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._terminal:
+            print(file=sys.stderr)
+
+
+def _import_clients(app_services: Services, path: Path) -> int:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"import-clients: cannot read {path}: {error}", file=sys.stderr)
+        return 1
+    config = app_services.config
+    progress = Progress("importing", max(text.count("\n") - 1, 1))
+    report = clients.import_csv(app_services.store, text, config.default_timezone, config.default_region, progress)
+    progress.close()
+    print(f"{report['created']} created, {report['updated']} updated, {len(report['rejected'])} rejected")
+    for rejected in report["rejected"]:
+        print(f"  line {rejected['row']}: {rejected['reason']}")
+    return 0
+
+
+def _sync_moyklass(app_services: Services, client_state_ids: list[int] | None) -> int:
+    moyklass, config = app_services.dispatcher.moyklass, app_services.config
+    if moyklass is None:
+        print("sync-moyklass: set API_KEY", file=sys.stderr)
+        return 1
+    outcomes: Counter[str] = Counter()
+    progress = None
+    try:
+        pages = clients.moyklass_users(lambda offset, limit: moyklass.list_users(offset, limit, client_state_ids))
+        for users, total in pages:
+            progress = progress or Progress("syncing", total)
+            for user in users:
+                outcomes[clients.sync_user(app_services.store, user, config.default_timezone,
+                                           config.default_region)] += 1
+            progress(sum(outcomes.values()))
+    except MoyKlassError as error:
+        print(f"sync-moyklass: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if progress:
+            progress.close()
+    print(f"{outcomes.pop('created', 0)} created, {outcomes.pop('updated', 0)} updated"
+          + "".join(f", {count} skipped: {reason}" for reason, count in outcomes.most_common()))
+    return 0
+
+
+def _keys(app_services: Services, args: argparse.Namespace) -> int:
+    store = app_services.store
+    if args.keys_command == "create":
+        key_id, key = api_keys.create(store, args.name, args.scopes, args.daily_quota)
+        print(f"key {key_id} ({args.name}; {' '.join(args.scopes)}): {key}")
+        print("Store it now: only its SHA-256 is kept, it cannot be shown again.", file=sys.stderr)
+        return 0
+    if args.keys_command == "revoke":
+        if not api_keys.revoke(store, args.id):
+            print(f"keys revoke: no active key {args.id}", file=sys.stderr)
+            return 1
+        print(f"key {args.id} revoked")
+        return 0
+    for key in api_keys.list_all(store):
+        state = "revoked" if key["revoked_at"] else "active"
+        quota = key["daily_quota"] if key["daily_quota"] is not None else "no limit"
+        print(f"{key['id']:>4}  {key['name']:<24} {key['scopes']:<45} quota {quota}  {state}")
+    return 0
+
+
+def _scopes(text: str) -> list[str]:
+    scopes = [scope for scope in re.split(r"[,\s]+", text) if scope]
+    unknown = set(scopes) - set(api_keys.SCOPES)
+    if unknown or not scopes:
+        raise argparse.ArgumentTypeError(f"scopes are any of: {', '.join(api_keys.SCOPES)}")
+    return scopes
 
 
 def _since(text: str) -> datetime:
@@ -321,6 +385,21 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--user-id", type=_positive, help="a MoyKlass user id: its phone is looked up")
     send.add_argument("--text", help="the text (required with --phone; with --user-id the event's text)")
     send.add_argument("--event", help="with --user-id: whose SMS_TEXT_<EVENT> to use")
+    importer = commands.add_parser("import-clients", help="upsert clients from a CSV file (header row, phone column)")
+    importer.add_argument("file", type=Path)
+    sync = commands.add_parser("sync-moyklass", help="upsert every MoyKlass student as a client")
+    sync.add_argument("--client-state-id", type=_positive, action="append", dest="client_state_ids",
+                      help="only students in this state (may be repeated)")
+    keys = commands.add_parser("keys", help="API keys for /api/v1")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", type=_scopes, required=True, help=f"comma list of: {', '.join(api_keys.SCOPES)}")
+    create.add_argument("--daily-quota", type=_positive, default=api_keys.DEFAULT_DAILY_QUOTA,
+                        help=f"requests per UTC day (default {api_keys.DEFAULT_DAILY_QUOTA})")
+    key_commands.add_parser("list", help="every key, without the keys themselves")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("id", type=_positive)
     return parser
 
 
@@ -348,6 +427,12 @@ def main(argv: list[str]) -> int:
         return _status(app_services)
     if args.command == "retry-failed":
         return _retry_failed(app_services, args.since)
+    if args.command == "import-clients":
+        return _import_clients(app_services, args.file)
+    if args.command == "sync-moyklass":
+        return _sync_moyklass(app_services, args.client_state_ids)
+    if args.command == "keys":
+        return _keys(app_services, args)
     return _send(app_services, args)
 
 

@@ -209,6 +209,7 @@ class Store:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
             self._local.db, self._local.pid = db, os.getpid()
         return db
 
@@ -385,16 +386,71 @@ class Store:
 
     # --- operators ---
 
-    def retry_failed(self, valid_seconds: int, since: float | None = None) -> int:
-        """Re-queue FAILED and UNDELIVERED messages (those since `since`), with fresh attempts."""
+    def retry_failed(self, deadline: float, since: float | None = None, mailing_id: int | None = None) -> int:
+        """Re-queue FAILED and UNDELIVERED messages (created since `since`, of one mailing),
+        with fresh attempts, to be sent before `deadline`."""
         now = time.time()
         allowed = sorted(TRANSITIONS[QUEUED] - {SENDING})
+        where, params = f"status IN ({_placeholders(allowed)}) AND created_at >= ?", [*allowed, since or 0]
+        if mailing_id is not None:
+            where, params = where + " AND mailing_id = ?", params + [mailing_id]
         with self.transaction() as db:
             return db.execute(
                 f"UPDATE messages SET status = ?, attempts = 0, next_attempt_at = ?, deadline = ?,"
-                f" lease_owner = NULL, lease_until = NULL, done_at = NULL, updated_at = ?"
-                f" WHERE status IN ({_placeholders(allowed)}) AND created_at >= ?",
-                (QUEUED, now, now + valid_seconds, now, *allowed, since or 0)).rowcount
+                f" lease_owner = NULL, lease_until = NULL, done_at = NULL, updated_at = ? WHERE {where}",
+                (QUEUED, now, deadline, now, *params)).rowcount
+
+    def expire_overdue(self, now: float) -> int:
+        """QUEUED messages whose deadline has passed become EXPIRED (a mailing's end_at, SMS_VALID_SECONDS)."""
+        with self.transaction() as db:
+            return db.execute(
+                "UPDATE messages SET status = ?, done_at = ?, updated_at = ?, last_error = coalesce(last_error,"
+                " 'its deadline passed before it was sent') WHERE status = ? AND deadline < ?",
+                (EXPIRED, now, now, QUEUED, now)).rowcount
+
+    # --- mailings: their state lives in `mailings`, their messages here ---
+
+    def start_mailing(self, mailing_id: int, now: float, messages: Iterable[dict[str, Any]]) -> int:
+        """Mark a scheduled mailing started and queue its messages, all in one transaction: a
+        crash leaves it either not started or started with every message. One message per client
+        per mailing, ever; a client whose window opens only after the end is EXPIRED at once."""
+        columns = ("client_id", "phone", "timezone", "text", "next_attempt_at", "window_from", "window_to",
+                   "deadline")
+        count = 0
+        with self.transaction() as db:
+            started = db.execute("UPDATE mailings SET state = 'started', started_at = ?, updated_at = ?"
+                                 " WHERE id = ? AND state = 'scheduled'", (now, now, mailing_id))
+            if started.rowcount != 1:
+                return 0
+            batch: list[tuple] = []
+            for message in messages:
+                late = message["next_attempt_at"] >= message["deadline"]
+                batch.append((now, now, mailing_id, EXPIRED if late else QUEUED, now if late else None,
+                              "its window does not open before the mailing ends" if late else None,
+                              *(message[column] for column in columns)))
+                if len(batch) == 5000:
+                    count += self._insert_mailing_messages(db, batch, columns)
+                    batch = []
+            count += self._insert_mailing_messages(db, batch, columns)
+        return count
+
+    @staticmethod
+    def _insert_mailing_messages(db: sqlite3.Connection, batch: list[tuple], columns: tuple[str, ...]) -> int:
+        names = ("created_at", "updated_at", "mailing_id", "status", "done_at", "last_error", *columns)
+        db.executemany(f"INSERT OR IGNORE INTO messages (source, {', '.join(names)})"
+                       f" VALUES ('mailing', {_placeholders(names)})", batch)
+        return len(batch)
+
+    def cancel_mailing(self, mailing_id: int) -> int:
+        """The mailing will not start, or its QUEUED messages become CANCELED; sends in flight finish."""
+        now = time.time()
+        allowed = sorted(TRANSITIONS[CANCELED])
+        with self.transaction() as db:
+            db.execute("UPDATE mailings SET state = 'canceled', updated_at = ? WHERE id = ?", (now, mailing_id))
+            return db.execute(
+                f"UPDATE messages SET status = ?, done_at = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL"
+                f" WHERE mailing_id = ? AND status IN ({_placeholders(allowed)})",
+                (CANCELED, now, now, mailing_id, *allowed)).rowcount
 
     def counts(self) -> dict[str, int]:
         rows = self.connection().execute("SELECT status, count(*) FROM messages GROUP BY status")

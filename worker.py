@@ -10,15 +10,18 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+import mailings
 from delivery import Dispatcher
 from store import Store
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 0.2  # how often an idle worker looks for due messages
+SCHEDULE_SECONDS = 1.0  # how often mailings are checked for their start, and deadlines for expiry
 CLAIM_AHEAD = 4  # messages leased per sender thread: enough to keep them busy between claims
 SHUTDOWN_GRACE_SECONDS = 8.0  # in-flight sends get this long after SIGTERM (the unit allows 10)
 REPORT_BATCH = 50
@@ -46,8 +49,12 @@ class Worker:
                  self.owner, self.concurrency, self.lease_seconds)
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="send")
         in_flight: dict[Future, int | None] = {}  # message id, or None for a report poll
+        next_schedule = 0.0
         try:
             while not stop.is_set():
+                if time.monotonic() >= next_schedule:
+                    self._schedule(time.time())
+                    next_schedule = time.monotonic() + SCHEDULE_SECONDS
                 room = CLAIM_AHEAD * self.concurrency - len(in_flight)
                 if room >= self.concurrency:
                     for message in self.store.claim(self.owner, room, self.lease_seconds):
@@ -62,6 +69,14 @@ class Worker:
                     stop.wait(IDLE_POLL_SECONDS)
         finally:
             self._shut_down(pool, in_flight)
+
+    def _schedule(self, now: float) -> None:
+        """Start the mailings whose time has come; expire what waited past its deadline."""
+        for mailing_id, queued in mailings.start_due(self.store, now):
+            log.info("Mailing %d started: %d messages queued", mailing_id, queued)
+        expired = self.store.expire_overdue(now)
+        if expired:
+            log.info("%d messages expired unsent: their deadline passed", expired)
 
     def _record(self, done: set[Future], in_flight: dict[Future, int | None]) -> None:
         changes = []

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 Handler = Callable[["_RequestHandler", dict[str, Any] | None], tuple[int, Any]]
 
@@ -99,14 +100,14 @@ class FakeService:
             self._server = None
 
 
-def moyklass_user(user_id: int, phone: str | None, name: str = "Marko Petrović") -> dict[str, Any]:
+def moyklass_user(user_id: int, phone: str | None, name: str = "Marko Petrović", state: int = 1) -> dict[str, Any]:
     """A User object shaped like MoyKlass' GET /v1/company/users/{userId} answer."""
     return {
         "id": user_id,
         "name": name,
         "email": f"user{user_id}@example.rs",
         "phone": phone,
-        "clientStateId": 1,
+        "clientStateId": state,
         "filials": [1],
         "tags": [{"id": 3, "name": "Robotika"}],
         "attributes": [],
@@ -140,10 +141,11 @@ class FakeMoyKlass(FakeService):
         self.request_times: deque[float] = deque()  # the last second, for the rate limit
         self.request_log: list[float] = []  # every request's time.monotonic()
         self.fail_next: list[int] = []  # HTTP statuses to answer the next requests with
+        self.page_requests: list[tuple[int, int]] = []  # (offset, limit) of each users page asked for
         self._token_numbers = itertools.count(1)
 
-    def add_user(self, user_id: int, phone: str | None, name: str = "Marko Petrović") -> None:
-        self.users[user_id] = moyklass_user(user_id, phone, name)
+    def add_user(self, user_id: int, phone: str | None, name: str = "Marko Petrović", state: int = 1) -> None:
+        self.users[user_id] = moyklass_user(user_id, phone, name, state)
 
     def _user(self, user_id: int) -> dict[str, Any] | None:
         if user_id in self.users:
@@ -151,6 +153,18 @@ class FakeMoyKlass(FakeService):
         if user_id <= self.numbered_users:
             return moyklass_user(user_id, numbered_phone(user_id))
         return None
+
+    def _user_page(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        """GET /v1/company/users: offset, limit (at most 500), clientStateId (comma list)."""
+        offset, limit = int(query.get("offset", ["0"])[0]), int(query.get("limit", ["100"])[0])
+        if limit > 500:
+            return 400, {"code": "ValidationError", "message": "limit must be at most 500"}
+        users = [self.users[user_id] for user_id in sorted(self.users)]
+        if "clientStateId" in query:
+            states = {int(s) for s in query["clientStateId"][0].split(",")}
+            users = [user for user in users if user["clientStateId"] in states]
+        self.page_requests.append((offset, limit))
+        return 200, {"users": users[offset:offset + limit], "stats": {"totalItems": len(users)}}
 
     def revoke_all_tokens(self) -> None:
         with self.lock:
@@ -188,6 +202,12 @@ class FakeMoyKlass(FakeService):
                 if not isinstance(body, dict) or body.get("apiKey") != self.api_key:
                     return 401, {"code": "Unauthorized", "message": "Invalid apiKey"}
                 return 200, self._new_token()
+            path, _, query = request.path.partition("?")
+            if request.command == "GET" and path == "/v1/company/users":
+                self.user_calls += 1
+                if request.headers.get("x-access-token") not in self.tokens:
+                    return 401, {"code": "Unauthorized", "message": "Invalid token"}
+                return self._user_page(parse_qs(query))
             match = self.USER_PATH.match(request.path)
             if request.command == "GET" and match:
                 self.user_calls += 1

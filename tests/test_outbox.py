@@ -63,7 +63,7 @@ def test_delivered_is_never_downgraded_even_by_retry_failed(store):
         store.transition(message_id, SENT, "w1")
     store.transition(delivered, DELIVERED)
     store.transition(failed, UNDELIVERED)
-    assert store.retry_failed(3600) == 1
+    assert store.retry_failed(time.time() + 3600) == 1
     assert store.message(delivered)["status"] == DELIVERED
     assert (store.message(failed)["status"], store.message(failed)["attempts"]) == (QUEUED, 0)
 
@@ -115,7 +115,7 @@ def test_retry_failed_since_leaves_older_failures(store):
     [new] = queue(store)
     store.claim("w1", 1, 30)
     store.transition(new, FAILED, "w1")
-    assert store.retry_failed(3600, since=cutoff) == 1
+    assert store.retry_failed(time.time() + 3600, since=cutoff) == 1
     assert (store.message(old)["status"], store.message(new)["status"]) == (FAILED, QUEUED)
 
 

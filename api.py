@@ -1,0 +1,397 @@
+"""/api/v1: clients, mailings, statistics and manual sends, for integrators with an API key.
+
+Every route is declared with `endpoint(...)`: its scope and its request and response schemas
+(schemas.py). The declaration checks the key, validates the request, and is also what
+/openapi.json is built from, so the document cannot drift from what the code does.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask_swagger_ui import get_swaggerui_blueprint
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+
+import api_keys
+import clients
+import mailings
+from clients import Conflict, field_path
+from errors import ApiError
+from mailings import MailingConflict
+from schemas import (
+    Client,
+    ClientCreate,
+    ClientPage,
+    ClientQuery,
+    ClientUpdate,
+    Error,
+    ImportReport,
+    Mailing,
+    MailingCreate,
+    MailingList,
+    MailingStats,
+    MailingStatsList,
+    MailingUpdate,
+    Message,
+    MessageCreate,
+    MessagePage,
+    MessageQuery,
+    Queued,
+)
+
+MAX_IMPORT_BYTES = 10 * 1024 * 1024
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+@dataclass
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    scope: str
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    responses: dict[int, tuple[type[BaseModel] | None, str]]
+    body_content: str = "application/json"
+    response_content: dict[int, str] = field(default_factory=dict)
+
+
+ENDPOINTS: list[Endpoint] = []
+COMMON_ERRORS = {400: "Invalid request: `errors` says what, field by field", 401: "No valid API key",
+                 403: "The key lacks the scope", 429: "The key's daily quota is used up: see Retry-After",
+                 503: "The database is unavailable"}
+
+
+def _services():
+    return current_app.extensions["sms_bulk_app"]
+
+
+def endpoint(method: str, path: str, *, summary: str, scope: str, responses: dict[int, Any],
+             body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
+             body_content: str = "application/json", response_content: dict[int, str] | None = None) -> Callable:
+    """Declare a route: the key must have `scope`; `body` and `query` are validated and passed in."""
+
+    def declare(view: Callable) -> Callable:
+        described = {code: spec if isinstance(spec, tuple) else (spec, "") for code, spec in responses.items()}
+        ENDPOINTS.append(Endpoint(method, path, summary, scope, body, query, described, body_content,
+                                  response_content or {}))
+
+        @functools.wraps(view)
+        def handle(**path_args: Any):
+            _authorize(scope)
+            arguments = dict(path_args)
+            if query is not None:
+                arguments["query"] = _validated(query, request.args.to_dict())
+            if body is not None:
+                arguments["body"] = _validated(body, _json_body())
+            return view(**arguments)
+
+        bp.add_url_rule(re.sub(r"\{(\w+)\}", r"<int:\1>", path), endpoint=view.__name__, view_func=handle,
+                        methods=[method])
+        return handle
+
+    return declare
+
+
+def _authorize(scope: str) -> None:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer ") or not header[7:].strip():
+        raise ApiError(401, "send an API key as Authorization: Bearer <key> (create one: sms_bulk_app.py keys create)",
+                       headers={"WWW-Authenticate": "Bearer"})
+    key, retry_after = api_keys.authenticate(_services().store, header[7:].strip())
+    if key is None:
+        raise ApiError(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    if scope not in key.scopes:
+        raise ApiError(403, f"this key lacks the scope {scope!r}")
+    if retry_after is not None:
+        raise ApiError(429, "this key's daily quota is used up", headers={"Retry-After": str(int(retry_after))})
+
+
+def _json_body() -> Any:
+    try:
+        return json.loads(request.get_data(cache=False) or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the body is not valid JSON")
+
+
+def _validated(model: type[BaseModel], data: Any) -> BaseModel:
+    try:
+        return model.model_validate(data, context={"region": _services().config.default_region})
+    except ValidationError as error:
+        raise ApiError(400, "invalid request", errors=_errors(error))
+
+
+def _errors(error: ValidationError) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in error.errors():
+        found.setdefault(field_path(item), item["msg"].removeprefix("Value error, "))
+    return found
+
+
+def _answer(model: type[BaseModel], data: Any, status: int = 200) -> tuple[Response, int]:
+    """Responses go through their schema too: what the document promises is what is sent."""
+    return jsonify(model.model_validate(data).model_dump(mode="json", by_alias=True)), status
+
+
+def _not_found(what: str, ident: int) -> ApiError:
+    return ApiError(404, f"no {what} {ident}")
+
+
+# --- clients ---
+
+@endpoint("POST", "/clients", summary="Create a client", scope="clients:write", body=ClientCreate,
+          responses={201: Client, 409: (Error, "Another client has this phone or MoyKlass user")})
+def create_client(body: ClientCreate):
+    try:
+        return _answer(Client, clients.create(_services().store, body, _services().config.default_timezone), 201)
+    except Conflict as error:
+        raise ApiError(409, str(error))
+
+
+@endpoint("GET", "/clients", summary="List clients (filter by tag, operator code, phone)", scope="read",
+          query=ClientQuery, responses={200: ClientPage})
+def list_clients(query: ClientQuery):
+    items, total = clients.search(_services().store, query.tag, query.operator_code, query.phone, query.limit,
+                                  query.offset, _services().config.default_region)
+    return _answer(ClientPage, {"items": items, "total": total, "limit": query.limit, "offset": query.offset})
+
+
+@endpoint("GET", "/clients/{client_id}", summary="Read a client", scope="read", responses={200: Client, 404: Error})
+def get_client(client_id: int):
+    found = clients.get(_services().store, client_id)
+    if found is None:
+        raise _not_found("client", client_id)
+    return _answer(Client, found)
+
+
+@endpoint("PATCH", "/clients/{client_id}", summary="Change a client's fields", scope="clients:write",
+          body=ClientUpdate, responses={200: Client, 404: Error, 409: Error})
+def update_client(client_id: int, body: ClientUpdate):
+    try:
+        changed = clients.update(_services().store, client_id, body.model_dump(exclude_unset=True))
+    except Conflict as error:
+        raise ApiError(409, str(error))
+    if changed is None:
+        raise _not_found("client", client_id)
+    return _answer(Client, changed)
+
+
+@endpoint("DELETE", "/clients/{client_id}", summary="Delete a client", scope="clients:write",
+          responses={204: (None, "Deleted"), 404: Error})
+def delete_client(client_id: int):
+    if not clients.delete(_services().store, client_id):
+        raise _not_found("client", client_id)
+    return "", 204
+
+
+@endpoint("POST", "/clients/import", summary="Import clients from CSV (phone, name, tags, timezone, moyklass_user_id)",
+          scope="clients:write", body_content="text/csv", responses={200: ImportReport, 413: Error})
+def import_clients():
+    request.max_content_length = MAX_IMPORT_BYTES
+    upload = request.files.get("file")
+    raw = upload.read() if upload else request.get_data(cache=False)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiError(400, "the CSV is not UTF-8 text")
+    config = _services().config
+    return _answer(ImportReport, clients.import_csv(_services().store, text, config.default_timezone,
+                                                    config.default_region))
+
+
+# --- mailings ---
+
+@endpoint("POST", "/mailings", summary="Create a mailing", scope="mailings:write", body=MailingCreate,
+          responses={201: Mailing})
+def create_mailing(body: MailingCreate):
+    return _answer(Mailing, mailings.create(_services().store, body), 201)
+
+
+@endpoint("GET", "/mailings", summary="List mailings", scope="read", responses={200: MailingList})
+def list_mailings():
+    return _answer(MailingList, {"items": mailings.list_all(_services().store)})
+
+
+@endpoint("GET", "/mailings/stats", summary="Every mailing with its messages counted by status", scope="read",
+          responses={200: MailingStatsList})
+def all_mailing_stats():
+    return _answer(MailingStatsList, {"items": mailings.stats_all(_services().store)})
+
+
+@endpoint("GET", "/mailings/{mailing_id}", summary="Read a mailing", scope="read",
+          responses={200: Mailing, 404: Error})
+def get_mailing(mailing_id: int):
+    found = mailings.get(_services().store, mailing_id)
+    if found is None:
+        raise _not_found("mailing", mailing_id)
+    return _answer(Mailing, found)
+
+
+@endpoint("PATCH", "/mailings/{mailing_id}", summary="Change a mailing that has not started", scope="mailings:write",
+          body=MailingUpdate, responses={200: Mailing, 404: Error, 409: (Error, "The mailing has started")})
+def update_mailing(mailing_id: int, body: MailingUpdate):
+    changes = body.model_dump(exclude_unset=True, by_alias=True)
+    try:
+        changed = mailings.update(_services().store, mailing_id, changes)
+    except MailingConflict as error:
+        raise ApiError(409, str(error))
+    except ValidationError as error:
+        raise ApiError(400, "invalid request", errors=_errors(error))
+    if changed is None:
+        raise _not_found("mailing", mailing_id)
+    return _answer(Mailing, changed)
+
+
+@endpoint("DELETE", "/mailings/{mailing_id}", summary="Delete a mailing that has not started",
+          scope="mailings:write", responses={204: (None, "Deleted"), 404: Error, 409: (Error, "It has started")})
+def delete_mailing(mailing_id: int):
+    try:
+        if not mailings.delete(_services().store, mailing_id):
+            raise _not_found("mailing", mailing_id)
+    except MailingConflict as error:
+        raise ApiError(409, str(error))
+    return "", 204
+
+
+@endpoint("POST", "/mailings/{mailing_id}/cancel", summary="Cancel a mailing: what is still queued is not sent",
+          scope="mailings:write", responses={200: Mailing, 404: Error})
+def cancel_mailing(mailing_id: int):
+    canceled = mailings.cancel(_services().store, mailing_id)
+    if canceled is None:
+        raise _not_found("mailing", mailing_id)
+    return _answer(Mailing, canceled)
+
+
+@endpoint("POST", "/mailings/{mailing_id}/retry-failed", summary="Queue the mailing's FAILED and UNDELIVERED again",
+          scope="mailings:write", responses={200: MailingStats, 404: Error, 409: (Error, "Not running")})
+def retry_mailing(mailing_id: int):
+    store = _services().store
+    if mailings.get(store, mailing_id) is None:
+        raise _not_found("mailing", mailing_id)
+    try:
+        mailings.retry_failed(store, mailing_id, time.time())
+    except MailingConflict as error:
+        raise ApiError(409, str(error))
+    return _answer(MailingStats, mailings.stats(store, mailing_id))
+
+
+@endpoint("GET", "/mailings/{mailing_id}/stats", summary="A mailing's messages by status, progress, parts sent",
+          scope="read", responses={200: MailingStats, 404: Error})
+def mailing_stats(mailing_id: int):
+    found = mailings.stats(_services().store, mailing_id)
+    if found is None:
+        raise _not_found("mailing", mailing_id)
+    return _answer(MailingStats, found)
+
+
+@endpoint("GET", "/mailings/{mailing_id}/messages", summary="A mailing's messages, optionally of one status",
+          scope="read", query=MessageQuery, responses={200: MessagePage, 404: Error})
+def mailing_messages(mailing_id: int, query: MessageQuery):
+    store = _services().store
+    if mailings.get(store, mailing_id) is None:
+        raise _not_found("mailing", mailing_id)
+    items, total = mailings.messages(store, mailing_id, query.status, query.limit, query.offset)
+    return _answer(MessagePage, {"items": items, "total": total, "limit": query.limit, "offset": query.offset})
+
+
+@endpoint("GET", "/mailings/{mailing_id}/messages.csv", summary="A mailing's messages as CSV, streamed",
+          scope="read", query=MessageQuery, responses={200: (None, "CSV, one message a row"), 404: Error},
+          response_content={200: "text/csv"})
+def mailing_messages_csv(mailing_id: int, query: MessageQuery):
+    store = _services().store
+    if mailings.get(store, mailing_id) is None:
+        raise _not_found("mailing", mailing_id)
+    rows = stream_with_context(mailings.messages_csv(store, mailing_id, query.status))
+    return Response(rows, mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="mailing-{mailing_id}-messages.csv"'})
+
+
+# --- single messages ---
+
+@endpoint("POST", "/messages", summary="Send one SMS, to a phone or to a MoyKlass user, through the outbox",
+          scope="messages:send", body=MessageCreate,
+          responses={202: Queued, 503: (Error, "MoyKlass is not configured (for moyklass_user_id)")})
+def send_message(body: MessageCreate):
+    services = _services()
+    if body.moyklass_user_id is not None and services.dispatcher.moyklass is None:
+        raise ApiError(503, "MoyKlass is not configured: set API_KEY")
+    message_id = services.store.enqueue("api", services.config.sms_valid_seconds, phone=body.phone,
+                                        text=body.text, user_id=body.moyklass_user_id, event=body.event)
+    return _answer(Queued, {"id": message_id}, 202)
+
+
+@endpoint("GET", "/messages/{message_id}", summary="Read a message and its status", scope="read",
+          responses={200: Message, 404: Error})
+def get_message(message_id: int):
+    found = mailings.message(_services().store, message_id)
+    if found is None:
+        raise _not_found("message", message_id)
+    return _answer(Message, found)
+
+
+# --- the document ---
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 for /api/v1, from the same schemas that validate the requests and responses."""
+    models = {(e.body, "validation") for e in ENDPOINTS if e.body} | {(Error, "serialization")}
+    models |= {(model, "serialization") for e in ENDPOINTS for model, _ in e.responses.values() if model}
+    refs, definitions = models_json_schema(sorted(models, key=lambda m: (m[0].__name__, m[1])),
+                                           ref_template="#/components/schemas/{model}")
+    paths: dict[str, dict[str, Any]] = {}
+    for e in ENDPOINTS:
+        responses = {str(code): {"description": COMMON_ERRORS.get(code, "")}
+                     for code in COMMON_ERRORS}
+        for code, (model, description) in e.responses.items():
+            answer: dict[str, Any] = {"description": description or ("OK" if code < 300 else "Error")}
+            media = e.response_content.get(code, "application/json")
+            if model is not None:
+                answer["content"] = {media: {"schema": refs[(model, "serialization")]}}
+            elif media != "application/json":
+                answer["content"] = {media: {"schema": {"type": "string"}}}
+            responses[str(code)] = answer
+        for code in COMMON_ERRORS:
+            responses[str(code)]["content"] = {"application/json": {"schema": refs[(Error, "serialization")]}}
+        operation: dict[str, Any] = {"summary": e.summary, "operationId": f"{e.method.lower()}_{e.path}",
+                                     "security": [{"bearer": []}], "responses": responses,
+                                     "description": f"Scope: `{e.scope}`."}
+        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}
+                      for name in re.findall(r"\{(\w+)\}", e.path)]
+        if e.query is not None:
+            for name, info in e.query.model_fields.items():
+                schema = e.query.model_json_schema()["properties"][name]
+                parameters.append({"name": name, "in": "query", "required": info.is_required(), "schema": schema,
+                                   **({"description": info.description} if info.description else {})})
+        if parameters:
+            operation["parameters"] = parameters
+        if e.body is not None:
+            operation["requestBody"] = {"required": True,
+                                        "content": {"application/json": {"schema": refs[(e.body, "validation")]}}}
+        elif e.body_content == "text/csv":
+            operation["requestBody"] = {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+        paths.setdefault(f"/api/v1{e.path}", {})[e.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "SMSBulkApp API", "version": "1",
+                 "description": "Clients, bulk mailings, statistics and single SMS. Every call needs an API key: "
+                                "`python sms_bulk_app.py keys create --name NAME --scopes read,...`."},
+        "paths": paths,
+        "components": {"schemas": definitions.get("$defs", {}),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def openapi() -> Response:
+    return jsonify(openapi_document())
+
+
+def docs_blueprint() -> Blueprint:
+    """Swagger UI at /docs/, from the files flask-swagger-ui ships (no CDN: these hosts have no internet)."""
+    return get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "SMSBulkApp API"})

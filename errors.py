@@ -1,0 +1,55 @@
+"""The JSON error envelope: every error, of any route, is `{"status": "error", "message": ...}`."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from store import DatabaseUnavailable
+
+log = logging.getLogger("sms_bulk_app")
+
+
+class ApiError(Exception):
+    """An error answered as `{"status": "error", "message": ...}` with its HTTP status."""
+
+    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def error_response(status_code: int, message: str, **extra: Any) -> tuple[Response, int]:
+    return jsonify({"status": "error", "message": message, **extra}), status_code
+
+
+def register_error_handlers(app: Flask) -> None:
+    """JSON for every error: ours, HTTP ones (404, 405, 413), the database's, and the unexpected."""
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError):
+        response, status = error_response(error.status_code, error.message, **error.extra)
+        for name, value in error.headers.items():
+            response.headers[name] = value
+        return response, status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if error.code == 413:
+            limit = request.max_content_length or app.config["MAX_CONTENT_LENGTH"]
+            return error_response(413, f"the body is larger than {limit // 1024} KiB")
+        return error_response(error.code or 500, error.description or error.name)
+
+    @app.errorhandler(DatabaseUnavailable)
+    def database_unavailable(error: DatabaseUnavailable):
+        log.error("Database unavailable: %s", error)
+        return error_response(503, "the database is unavailable; try again later")
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.exception("Unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "internal error; see the service log")

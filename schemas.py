@@ -1,0 +1,291 @@
+"""One pydantic schema per request and response of /api/v1: they validate, and they are the
+OpenAPI document (api.py builds /openapi.json from them).
+
+Phone numbers are checked against DEFAULT_REGION, which the API passes in the validation
+context as `region`; time zones against the IANA database.
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from phones import InvalidPhone, to_e164
+from texts import Template, TemplateError
+
+MAILING_FIELDS = frozenset({"name", "first_name"})  # what a mailing's text may use, per client
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^;,\s][^;,]*$")]
+OperatorCode = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^\d+$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def check_phone(value: str, info: ValidationInfo) -> str:
+    try:
+        return to_e164(value, (info.context or {}).get("region", "RS"))
+    except InvalidPhone as error:
+        raise ValueError(str(error))
+
+
+def check_timezone(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Belgrade")
+    return value
+
+
+# --- errors ---
+
+class Error(BaseModel):
+    status: Literal["error"] = "error"
+    message: str
+    errors: dict[str, str] | None = Field(None, description="What is wrong with each field")
+    id: int | None = None
+
+
+# --- clients ---
+
+class ClientCreate(Strict):
+    phone: str = Field(description="Any common form; stored in E.164", examples=["+381641234567"])
+    name: str = Field("", max_length=200)
+    tags: list[Tag] = Field(default_factory=list, max_length=50)
+    timezone: str | None = Field(None, description="IANA name; DEFAULT_TIMEZONE when left out")
+    operator_code: OperatorCode | None = Field(None, description="Derived from the number when left out")
+    moyklass_user_id: PositiveInt | None = None
+
+    _phone = field_validator("phone")(check_phone)
+    _timezone = field_validator("timezone")(check_timezone)
+
+
+class ClientUpdate(Strict):
+    phone: str | None = None
+    name: str | None = Field(None, max_length=200)
+    tags: list[Tag] | None = Field(None, max_length=50)
+    timezone: str | None = None
+    operator_code: OperatorCode | None = None
+    moyklass_user_id: PositiveInt | None = None
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_phone(value, info)
+
+    _timezone = field_validator("timezone")(check_timezone)
+
+
+class Client(BaseModel):
+    id: int
+    phone: str
+    operator_code: str
+    tags: list[str]
+    timezone: str
+    name: str
+    moyklass_user_id: int | None
+    created_at: datetime
+
+
+class ClientQuery(Strict):
+    tag: str | None = None
+    operator_code: str | None = None
+    phone: str | None = Field(None, description="A whole number in any form, or digits anywhere in it")
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0)
+
+
+class ClientPage(BaseModel):
+    items: list[Client]
+    total: int
+    limit: int
+    offset: int
+
+
+class RejectedRow(BaseModel):
+    row: int = Field(description="Line number in the file, the header being line 1")
+    reason: str
+
+
+class ImportReport(BaseModel):
+    created: int
+    updated: int
+    rejected: list[RejectedRow]
+
+
+# --- mailings ---
+
+class MailingFilter(Strict):
+    tags: list[Tag] = Field(default_factory=list, description="Any of these tags")
+    operator_codes: list[OperatorCode] = Field(default_factory=list, description="Any of these codes")
+    all: bool = Field(False, description="Every client; required when both lists are empty")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> MailingFilter:
+        if self.all and (self.tags or self.operator_codes):
+            raise ValueError('"all": true cannot be combined with tags or operator_codes')
+        if not (self.all or self.tags or self.operator_codes):
+            raise ValueError('an empty filter would reach every client: say {"all": true}')
+        return self
+
+
+class Window(Strict):
+    from_: str = Field(alias="from", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["09:00"])
+    to: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["21:00"])
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Window:
+        if self.from_ == self.to:
+            raise ValueError("from and to are equal: the window would be empty (or leave it out)")
+        return self
+
+    def bounds(self) -> tuple[time, time]:
+        return time.fromisoformat(self.from_), time.fromisoformat(self.to)
+
+
+def check_mailing_text(value: str) -> str:
+    try:
+        Template(value, MAILING_FIELDS)
+    except TemplateError as error:
+        raise ValueError(str(error))
+    return value
+
+
+class MailingCreate(Strict):
+    start_at: AwareDatetime
+    end_at: AwareDatetime
+    text: str = Field(min_length=1, max_length=1000, examples=["Zdravo {first_name}, upis počinje sutra."])
+    filter: MailingFilter
+    window: Window | None = Field(None, description="Local time of each client in which to send; may wrap midnight")
+
+    _text = field_validator("text")(check_mailing_text)
+
+    @model_validator(mode="after")
+    def _times(self) -> MailingCreate:
+        if self.end_at <= self.start_at:
+            raise ValueError("end_at must be after start_at")
+        if self.end_at <= datetime.now(UTC):
+            raise ValueError("end_at is in the past")
+        return self
+
+
+class MailingUpdate(Strict):
+    start_at: AwareDatetime | None = None
+    end_at: AwareDatetime | None = None
+    text: str | None = Field(None, min_length=1, max_length=1000)
+    filter: MailingFilter | None = None
+    window: Window | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return None if value is None else check_mailing_text(value)
+
+
+class Mailing(BaseModel):
+    id: int
+    start_at: datetime
+    end_at: datetime
+    text: str
+    filter: dict
+    window: dict | None
+    state: Literal["scheduled", "started", "canceled"]
+    created_at: datetime
+    started_at: datetime | None
+
+
+class MailingList(BaseModel):
+    items: list[Mailing]
+
+
+STATUS_NAMES = ("QUEUED", "SENDING", "SENT", "DELIVERED", "UNDELIVERED", "FAILED", "EXPIRED", "CANCELED")
+StatusName = Literal["QUEUED", "SENDING", "SENT", "DELIVERED", "UNDELIVERED", "FAILED", "EXPIRED", "CANCELED"]
+
+
+class MailingStats(BaseModel):
+    id: int
+    state: str
+    total: int
+    counts: dict[str, int] = Field(description="Messages by status")
+    progress: float = Field(description="Share of messages no longer waiting, 0 to 1")
+    segments: int = Field(description="SMS parts sent")
+    first_sent_at: datetime | None
+    last_sent_at: datetime | None
+
+
+class MailingStatsList(BaseModel):
+    items: list[MailingStats]
+
+
+# --- messages ---
+
+class MessageCreate(Strict):
+    phone: str | None = Field(None, description="Send to this number")
+    moyklass_user_id: PositiveInt | None = Field(None, description="Or to this MoyKlass user's phone")
+    text: str | None = Field(None, min_length=1, max_length=1000,
+                             description="Required with phone; with a user, the event's text when left out")
+    event: str | None = Field(None, description="With a user: whose SMS_TEXT_<EVENT> to use")
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_phone(value, info)
+
+    @model_validator(mode="after")
+    def _target(self) -> MessageCreate:
+        if (self.phone is None) == (self.moyklass_user_id is None):
+            raise ValueError("give exactly one of phone and moyklass_user_id")
+        if self.phone is not None and self.text is None:
+            raise ValueError("text is required with phone")
+        return self
+
+
+class Message(BaseModel):
+    id: int
+    status: StatusName
+    phone: str | None
+    text: str | None
+    encoding: str | None
+    segments: int | None
+    attempts: int
+    mailing_id: int | None
+    client_id: int | None
+    user_id: int | None
+    gateway_ref: str | None
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+class MessageQuery(Strict):
+    status: StatusName | None = None
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+class MessagePage(BaseModel):
+    items: list[Message]
+    total: int
+    limit: int
+    offset: int
+
+
+class Queued(BaseModel):
+    status: Literal["queued"] = "queued"
+    id: int
+

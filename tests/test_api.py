@@ -1,0 +1,242 @@
+"""/api/v1: keys and scopes, clients, CSV import, mailings, statistics, manual sends, OpenAPI."""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import api_keys
+from sms_bulk_app import create_app
+from tests.conftest import run_command
+
+ALL_SCOPES = list(api_keys.SCOPES)
+
+
+@pytest.fixture
+def api(settings):
+    app = create_app(settings)
+    store = app.extensions["sms_bulk_app"].store
+    _, key = api_keys.create(store, "test", ALL_SCOPES, None)
+    return Api(app.test_client(), key, store)
+
+
+class Api:
+    def __init__(self, client, key, store):
+        self.client, self.key, self.store = client, key, store
+
+    def call(self, method: str, path: str, key: str | None = None, **kwargs):
+        headers = kwargs.pop("headers", {}) | {"Authorization": f"Bearer {key or self.key}"}
+        return self.client.open(f"/api/v1{path}", method=method, headers=headers, **kwargs)
+
+    def add_client(self, phone: str, **fields):
+        response = self.call("POST", "/clients", json={"phone": phone, **fields})
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def soon(minutes: float = 0) -> datetime:
+    return datetime.now(UTC) + timedelta(minutes=minutes)
+
+
+# --- keys ---
+
+def test_no_key_wrong_key_revoked_key_answer_401(api):
+    assert api.client.get("/api/v1/clients").status_code == 401
+    assert api.call("GET", "/clients", key="sba_not-a-key").status_code == 401
+    key_id, key = api_keys.create(api.store, "old", ["read"], None)
+    assert api.call("GET", "/clients", key=key).status_code == 200
+    api_keys.revoke(api.store, key_id)
+    response = api.call("GET", "/clients", key=key)
+    assert response.status_code == 401 and response.get_json()["message"] == "unknown or revoked API key"
+
+
+def test_missing_scope_answers_403(api):
+    _, reader = api_keys.create(api.store, "reader", ["read"], None)
+    response = api.call("POST", "/clients", key=reader, json={"phone": "0641234567"})
+    assert response.status_code == 403
+    assert response.get_json() == {"status": "error", "message": "this key lacks the scope 'clients:write'"}
+
+
+def test_daily_quota_answers_429_with_retry_after(api):
+    _, key = api_keys.create(api.store, "small", ["read"], 3)
+    assert [api.call("GET", "/clients", key=key).status_code for _ in range(3)] == [200] * 3
+    response = api.call("GET", "/clients", key=key)
+    assert response.status_code == 429
+    assert 1 <= int(response.headers["Retry-After"]) <= 86400
+
+
+def test_keys_cli_prints_the_key_once_and_stores_only_its_hash(settings):
+    created = run_command(settings, "keys", "create", "--name", "crm", "--scopes", "read,messages:send")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.split(": ")[-1].strip()
+    assert key.startswith("sba_") and "cannot be shown again" in created.stderr
+    listed = run_command(settings, "keys", "list")
+    assert "crm" in listed.stdout and key not in listed.stdout
+    db_bytes = (__import__("pathlib").Path(settings["DATA_DIR"]) / "sms_bulk_app.db").read_bytes()
+    assert key.encode() not in db_bytes
+    app = create_app(settings)
+    assert app.test_client().get("/api/v1/clients", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert run_command(settings, "keys", "revoke", "1").returncode == 0
+    assert app.test_client().get("/api/v1/clients", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    bad = run_command(settings, "keys", "create", "--name", "x", "--scopes", "admin")
+    assert bad.returncode == 2 and "scopes are any of" in bad.stderr
+
+
+# --- clients ---
+
+def test_client_is_stored_in_e164_with_derived_operator_code(settings):
+    settings["DEFAULT_REGION"] = "RU"
+    app = create_app(settings)
+    _, key = api_keys.create(app.extensions["sms_bulk_app"].store, "t", ALL_SCOPES, None)
+    api = Api(app.test_client(), key, None)
+    client = api.add_client("8 (900) 123-45-67", name="Иван", tags=["vip"], timezone="Asia/Yekaterinburg")
+    assert (client["phone"], client["operator_code"], client["timezone"]) == ("+79001234567", "900",
+                                                                                "Asia/Yekaterinburg")
+    serbian = api.add_client("+381 64 123 4567")
+    assert (serbian["operator_code"], serbian["timezone"]) == ("64", "Europe/Belgrade")
+
+
+def test_client_errors(api):
+    api.add_client("0641234567")
+    duplicate = api.call("POST", "/clients", json={"phone": "+381641234567"})
+    assert duplicate.status_code == 409 and duplicate.get_json()["message"] == "another client has this phone"
+    bad = api.call("POST", "/clients", json={"phone": "12", "timezone": "Mars/Base", "tags": [""], "color": "red"})
+    assert bad.status_code == 400
+    errors = bad.get_json()["errors"]
+    assert set(errors) == {"phone", "timezone", "tags.0", "color"}
+    assert "not a valid phone number" in errors["phone"]
+    assert api.call("POST", "/clients", data="nope", content_type="application/json").status_code == 400
+    assert api.call("GET", "/clients/999").status_code == 404
+    assert api.call("PATCH", "/clients/999", json={"name": "x"}).status_code == 404
+    assert api.call("DELETE", "/clients/999").status_code == 404
+    assert api.call("GET", "/clients?limit=0").get_json()["errors"] == {"limit": "Input should be greater than or equal to 1"}
+
+
+def test_client_list_filters_and_pages(api):
+    for i in range(12):
+        api.add_client(f"06410000{i:02d}", tags=["a"] if i % 2 else ["b"], name=f"Klijent {i}")
+    api.add_client("+79001234567", tags=["a"], operator_code="900")
+    page = api.call("GET", "/clients?tag=a&limit=4&offset=4").get_json()
+    assert page["total"] == 7 and len(page["items"]) == 3 and page["limit"] == 4
+    assert api.call("GET", "/clients?operator_code=900").get_json()["total"] == 1
+    assert api.call("GET", "/clients?tag=a&operator_code=64").get_json()["total"] == 6
+    assert api.call("GET", "/clients?phone=1000003").get_json()["items"][0]["name"] == "Klijent 3"
+
+
+def test_client_update_and_delete(api):
+    client = api.add_client("0641234567", tags=["x"])
+    changed = api.call("PATCH", f"/clients/{client['id']}", json={"phone": "+79001234567", "tags": ["y", "z"]})
+    assert changed.status_code == 200
+    assert (changed.get_json()["operator_code"], changed.get_json()["tags"]) == ("900", ["y", "z"])
+    assert api.call("DELETE", f"/clients/{client['id']}").status_code == 204
+    assert api.call("GET", f"/clients/{client['id']}").status_code == 404
+
+
+def test_csv_import_reports_created_updated_and_rejected_rows(api):
+    api.add_client("0641000001", name="Stari")
+    text = ("phone,name,tags,timezone,moyklass_user_id\n"
+            "0641000001,Novi,a;b,,\n"
+            "0641000002,Ana,a,Europe/Moscow,77\n"
+            "12,Broj,,,\n"
+            "0641000003,Vreme,,Nowhere/Else,\n")
+    response = api.call("POST", "/clients/import", data=text.encode(), content_type="text/csv")
+    report = response.get_json()
+    assert response.status_code == 200
+    assert (report["created"], report["updated"]) == (1, 1)
+    assert [r["row"] for r in report["rejected"]] == [4, 5]
+    assert "not a valid phone number" in report["rejected"][0]["reason"]
+    assert "IANA time zone" in report["rejected"][1]["reason"]
+    updated = api.call("GET", "/clients?phone=0641000001").get_json()["items"][0]
+    assert (updated["name"], updated["tags"]) == ("Novi", ["a", "b"])
+    no_phone = api.call("POST", "/clients/import", data=b"name\nAna\n", content_type="text/csv").get_json()
+    assert no_phone["rejected"] == [{"row": 1, "reason": "the header has no phone column"}]
+
+
+def test_import_clients_cli(settings, tmp_path):
+    path = tmp_path / "clients.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["phone", "name", "tags"])
+        for i in range(300):
+            writer.writerow([f"0641{i:06d}", f"Klijent {i}", "uvoz"])
+        writer.writerow(["bad", "x", ""])
+    result = run_command(settings, "import-clients", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "300 created, 0 updated, 1 rejected"
+    assert "importing: 301/301" in result.stderr  # the progress lines
+
+
+def test_sync_moyklass_pages_of_500_within_the_rate_limit(settings, moyklass):
+    del settings["MOYKLASS_RATE_PER_SEC"]
+    for user_id in range(1, 1202):
+        moyklass.add_user(user_id, f"38164{1_000_000 + user_id:07d}" if user_id != 7 else None,
+                          state=2 if user_id % 100 == 0 else 1)
+    result = run_command(settings, "sync-moyklass")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1200 created, 0 updated, 1 skipped: no phone"
+    assert moyklass.page_requests == [(0, 500), (500, 500), (1000, 500)]
+    times = moyklass.request_log
+    assert all(sum(1 for t in times if start <= t < start + 1) <= 7 for start in times)
+    again = run_command(settings, "sync-moyklass", "--client-state-id", "2")
+    assert again.stdout.strip() == "0 created, 12 updated"
+
+
+# --- mailings ---
+
+def mailing_body(**overrides):
+    return {"start_at": iso(soon(60)), "end_at": iso(soon(120)), "text": "Zdravo {first_name}!",
+            "filter": {"tags": ["a"]}} | overrides
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"end_at": iso(soon(30))}, "body"),  # before start
+    ({"start_at": iso(soon(-120)), "end_at": iso(soon(-60))}, "body"),  # in the past
+    ({"filter": {}}, "filter"),
+    ({"filter": {"tags": [], "operator_codes": []}}, "filter"),
+    ({"filter": {"all": True, "tags": ["a"]}}, "filter"),
+    ({"window": {"from": "09:00", "to": "09:00"}}, "window"),
+    ({"window": {"from": "9", "to": "21:00"}}, "window.from"),
+    ({"text": "Hi {surname}"}, "text"),
+    ({"start_at": "2026-12-01T10:00:00"}, "start_at"),  # no time zone
+])
+def test_mailing_validation_errors(api, overrides, field):
+    response = api.call("POST", "/mailings", json=mailing_body(**overrides))
+    assert response.status_code == 400
+    assert field in response.get_json()["errors"]
+
+
+def test_mailing_crud_and_409_once_started(api):
+    created = api.call("POST", "/mailings", json=mailing_body(window={"from": "22:00", "to": "06:00"}))
+    assert created.status_code == 201
+    mailing = created.get_json()
+    assert (mailing["state"], mailing["window"]) == ("scheduled", {"from": "22:00", "to": "06:00"})
+    changed = api.call("PATCH", f"/mailings/{mailing['id']}", json={"text": "Novo {name}"})
+    assert changed.status_code == 200 and changed.get_json()["text"] == "Novo {name}"
+    assert api.call("PATCH", f"/mailings/{mailing['id']}", json={"end_at": iso(soon(10))}).status_code == 400
+    import mailings
+    mailings.start_due(api.store, time.time() + 3601)
+    assert api.call("PATCH", f"/mailings/{mailing['id']}", json={"text": "x"}).status_code == 409
+    assert api.call("DELETE", f"/mailings/{mailing['id']}").status_code == 409
+    assert api.call("POST", f"/mailings/{mailing['id']}/cancel").get_json()["state"] == "canceled"
+    other = api.call("POST", "/mailings", json=mailing_body()).get_json()
+    assert api.call("DELETE", f"/mailings/{other['id']}").status_code == 204
+    assert api.call("GET", f"/mailings/{other['id']}").status_code == 404
+    assert [m["id"] for m in api.call("GET", "/mailings").get_json()["items"]] == [mailing["id"]]
+
+
+def test_openapi_document_and_swagger_ui_are_served_locally(api):
+    document = api.client.get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.")
+    assert "/api/v1/mailings/{mailing_id}/stats" in document["paths"]
+    assert "MailingCreate" in document["components"]["schemas"]
+    page = api.client.get("/docs/")
+    assert page.status_code == 200 and b"swagger-ui-bundle.js" in page.data
+    assert b"//" not in page.data.split(b"swagger-ui-bundle.js")[0].rsplit(b'src="', 1)[1]  # a local path
+    assert api.client.get("/docs/swagger-ui-bundle.js").status_code == 200
