@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -116,7 +115,8 @@ def test_client_errors(api):
     assert api.call("GET", "/clients/999").status_code == 404
     assert api.call("PATCH", "/clients/999", json={"name": "x"}).status_code == 404
     assert api.call("DELETE", "/clients/999").status_code == 404
-    assert api.call("GET", "/clients?limit=0").get_json()["errors"] == {"limit": "Input should be greater than or equal to 1"}
+    assert api.call("GET", "/clients?limit=0").get_json()["errors"] == {
+        "limit": "Input should be greater than or equal to 1"}
 
 
 def test_client_list_filters_and_pages(api):

@@ -1,0 +1,160 @@
+"""The mailing scheduler with a clock the test controls: start, windows across time zones, end cut-off."""
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+
+import pytest
+
+import mailings
+from schemas import MailingCreate
+from store import CANCELED, EXPIRED, FAILED, QUEUED, SENT, Store
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    store = Store(tmp_path / "outbox.db")
+    store.initialize()
+    return store
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def add_client(store: Store, phone: str, timezone: str, tags=("a",), name="Ana Ilić", code="64") -> int:
+    with store.transaction() as db:
+        client_id = db.execute("INSERT INTO clients (phone, operator_code, timezone, name, created_at)"
+                               " VALUES (?, ?, ?, ?, 0)", (phone, code, timezone, name)).lastrowid
+        db.executemany("INSERT INTO client_tags (tag, client_id) VALUES (?, ?)", [(t, client_id) for t in tags])
+    return client_id
+
+
+def new_mailing(store: Store, start: str, end: str, window=None, selector=None, text="Zdravo {first_name}") -> int:
+    """A mailing as the API would create it; the times are far ahead so validation passes."""
+    body = {"start_at": start, "end_at": end, "text": text, "filter": selector or {"tags": ["a"]}}
+    if window:
+        body["window"] = {"from": window[0], "to": window[1]}
+    return mailings.create(store, MailingCreate.model_validate(body))["id"]
+
+
+def rows(store: Store, mailing_id: int) -> dict[int, dict]:
+    return {row["client_id"]: dict(row) for row in store.connection().execute(
+        "SELECT * FROM messages WHERE mailing_id = ?", (mailing_id,))}
+
+
+@pytest.mark.parametrize("now, zone, window, opening", [
+    ("2030-03-10T12:00:00+00:00", "UTC", ("09:00", "21:00"), "2030-03-10T12:00:00+00:00"),  # inside
+    ("2030-03-10T06:00:00+00:00", "UTC", ("09:00", "21:00"), "2030-03-10T09:00:00+00:00"),  # before: today
+    ("2030-03-10T22:00:00+00:00", "UTC", ("09:00", "21:00"), "2030-03-11T09:00:00+00:00"),  # after: tomorrow
+    # Yekaterinburg is UTC+5: 12:00 UTC is 17:00 there, inside 09-21
+    ("2030-03-10T12:00:00+00:00", "Asia/Yekaterinburg", ("09:00", "21:00"), "2030-03-10T12:00:00+00:00"),
+    # 17:00 UTC is 22:00 there: next 09:00 local is 04:00 UTC tomorrow
+    ("2030-03-10T17:00:00+00:00", "Asia/Yekaterinburg", ("09:00", "21:00"), "2030-03-11T04:00:00+00:00"),
+    # a window across midnight, 22:00-06:00
+    ("2030-03-10T23:30:00+00:00", "UTC", ("22:00", "06:00"), "2030-03-10T23:30:00+00:00"),
+    ("2030-03-10T03:00:00+00:00", "UTC", ("22:00", "06:00"), "2030-03-10T03:00:00+00:00"),
+    ("2030-03-10T12:00:00+00:00", "UTC", ("22:00", "06:00"), "2030-03-10T22:00:00+00:00"),
+    # 12:00 UTC is 17:00 in Yekaterinburg: the night window opens at 22:00 local, 17:00 UTC
+    ("2030-03-10T12:00:00+00:00", "Asia/Yekaterinburg", ("22:00", "06:00"), "2030-03-10T17:00:00+00:00"),
+    ("2030-03-10T12:00:00+00:00", "UTC", None, "2030-03-10T12:00:00+00:00"),
+])
+def test_next_window_opening(now, zone, window, opening):
+    assert mailings.next_opening(at(now), zone, window) == at(opening)
+
+
+def test_a_future_mailing_starts_by_itself_at_start_at(store):
+    add_client(store, "+381641000001", "UTC")
+    mailing_id = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-10T20:00:00+00:00")
+    assert mailings.start_due(store, at("2030-03-10T09:59:59+00:00")) == []
+    assert mailings.get(store, mailing_id)["state"] == "scheduled"
+    assert mailings.start_due(store, at("2030-03-10T10:00:00+00:00")) == [(mailing_id, 1)]
+    [message] = rows(store, mailing_id).values()
+    assert (message["status"], message["text"]) == (QUEUED, "Zdravo Ana")
+    assert message["deadline"] == at("2030-03-10T20:00:00+00:00")
+    assert mailings.get(store, mailing_id)["state"] == "started"
+
+
+def test_each_client_is_queued_for_its_own_local_window(store):
+    utc = add_client(store, "+381641000001", "UTC")
+    yekaterinburg = add_client(store, "+79001234567", "Asia/Yekaterinburg")
+    late = add_client(store, "+381641000003", "America/Los_Angeles")
+    mailing_id = new_mailing(store, "2030-03-10T12:00:00+00:00", "2030-03-10T23:00:00+00:00",
+                             window=("09:00", "21:00"))
+    mailings.start_due(store, at("2030-03-10T17:00:00+00:00"))
+    queued = rows(store, mailing_id)
+    assert queued[utc]["next_attempt_at"] == at("2030-03-10T17:00:00+00:00")  # 17:00 in UTC: inside
+    # 22:00 in Yekaterinburg: its window opens tomorrow 04:00 UTC, after the end at 23:00 UTC
+    assert queued[yekaterinburg]["status"] == EXPIRED
+    # 10:00 in Los Angeles (UTC-7 in March 2030 DST): inside
+    assert queued[late]["status"] == QUEUED
+
+
+def test_a_night_window_across_midnight(store):
+    client = add_client(store, "+79001234567", "Asia/Yekaterinburg")
+    mailing_id = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-11T10:00:00+00:00",
+                             window=("22:00", "06:00"))
+    mailings.start_due(store, at("2030-03-10T10:00:00+00:00"))  # 15:00 there
+    assert rows(store, mailing_id)[client]["next_attempt_at"] == at("2030-03-10T17:00:00+00:00")  # 22:00 there
+
+
+def test_nothing_is_sent_after_end_at(store):
+    add_client(store, "+381641000001", "UTC")
+    mailing_id = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-10T11:00:00+00:00")
+    mailings.start_due(store, at("2030-03-10T10:00:00+00:00"))
+    assert store.expire_overdue(at("2030-03-10T10:59:59+00:00")) == 0
+    assert store.expire_overdue(at("2030-03-10T11:00:01+00:00")) == 1
+    assert [m["status"] for m in rows(store, mailing_id).values()] == [EXPIRED]
+    assert store.claim("w", 10, 30) == []
+
+
+def test_filter_any_tag_any_code_all_together(store):
+    wanted = add_client(store, "+381641000001", "UTC", tags=("a", "b"), code="64")
+    add_client(store, "+381651000002", "UTC", tags=("a",), code="65")
+    add_client(store, "+381641000003", "UTC", tags=("c",), code="64")
+    mailing_id = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-10T20:00:00+00:00",
+                             selector={"tags": ["b", "z"], "operator_codes": ["64"]})
+    mailings.start_due(store, at("2030-03-10T10:00:00+00:00"))
+    assert set(rows(store, mailing_id)) == {wanted}
+    everyone = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-10T20:00:00+00:00", selector={"all": True})
+    mailings.start_due(store, at("2030-03-10T10:00:01+00:00"))
+    assert len(rows(store, everyone)) == 3
+
+
+def test_one_message_per_client_per_mailing_ever(store):
+    client = add_client(store, "+381641000001", "UTC")
+    mailing_id = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-10T20:00:00+00:00")
+    mailings.start_due(store, at("2030-03-10T10:00:00+00:00"))
+    assert store.start_mailing(mailing_id, at("2030-03-10T10:00:05+00:00"), iter([])) == 0  # started once only
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        with store.transaction() as db:
+            db.execute("INSERT INTO messages (created_at, updated_at, source, status, next_attempt_at, deadline,"
+                       " mailing_id, client_id) VALUES (0, 0, 'mailing', 'QUEUED', 0, 0, ?, ?)", (mailing_id, client))
+
+
+def test_cancel_and_retry_failed(store):
+    first, second = add_client(store, "+381641000001", "UTC"), add_client(store, "+381641000002", "UTC")
+    mailing_id = new_mailing(store, "2026-01-01T10:00:00+00:00", "2099-03-10T20:00:00+00:00")
+    mailings.start_due(store, at("2026-01-01T10:00:00+00:00"))
+    [claimed] = store.claim("w", 1, 30)
+    store.transition(claimed["id"], FAILED, "w")
+    assert mailings.retry_failed(store, mailing_id, at("2026-01-01T12:00:00+00:00")) == 1
+    mailings.cancel(store, mailing_id)
+    assert {m["status"] for m in rows(store, mailing_id).values()} == {CANCELED}
+    assert {first, second} == set(rows(store, mailing_id))
+    with pytest.raises(mailings.MailingConflict):
+        mailings.retry_failed(store, mailing_id, at("2026-01-01T12:00:00+00:00"))
+
+
+def test_stats_count_progress_and_parts(store):
+    for i in range(4):
+        add_client(store, f"+38164100000{i}", "UTC")
+    mailing_id = new_mailing(store, "2026-01-01T10:00:00+00:00", "2099-03-10T20:00:00+00:00")
+    mailings.start_due(store, at("2026-01-01T10:00:00+00:00"))
+    for message in store.claim("w", 2, 30):
+        store.transition(message["id"], SENT, "w", segments=2)
+    stats = mailings.stats(store, mailing_id)
+    assert (stats["total"], stats["counts"]["SENT"], stats["counts"]["QUEUED"]) == (4, 2, 2)
+    assert (stats["progress"], stats["segments"]) == (0.5, 4)
+    assert stats["first_sent_at"] is not None
+    assert mailings.stats_all(store)[0] == stats
