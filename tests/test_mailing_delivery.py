@@ -27,7 +27,8 @@ def test_a_mailing_running_now_is_sent_and_counted(worker_settings, oneclick):
     client.post("/api/v1/clients", headers=headers, json={"phone": "0651234567", "tags": ["drugi"]})
     now = datetime.now(UTC)
     local = now.astimezone(ZoneInfo("Europe/Belgrade"))  # the clients' (default) time zone
-    window = {"from": (local - timedelta(hours=2)).strftime("%H:%M"), "to": (local + timedelta(hours=2)).strftime("%H:%M")}
+    window = {"from": (local - timedelta(hours=2)).strftime("%H:%M"),
+              "to": (local + timedelta(hours=2)).strftime("%H:%M")}
     mailing = client.post("/api/v1/mailings", headers=headers, json={
         "start_at": (now - timedelta(minutes=1)).isoformat(), "end_at": (now + timedelta(hours=1)).isoformat(),
         "text": "Zdravo {first_name}, upis počinje sutra.", "filter": {"tags": ["robotika"]},
