@@ -26,6 +26,7 @@ from clients import Conflict, field_path
 from errors import ApiError
 from mailings import MailingConflict
 from schemas import (
+    MAX_ID,
     Client,
     ClientCreate,
     ClientPage,
@@ -94,8 +95,8 @@ def endpoint(method: str, path: str, *, summary: str, scope: str, responses: dic
                 arguments["body"] = _validated(body, _json_body())
             return view(**arguments)
 
-        bp.add_url_rule(re.sub(r"\{(\w+)\}", r"<int:\1>", path), endpoint=view.__name__, view_func=handle,
-                        methods=[method])
+        bp.add_url_rule(re.sub(r"\{(\w+)\}", rf"<int(min=1, max={MAX_ID}):\1>", path), endpoint=view.__name__,
+                        view_func=handle, methods=[method])
         return handle
 
     return declare
@@ -362,7 +363,8 @@ def openapi_document() -> dict[str, Any]:
         operation: dict[str, Any] = {"summary": e.summary, "operationId": f"{e.method.lower()}_{e.path}",
                                      "security": [{"bearer": []}], "responses": responses,
                                      "description": f"Scope: `{e.scope}`."}
-        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}
+        parameters = [{"name": name, "in": "path", "required": True,
+                       "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
                       for name in re.findall(r"\{(\w+)\}", e.path)]
         if e.query is not None:
             for name, info in e.query.model_fields.items():

@@ -143,8 +143,11 @@ def import_csv(store: Store, text: str, default_timezone: str, region: str,
                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Upsert every row of a CSV with a header (phone required; name, tags separated by `;`,
     timezone, moyklass_user_id optional); each refused row is reported with its reason."""
-    reader = csv.DictReader(io.StringIO(text))
-    header = [name.strip().lower() for name in reader.fieldnames or []]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip().lower() for name in reader.fieldnames or []]
+    except csv.Error as error:
+        return {"created": 0, "updated": 0, "rejected": [{"row": 1, "reason": f"not CSV: {error}"}]}
     if "phone" not in header:
         return {"created": 0, "updated": 0, "rejected": [{"row": 1, "reason": "the header has no phone column"}]}
     unknown = set(header) - set(CSV_COLUMNS)
@@ -152,6 +155,15 @@ def import_csv(store: Store, text: str, default_timezone: str, region: str,
     if unknown:
         report["rejected"].append({"row": 1, "reason": f"columns ignored: {', '.join(sorted(unknown))}"})
     reader.fieldnames = header
+    try:
+        _import_rows(store, reader, report, default_timezone, region, progress)
+    except csv.Error as error:
+        report["rejected"].append({"row": reader.line_num, "reason": f"not CSV from here on: {error}"})
+    return report
+
+
+def _import_rows(store: Store, reader: csv.DictReader, report: dict[str, Any], default_timezone: str, region: str,
+                 progress: Callable[[int], None] | None) -> None:
     for line_number, row in enumerate(reader, start=2):
         data = {key: (value or "").strip() for key, value in row.items() if key in CSV_COLUMNS}
         fields: dict[str, Any] = {"phone": data.get("phone", "")}
@@ -172,7 +184,6 @@ def import_csv(store: Store, text: str, default_timezone: str, region: str,
             report["rejected"].append({"row": line_number, "reason": str(error)})
         if progress:
             progress(line_number - 1)
-    return report
 
 
 def moyklass_users(get_page: Callable[[int, int], dict[str, Any]]) -> Iterator[tuple[list[dict], int]]:

@@ -15,7 +15,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveInt,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -27,6 +26,8 @@ from texts import Template, TemplateError
 MAILING_FIELDS = frozenset({"name", "first_name"})  # what a mailing's text may use, per client
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^;,\s][^;,]*$")]
 OperatorCode = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^\d+$")]
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class Strict(BaseModel):
@@ -67,19 +68,22 @@ class ClientCreate(Strict):
     tags: list[Tag] = Field(default_factory=list, max_length=50)
     timezone: str | None = Field(None, description="IANA name; DEFAULT_TIMEZONE when left out")
     operator_code: OperatorCode | None = Field(None, description="Derived from the number when left out")
-    moyklass_user_id: PositiveInt | None = None
+    moyklass_user_id: Id | None = None
 
     _phone = field_validator("phone")(check_phone)
     _timezone = field_validator("timezone")(check_timezone)
 
 
 class ClientUpdate(Strict):
-    phone: str | None = None
-    name: str | None = Field(None, max_length=200)
-    tags: list[Tag] | None = Field(None, max_length=50)
-    timezone: str | None = None
-    operator_code: OperatorCode | None = None
-    moyklass_user_id: PositiveInt | None = None
+    """Only the fields given change; `moyklass_user_id: null` unlinks the MoyKlass user."""
+
+    # Defaults of None that are not valid values: leaving a field out is fine, sending null is not.
+    phone: str = None
+    name: str = Field(None, max_length=200)
+    tags: list[Tag] = Field(None, max_length=50)
+    timezone: str = None
+    operator_code: OperatorCode = None
+    moyklass_user_id: Id | None = None
 
     @field_validator("phone")
     @classmethod
@@ -105,7 +109,7 @@ class ClientQuery(Strict):
     operator_code: str | None = None
     phone: str | None = Field(None, description="A whole number in any form, or digits anywhere in it")
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_ID)
 
 
 class ClientPage(BaseModel):
@@ -185,10 +189,12 @@ class MailingCreate(Strict):
 
 
 class MailingUpdate(Strict):
-    start_at: AwareDatetime | None = None
-    end_at: AwareDatetime | None = None
-    text: str | None = Field(None, min_length=1, max_length=1000)
-    filter: MailingFilter | None = None
+    """Only the fields given change; `window: null` removes the window."""
+
+    start_at: AwareDatetime = None
+    end_at: AwareDatetime = None
+    text: str = Field(None, min_length=1, max_length=1000)
+    filter: MailingFilter = None
     window: Window | None = None
 
     @field_validator("text")
@@ -236,7 +242,7 @@ class MailingStatsList(BaseModel):
 
 class MessageCreate(Strict):
     phone: str | None = Field(None, description="Send to this number")
-    moyklass_user_id: PositiveInt | None = Field(None, description="Or to this MoyKlass user's phone")
+    moyklass_user_id: Id | None = Field(None, description="Or to this MoyKlass user's phone")
     text: str | None = Field(None, min_length=1, max_length=1000,
                              description="Required with phone; with a user, the event's text when left out")
     event: str | None = Field(None, description="With a user: whose SMS_TEXT_<EVENT> to use")
@@ -275,7 +281,7 @@ class Message(BaseModel):
 class MessageQuery(Strict):
     status: StatusName | None = None
     limit: int = Field(100, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_ID)
 
 
 class MessagePage(BaseModel):
