@@ -240,3 +240,13 @@ def test_openapi_document_and_swagger_ui_are_served_locally(api):
     assert page.status_code == 200 and b"swagger-ui-bundle.js" in page.data
     assert b"//" not in page.data.split(b"swagger-ui-bundle.js")[0].rsplit(b'src="', 1)[1]  # a local path
     assert api.client.get("/docs/swagger-ui-bundle.js").status_code == 200
+
+
+def test_bodies_over_the_limits_answer_413(api):
+    big_json = api.call("POST", "/clients", data=b'{"phone": "' + b"1" * 70_000 + b'"}', content_type="application/json")
+    assert big_json.status_code == 413
+    assert big_json.get_json() == {"status": "error", "message": "the body is larger than 64 KiB"}
+    csv_rows = b"phone\n" + b"0641234567\n" * 1_000_000  # 11 MB
+    big_csv = api.call("POST", "/clients/import", data=csv_rows, content_type="text/csv")
+    assert big_csv.status_code == 413
+    assert big_csv.get_json()["message"] == "the body is larger than 10240 KiB"
