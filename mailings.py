@@ -103,12 +103,13 @@ def update(store: Store, mailing_id: int, changes: dict[str, Any]) -> dict[str, 
 
 
 def delete(store: Store, mailing_id: int) -> bool:
+    """Delete a mailing that never started; one that did keeps its record for its messages' sake."""
     with store.transaction() as db:
-        row = db.execute("SELECT state FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
+        row = db.execute("SELECT started_at FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
         if row is None:
             return False
-        if row["state"] == STARTED:
-            raise MailingConflict(f"mailing {mailing_id} has started: cancel it instead")
+        if row["started_at"] is not None:
+            raise MailingConflict(f"mailing {mailing_id} has started: cancel it instead; it stays for its statistics")
         db.execute("DELETE FROM mailings WHERE id = ?", (mailing_id,))
         return True
 

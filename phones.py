@@ -28,7 +28,8 @@ def to_e164(raw: str, default_region: str) -> str:
             continue
         if phonenumbers.is_valid_number(number):
             return phonenumbers.format_number(number, PhoneNumberFormat.E164)
-    raise InvalidPhone(f"{mask(text)} is not a valid phone number (default region {default_region})")
+    shown = mask(text) if digits else repr(text[:20])
+    raise InvalidPhone(f"{shown} is not a valid phone number (default region {default_region})")
 
 
 def international_digits(e164: str) -> str:

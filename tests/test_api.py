@@ -225,6 +225,7 @@ def test_mailing_crud_and_409_once_started(api):
     assert api.call("PATCH", f"/mailings/{mailing['id']}", json={"text": "x"}).status_code == 409
     assert api.call("DELETE", f"/mailings/{mailing['id']}").status_code == 409
     assert api.call("POST", f"/mailings/{mailing['id']}/cancel").get_json()["state"] == "canceled"
+    assert api.call("DELETE", f"/mailings/{mailing['id']}").status_code == 409  # canceled, but it had started
     other = api.call("POST", "/mailings", json=mailing_body()).get_json()
     assert api.call("DELETE", f"/mailings/{other['id']}").status_code == 204
     assert api.call("GET", f"/mailings/{other['id']}").status_code == 404
