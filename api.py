@@ -142,8 +142,11 @@ def _answer(model: type[BaseModel], data: Any, status: int = 200) -> tuple[Respo
     return jsonify(model.model_validate(data).model_dump(mode="json", by_alias=True)), status
 
 
-def _not_found(what: str, ident: int) -> ApiError:
-    return ApiError(404, f"no {what} {ident}")
+def _found(value: Any, what: str, ident: int) -> Any:
+    """`value`, or a 404 naming what was not found (None, or False from a delete)."""
+    if value is None or value is False:
+        raise ApiError(404, f"no {what} {ident}")
+    return value
 
 
 # --- clients ---
@@ -167,10 +170,7 @@ def list_clients(query: ClientQuery):
 
 @endpoint("GET", "/clients/{client_id}", summary="Read a client", scope="read", responses={200: Client, 404: Error})
 def get_client(client_id: int):
-    found = clients.get(_services().store, client_id)
-    if found is None:
-        raise _not_found("client", client_id)
-    return _answer(Client, found)
+    return _answer(Client, _found(clients.get(_services().store, client_id), "client", client_id))
 
 
 @endpoint("PATCH", "/clients/{client_id}", summary="Change a client's fields", scope="clients:write",
@@ -180,16 +180,13 @@ def update_client(client_id: int, body: ClientUpdate):
         changed = clients.update(_services().store, client_id, body.model_dump(exclude_unset=True))
     except Conflict as error:
         raise ApiError(409, str(error))
-    if changed is None:
-        raise _not_found("client", client_id)
-    return _answer(Client, changed)
+    return _answer(Client, _found(changed, "client", client_id))
 
 
 @endpoint("DELETE", "/clients/{client_id}", summary="Delete a client", scope="clients:write",
           responses={204: (None, "Deleted"), 404: Error})
 def delete_client(client_id: int):
-    if not clients.delete(_services().store, client_id):
-        raise _not_found("client", client_id)
+    _found(clients.delete(_services().store, client_id), "client", client_id)
     return "", 204
 
 
@@ -230,10 +227,7 @@ def all_mailing_stats():
 @endpoint("GET", "/mailings/{mailing_id}", summary="Read a mailing", scope="read",
           responses={200: Mailing, 404: Error})
 def get_mailing(mailing_id: int):
-    found = mailings.get(_services().store, mailing_id)
-    if found is None:
-        raise _not_found("mailing", mailing_id)
-    return _answer(Mailing, found)
+    return _answer(Mailing, _found(mailings.get(_services().store, mailing_id), "mailing", mailing_id))
 
 
 @endpoint("PATCH", "/mailings/{mailing_id}", summary="Change a mailing that has not started", scope="mailings:write",
@@ -246,17 +240,14 @@ def update_mailing(mailing_id: int, body: MailingUpdate):
         raise ApiError(409, str(error))
     except ValidationError as error:
         raise ApiError(400, "invalid request", errors=_errors(error))
-    if changed is None:
-        raise _not_found("mailing", mailing_id)
-    return _answer(Mailing, changed)
+    return _answer(Mailing, _found(changed, "mailing", mailing_id))
 
 
 @endpoint("DELETE", "/mailings/{mailing_id}", summary="Delete a mailing that has not started",
           scope="mailings:write", responses={204: (None, "Deleted"), 404: Error, 409: (Error, "It has started")})
 def delete_mailing(mailing_id: int):
     try:
-        if not mailings.delete(_services().store, mailing_id):
-            raise _not_found("mailing", mailing_id)
+        _found(mailings.delete(_services().store, mailing_id), "mailing", mailing_id)
     except MailingConflict as error:
         raise ApiError(409, str(error))
     return "", 204
@@ -265,18 +256,14 @@ def delete_mailing(mailing_id: int):
 @endpoint("POST", "/mailings/{mailing_id}/cancel", summary="Cancel a mailing: what is still queued is not sent",
           scope="mailings:write", responses={200: Mailing, 404: Error})
 def cancel_mailing(mailing_id: int):
-    canceled = mailings.cancel(_services().store, mailing_id)
-    if canceled is None:
-        raise _not_found("mailing", mailing_id)
-    return _answer(Mailing, canceled)
+    return _answer(Mailing, _found(mailings.cancel(_services().store, mailing_id), "mailing", mailing_id))
 
 
 @endpoint("POST", "/mailings/{mailing_id}/retry-failed", summary="Queue the mailing's FAILED and UNDELIVERED again",
           scope="mailings:write", responses={200: MailingStats, 404: Error, 409: (Error, "Not running")})
 def retry_mailing(mailing_id: int):
     store = _services().store
-    if mailings.get(store, mailing_id) is None:
-        raise _not_found("mailing", mailing_id)
+    _found(mailings.get(store, mailing_id), "mailing", mailing_id)
     try:
         mailings.retry_failed(store, mailing_id, time.time())
     except MailingConflict as error:
@@ -287,18 +274,14 @@ def retry_mailing(mailing_id: int):
 @endpoint("GET", "/mailings/{mailing_id}/stats", summary="A mailing's messages by status, progress, parts sent",
           scope="read", responses={200: MailingStats, 404: Error})
 def mailing_stats(mailing_id: int):
-    found = mailings.stats(_services().store, mailing_id)
-    if found is None:
-        raise _not_found("mailing", mailing_id)
-    return _answer(MailingStats, found)
+    return _answer(MailingStats, _found(mailings.stats(_services().store, mailing_id), "mailing", mailing_id))
 
 
 @endpoint("GET", "/mailings/{mailing_id}/messages", summary="A mailing's messages, optionally of one status",
           scope="read", query=MessageQuery, responses={200: MessagePage, 404: Error})
 def mailing_messages(mailing_id: int, query: MessageQuery):
     store = _services().store
-    if mailings.get(store, mailing_id) is None:
-        raise _not_found("mailing", mailing_id)
+    _found(mailings.get(store, mailing_id), "mailing", mailing_id)
     items, total = mailings.messages(store, mailing_id, query.status, query.limit, query.offset)
     return _answer(MessagePage, {"items": items, "total": total, "limit": query.limit, "offset": query.offset})
 
@@ -308,8 +291,7 @@ def mailing_messages(mailing_id: int, query: MessageQuery):
           response_content={200: "text/csv"})
 def mailing_messages_csv(mailing_id: int, query: MessageQuery):
     store = _services().store
-    if mailings.get(store, mailing_id) is None:
-        raise _not_found("mailing", mailing_id)
+    _found(mailings.get(store, mailing_id), "mailing", mailing_id)
     rows = stream_with_context(mailings.messages_csv(store, mailing_id, query.status))
     return Response(rows, mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="mailing-{mailing_id}-messages.csv"'})
@@ -332,10 +314,7 @@ def send_message(body: MessageCreate):
 @endpoint("GET", "/messages/{message_id}", summary="Read a message and its status", scope="read",
           responses={200: Message, 404: Error})
 def get_message(message_id: int):
-    found = mailings.message(_services().store, message_id)
-    if found is None:
-        raise _not_found("message", message_id)
-    return _answer(Message, found)
+    return _answer(Message, _found(mailings.message(_services().store, message_id), "message", message_id))
 
 
 # --- the document ---

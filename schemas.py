@@ -112,11 +112,14 @@ class ClientQuery(Strict):
     offset: int = Field(0, ge=0, le=MAX_ID)
 
 
-class ClientPage(BaseModel):
-    items: list[Client]
-    total: int
+class Paging(BaseModel):
+    total: int = Field(description="Items matching, on all pages")
     limit: int
     offset: int
+
+
+class ClientPage(Paging):
+    items: list[Client]
 
 
 class RejectedRow(BaseModel):
@@ -284,11 +287,8 @@ class MessageQuery(Strict):
     offset: int = Field(0, ge=0, le=MAX_ID)
 
 
-class MessagePage(BaseModel):
+class MessagePage(Paging):
     items: list[Message]
-    total: int
-    limit: int
-    offset: int
 
 
 class Queued(BaseModel):

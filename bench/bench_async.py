@@ -8,7 +8,6 @@ the fake MoyKlass and sends to the fake OneClick. Prints medians of the rounds.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, fake_settings, fire, running_fakes, running_gunicorn, sub_lessons_left
+from common import ROOT, fake_settings, fire, load_options, running_fakes, running_gunicorn, sub_lessons_left
 
 from store import DELIVERED, SENT, Store
 
@@ -41,11 +40,7 @@ def run_once(seconds: float, concurrency: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    args = parser.parse_args()
+    args = load_options(__doc__.splitlines()[0])
     rates, p50s, p99s, errors, drained = [], [], [], 0, []
     for round_number in range(1, args.rounds + 1):
         result, sent, queued = run_once(args.seconds, args.concurrency)

@@ -10,10 +10,9 @@ against the real MoyKlass, phone lookups cap a school at 7 webhooks/s whatever t
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 
-from common import ROOT, fake_settings, fire, median, running_fakes, running_gunicorn, sub_lessons_left
+from common import ROOT, fake_settings, fire, load_options, median, running_fakes, running_gunicorn, sub_lessons_left
 
 
 def run_once(which: str, latency: float, seconds: float, concurrency: int):
@@ -33,11 +32,7 @@ def run_once(which: str, latency: float, seconds: float, concurrency: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    args = parser.parse_args()
+    args = load_options(__doc__.splitlines()[0])
     scenarios = [(which, latency) for latency in (0.0, 0.2) for which in ("seed", "smsbulkapp")]
     results = {scenario: [] for scenario in scenarios}
     for round_number in range(1, args.rounds + 1):

@@ -1,6 +1,7 @@
 """Benchmark plumbing: fakes and gunicorn as separate processes, a keep-alive load generator."""
 from __future__ import annotations
 
+import argparse
 import http.client
 import itertools
 import json
@@ -156,3 +157,12 @@ def fire(port: int, path: str, body: Callable[[int], bytes], concurrency: int, s
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def load_options(description: str) -> argparse.Namespace:
+    """The options every webhook benchmark takes: rounds, seconds per round, concurrent clients."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    return parser.parse_args()

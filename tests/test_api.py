@@ -244,7 +244,8 @@ def test_openapi_document_and_swagger_ui_are_served_locally(api):
 
 
 def test_bodies_over_the_limits_answer_413(api):
-    big_json = api.call("POST", "/clients", data=b'{"phone": "' + b"1" * 70_000 + b'"}', content_type="application/json")
+    big_json = api.call("POST", "/clients", data=b'{"phone": "' + b"1" * 70_000 + b'"}',
+                        content_type="application/json")
     assert big_json.status_code == 413
     assert big_json.get_json() == {"status": "error", "message": "the body is larger than 64 KiB"}
     csv_rows = b"phone\n" + b"0641234567\n" * 1_000_000  # 11 MB
