@@ -41,7 +41,8 @@ def main() -> None:
             results[scenario].append(result)
             print(f"round {round_number}: {scenario[0]:<10} gateway {scenario[1] * 1000:>3.0f} ms:"
                   f" {result.per_second:8.1f} webhooks/s, p50 {result.percentile(0.5):7.1f} ms,"
-                  f" p99 {result.percentile(0.99):7.1f} ms, errors {result.errors}", flush=True)
+                  f" p99 {result.percentile(0.99):7.1f} ms, errors {result.errors}"
+                  + (f" (answers by status: {dict(result.statuses)})" if result.errors else ""), flush=True)
     print(f"\nmedians of {args.rounds} rounds, {args.concurrency} concurrent clients,"
           f" {args.seconds:g} s each")
     print(f"{'service':<11} {'gateway':>8} {'webhooks/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")

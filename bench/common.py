@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ def running_fakes(latency: float) -> Iterator[Fakes]:
     try:
         for port in ports.values():
             wait_for_port(port)
+        time.sleep(0.2)
+        if not all(process.is_alive() for process in processes):
+            raise RuntimeError("a fake did not start: its port was taken meanwhile; run again")
         yield Fakes(f"http://127.0.0.1:{ports['moyklass']}/v1",
                     f"http://127.0.0.1:{ports['oneclick']}/SmsWebBulkApi/SendMsg.aspx")
     finally:
@@ -87,6 +91,9 @@ def running_gunicorn(app: str, env: dict[str, str], args: list[str]) -> Iterator
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, process)
+        time.sleep(0.2)
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}")
         yield port
     finally:
         process.terminate()
@@ -99,6 +106,7 @@ class LoadResult:
     seconds: float
     errors: int
     latencies: list[float]
+    statuses: Counter[int]  # how many answers of each HTTP status (0: no answer)
 
     @property
     def per_second(self) -> float:
@@ -122,12 +130,12 @@ def fire(port: int, path: str, body: Callable[[int], bytes], concurrency: int, s
     """`concurrency` keep-alive clients POST for `seconds`; counts answers other than `expect`."""
     stop_at = time.monotonic() + seconds
     latencies: list[float] = []
-    errors = [0]
+    statuses: Counter[int] = Counter()
     lock = threading.Lock()
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        mine, failed = [], 0
+        mine, seen = [], Counter()
         while time.monotonic() < stop_at:
             data = body(next(USER_IDS))
             started = time.perf_counter()
@@ -135,16 +143,15 @@ def fire(port: int, path: str, body: Callable[[int], bytes], concurrency: int, s
                 connection.request("POST", path, data, {"Content-Type": "application/json"})
                 response = connection.getresponse()
                 response.read()
-                ok = response.status == expect
+                seen[response.status] += 1
             except (OSError, http.client.HTTPException):
                 connection.close()
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                ok = False
+                seen[0] += 1
             mine.append(time.perf_counter() - started)
-            failed += not ok
         with lock:
             latencies.extend(mine)
-            errors[0] += failed
+            statuses.update(seen)
 
     started = time.monotonic()
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
@@ -152,7 +159,8 @@ def fire(port: int, path: str, body: Callable[[int], bytes], concurrency: int, s
         thread.start()
     for thread in threads:
         thread.join()
-    return LoadResult(len(latencies), time.monotonic() - started, errors[0], latencies)
+    errors = sum(count for status, count in statuses.items() if status != expect)
+    return LoadResult(len(latencies), time.monotonic() - started, errors, latencies, statuses)
 
 
 def median(values: list[float]) -> float:
