@@ -51,14 +51,17 @@ def drain(messages: int, workers: int) -> tuple[float, float]:
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for _ in range(workers)]
         rss = 0.0
+        waiting = "SELECT 1 FROM messages WHERE status IN ('QUEUED', 'SENDING') LIMIT 1"  # an index probe
         try:
-            while store.counts()[SENT] < messages:
+            while store.connection().execute(waiting).fetchone():
                 rss = max(rss, peak_rss_mb(processes[0].pid))
                 if any(p.poll() is not None for p in processes):
                     raise RuntimeError("a worker exited")
-                time.sleep(0.2)
+                time.sleep(0.1)
             elapsed = time.monotonic() - started
             rss = max(rss, peak_rss_mb(processes[0].pid))
+            if store.counts()[SENT] != messages:
+                raise RuntimeError(f"not every message was SENT: {store.counts()}")
         finally:
             for process in processes:
                 process.terminate()

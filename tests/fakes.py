@@ -35,7 +35,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         super().setup()
         # Headers and body leave in two writes; without NODELAY, Nagle holds the body back.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.fake.count_connection()
+        self.server.fake.count_connection(self.connection)
+
+    def finish(self) -> None:
+        super().finish()
+        self.server.fake.open_sockets.discard(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # a fake is quiet; tests read its recorded state instead
@@ -71,11 +75,18 @@ class FakeService:
         self.lock = threading.Lock()
         self.latency = 0.0
         self.connections = 0
+        self.open_sockets: set[socket.socket] = set()
         self._server: _Server | None = None
 
-    def count_connection(self) -> None:
+    def count_connection(self, connection: socket.socket) -> None:
         with self.lock:
             self.connections += 1
+            self.open_sockets.add(connection)
+
+    def drop_connections(self) -> None:
+        """Close every open client connection from the server's side, as an idle timeout would."""
+        for connection in list(self.open_sockets):
+            connection.shutdown(socket.SHUT_RDWR)
 
     def extra_headers(self, status: int) -> dict[str, str]:
         return {}

@@ -247,15 +247,15 @@ def test_unknown_route_and_wrong_method_answer_json(client):
 
 
 def test_outbound_proxy_from_the_environment_is_kept_per_host(monkeypatch):
+    from gateway_http import GatewayHttp
     from moyklass import new_session
-    from providers import GatewayHttp
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "api.moyklass.com")
     session = new_session(["https://api.moyklass.com/v1", "https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx"])
     assert session.proxies == {"https://sms.oneclick.rs": "http://proxy.internal:3128"}
     assert session.trust_env is False
-    gateway = GatewayHttp("https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx", (3, 10), 4)
-    assert gateway._pool.proxy.host == "proxy.internal"
+    gateway = GatewayHttp("https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx", (3, 10))
+    assert (gateway.proxy.hostname, gateway.proxy.port) == ("proxy.internal", 3128)
     monkeypatch.setenv("NO_PROXY", "sms.oneclick.rs")
-    assert GatewayHttp("https://sms.oneclick.rs/x", (3, 10), 4)._pool.proxy is None
+    assert GatewayHttp("https://sms.oneclick.rs/x", (3, 10)).proxy is None
