@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import mailings
 from delivery import Dispatcher
-from store import Store
+from store import Change, DatabaseUnavailable, Store
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ SCHEDULE_SECONDS = 1.0  # how often mailings are checked for their start, and de
 CLAIM_AHEAD = 4  # messages leased per sender thread: enough to keep them busy between claims
 SHUTDOWN_GRACE_SECONDS = 8.0  # in-flight sends get this long after SIGTERM (the unit allows 10)
 REPORT_BATCH = 50
+DATABASE_RETRY_SECONDS = 1.0
 
 
 def worker_id() -> str:
@@ -38,6 +39,7 @@ class Worker:
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.owner = worker_id()
+        self._unwritten: list[Change] = []  # results of finished sends not yet in the database
 
     def run(self, stop: threading.Event) -> None:
         """Work until `stop` is set; then release what has not started and let sends in flight finish.
@@ -52,21 +54,28 @@ class Worker:
         next_schedule = 0.0
         try:
             while not stop.is_set():
-                if time.monotonic() >= next_schedule:
-                    self._schedule(time.time())
-                    next_schedule = time.monotonic() + SCHEDULE_SECONDS
-                room = CLAIM_AHEAD * self.concurrency - len(in_flight)
-                if room >= self.concurrency:
-                    for message in self.store.claim(self.owner, room, self.lease_seconds):
-                        in_flight[pool.submit(self.dispatcher.attempt, message)] = message["id"]
-                    if len(in_flight) < self.concurrency:
-                        for message in self.store.claim_reports(REPORT_BATCH, self.lease_seconds):
-                            in_flight[pool.submit(self._poll_report, message)] = None
-                if in_flight:
-                    done, _ = wait(in_flight, timeout=IDLE_POLL_SECONDS, return_when=FIRST_COMPLETED)
-                    self._record(done, in_flight)
-                else:
-                    stop.wait(IDLE_POLL_SECONDS)
+                try:
+                    if time.monotonic() >= next_schedule:
+                        self._schedule(time.time())
+                        next_schedule = time.monotonic() + SCHEDULE_SECONDS
+                    self._write_results()
+                    room = CLAIM_AHEAD * self.concurrency - len(in_flight)
+                    if room >= self.concurrency and not self._unwritten:
+                        for message in self.store.claim(self.owner, room, self.lease_seconds):
+                            in_flight[pool.submit(self.dispatcher.attempt, message)] = message["id"]
+                        if len(in_flight) < self.concurrency:
+                            for message in self.store.claim_reports(REPORT_BATCH, self.lease_seconds):
+                                in_flight[pool.submit(self._poll_report, message)] = None
+                    if in_flight:
+                        done, _ = wait(in_flight, timeout=IDLE_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                        self._collect(done, in_flight)
+                    else:
+                        stop.wait(IDLE_POLL_SECONDS)
+                except DatabaseUnavailable as error:
+                    # Results are kept in memory and written once the database is back.
+                    log.error("Database unavailable: %s; %d results wait to be written; trying again in %.0f s",
+                              error, len(self._unwritten), DATABASE_RETRY_SECONDS)
+                    stop.wait(DATABASE_RETRY_SECONDS)
         finally:
             self._shut_down(pool, in_flight)
 
@@ -78,29 +87,38 @@ class Worker:
         if expired:
             log.info("%d messages expired unsent: their deadline passed", expired)
 
-    def _record(self, done: set[Future], in_flight: dict[Future, int | None]) -> None:
-        changes = []
+    def _collect(self, done: set[Future], in_flight: dict[Future, int | None]) -> None:
+        """Take the results of finished sends and write them, all in one transaction."""
         for future in done:
             message_id = in_flight.pop(future)
             if message_id is None:
                 continue
             try:
-                changes.append(future.result().change)
+                self._unwritten.append(future.result().change)
             except Exception:
                 # The lease expires and the message is tried again; the error must not stop the worker.
                 log.exception("Unexpected error on message %d", message_id)
-        if changes:
-            for message_id in self.store.apply(changes, self.owner):
-                log.warning("Message %d was taken over by another worker before its result was written",
-                            message_id)
+        self._write_results()
+
+    def _write_results(self) -> None:
+        if not self._unwritten:
+            return
+        for message_id in self.store.apply(self._unwritten, self.owner):
+            log.warning("Message %d was taken over by another worker before its result was written", message_id)
+        self._unwritten = []
 
     def _shut_down(self, pool: ThreadPoolExecutor, in_flight: dict[Future, int | None]) -> None:
         not_started = [message_id for future, message_id in in_flight.items()
                        if future.cancel() and message_id is not None]
-        released = self.store.release(self.owner, not_started)
         running = {future for future in in_flight if not future.cancelled()}
         finished, unfinished = wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
-        self._record(finished, in_flight)
+        released = 0
+        try:
+            released = self.store.release(self.owner, not_started)
+            self._collect(finished, in_flight)
+        except DatabaseUnavailable as error:
+            log.error("Database unavailable at shutdown: %s; %d results are not written, so those messages"
+                      " will be sent again once their leases expire", error, len(self._unwritten))
         pool.shutdown(wait=False, cancel_futures=True)
         log.info("Worker %s stopped: %d messages released, %d sends finished, %d still in flight"
                  " (their leases expire and another worker takes them over)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -264,3 +265,20 @@ def test_embedded_default_runs_a_worker_in_the_web_process(worker_settings, onec
         server.wait(timeout=15)
     assert oneclick.messages[0]["message"] == "jedna komanda"
     assert os.path.exists(tmp_path / "data" / "sms_bulk_app.db")
+
+
+def test_a_locked_database_delays_the_worker_without_losing_or_repeating_a_send(worker_settings, oneclick):
+    worker_settings.update(DATABASE_TIMEOUT="0.3", SMS_DLR_MAX_SECONDS="0", SMS_CONCURRENCY="4")
+    oneclick.latency = 0.01
+    store = queue_texts(worker_settings, 300)
+    with running_worker(worker_settings) as worker:
+        wait_until(lambda: store.counts()[SENT] > 20, what="sending")
+        locker = sqlite3.connect(Path(worker_settings["DATA_DIR"]) / "sms_bulk_app.db", isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")  # another program holds the database for 2 s
+        time.sleep(2)
+        locker.execute("ROLLBACK")
+        locker.close()
+        wait_until(lambda: store.counts()[SENT] == 300, what="all SENT")
+        assert worker.poll() is None  # it kept running
+    texts = Counter(m["message"] for m in oneclick.messages)
+    assert len(texts) == 300 and max(texts.values()) == 1
