@@ -76,6 +76,11 @@ class Worker:
                     log.error("Database unavailable: %s; %d results wait to be written; trying again in %.0f s",
                               error, len(self._unwritten), DATABASE_RETRY_SECONDS)
                     stop.wait(DATABASE_RETRY_SECONDS)
+                except Exception:
+                    # A bug must not stop the sending for good (in `python sms_bulk_app.py` nothing
+                    # would restart this thread): log it and go on.
+                    log.exception("Unexpected error in the worker loop; going on in %.0f s", DATABASE_RETRY_SECONDS)
+                    stop.wait(DATABASE_RETRY_SECONDS)
         finally:
             self._shut_down(pool, in_flight)
 
