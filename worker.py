@@ -25,7 +25,7 @@ SCHEDULE_SECONDS = 1.0  # how often mailings are checked for their start, and de
 CLAIM_AHEAD = 4  # messages leased per sender thread: enough to keep them busy between claims
 SHUTDOWN_GRACE_SECONDS = 8.0  # in-flight sends get this long after SIGTERM (the unit allows 10)
 REPORT_BATCH = 50
-DATABASE_RETRY_SECONDS = 1.0
+LOOP_RETRY_SECONDS = 1.0  # the pause after a failed turn of the loop (database unavailable, a bug)
 
 
 def worker_id() -> str:
@@ -74,13 +74,13 @@ class Worker:
                 except DatabaseUnavailable as error:
                     # Results are kept in memory and written once the database is back.
                     log.error("Database unavailable: %s; %d results wait to be written; trying again in %.0f s",
-                              error, len(self._unwritten), DATABASE_RETRY_SECONDS)
-                    stop.wait(DATABASE_RETRY_SECONDS)
+                              error, len(self._unwritten), LOOP_RETRY_SECONDS)
+                    stop.wait(LOOP_RETRY_SECONDS)
                 except Exception:
                     # A bug must not stop the sending for good (in `python sms_bulk_app.py` nothing
                     # would restart this thread): log it and go on.
-                    log.exception("Unexpected error in the worker loop; going on in %.0f s", DATABASE_RETRY_SECONDS)
-                    stop.wait(DATABASE_RETRY_SECONDS)
+                    log.exception("Unexpected error in the worker loop; going on in %.0f s", LOOP_RETRY_SECONDS)
+                    stop.wait(LOOP_RETRY_SECONDS)
         finally:
             self._shut_down(pool, in_flight)
 
