@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -213,8 +214,17 @@ def new_worker(app_services: Services) -> Worker:
 
 # --- the command line ---
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _serve(app_services: Services, app: Flask) -> int:
-    """The embedded default: the web app and a worker in one process."""
+    """The embedded default: the web app and a worker in one process.
+
+    SIGTERM and SIGINT stop both cleanly, even where SIGINT came in ignored (a background job).
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
     stop = threading.Event()
     worker = threading.Thread(target=new_worker(app_services).run, args=(stop,), name="worker")
     worker.start()

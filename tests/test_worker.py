@@ -261,8 +261,9 @@ def test_embedded_default_runs_a_worker_in_the_web_process(worker_settings, onec
     try:
         wait_until(lambda: oneclick.messages, what="the SMS")
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=15)
+        server.send_signal(signal.SIGTERM)
+        exit_code = server.wait(timeout=15)
+    assert exit_code == 0
     assert oneclick.messages[0]["message"] == "jedna komanda"
     assert os.path.exists(tmp_path / "data" / "sms_bulk_app.db")
 
