@@ -128,26 +128,27 @@ class MoyKlassClient:
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """One call, retried on connection errors, 429 and 5xx only, within MoyKlass' rate limit."""
         url = self.base_url + path
-        for attempt in range(1, ATTEMPTS + 1):
+        attempt = 1
+        while True:
             self._limiter.wait()
             try:
                 response = self._session.request(method, url, timeout=self._timeout, **kwargs)
             except requests.ConnectionError as error:
-                if attempt == ATTEMPTS:
-                    raise MoyKlassUnavailable(f"MoyKlass cannot be reached ({type(error).__name__})")
+                failure = f"MoyKlass cannot be reached ({type(error).__name__})"
                 delay = BACKOFF_SECONDS * 2 ** (attempt - 1)
             except requests.Timeout:
                 raise MoyKlassUnavailable(f"MoyKlass did not answer within {self._timeout[1]:g} s")
             else:
                 if response.status_code not in RETRIED_STATUSES:
                     return response
-                if attempt == ATTEMPTS:
-                    raise MoyKlassUnavailable(f"MoyKlass kept failing ({_error_text(response)})")
+                failure = f"MoyKlass kept failing ({_error_text(response)})"
                 delay = _retry_after(response) or BACKOFF_SECONDS * 2 ** (attempt - 1)
+            if attempt == ATTEMPTS:
+                raise MoyKlassUnavailable(failure)
             log.warning("MoyKlass %s %s failed (attempt %d of %d); retrying in %.2f s",
                         method, path, attempt, ATTEMPTS, delay)
             time.sleep(delay)
-        raise AssertionError("unreachable")
+            attempt += 1
 
 
 def _retry_after(response: requests.Response) -> float | None:

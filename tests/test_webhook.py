@@ -259,3 +259,12 @@ def test_outbound_proxy_from_the_environment_is_kept_per_host(monkeypatch):
     assert (gateway.proxy.hostname, gateway.proxy.port) == ("proxy.internal", 3128)
     monkeypatch.setenv("NO_PROXY", "sms.oneclick.rs")
     assert GatewayHttp("https://sms.oneclick.rs/x", (3, 10)).proxy is None
+
+
+def test_moyklass_failing_on_every_try_answers_502_after_three(client, moyklass):
+    moyklass.add_user(1001, "381641000001")
+    moyklass.fail_next = [503, 503, 503]
+    response = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.status_code == 502
+    assert response.get_json()["message"].startswith("MoyKlass kept failing (503 Fault: injected fault)")
+    assert moyklass.fail_next == [] and len(moyklass.request_log) == 3  # three tries, then no more
