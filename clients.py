@@ -147,13 +147,13 @@ def import_csv(store: Store, text: str, default_timezone: str, region: str,
     try:
         header = [name.strip().lower() for name in reader.fieldnames or []]
     except csv.Error as error:
-        return {"created": 0, "updated": 0, "rejected": [{"row": 1, "reason": f"not CSV: {error}"}]}
+        return {"created": 0, "updated": 0, "rejected": [{"row": 1, "reason": f"not CSV: {error}"}],
+                "ignored_columns": []}
+    ignored = sorted(set(header) - set(CSV_COLUMNS))
+    report: dict[str, Any] = {"created": 0, "updated": 0, "rejected": [], "ignored_columns": ignored}
     if "phone" not in header:
-        return {"created": 0, "updated": 0, "rejected": [{"row": 1, "reason": "the header has no phone column"}]}
-    unknown = set(header) - set(CSV_COLUMNS)
-    report: dict[str, Any] = {"created": 0, "updated": 0, "rejected": []}
-    if unknown:
-        report["rejected"].append({"row": 1, "reason": f"columns ignored: {', '.join(sorted(unknown))}"})
+        report["rejected"].append({"row": 1, "reason": "the header has no phone column"})
+        return report
     reader.fieldnames = header
     try:
         _import_rows(store, reader, report, default_timezone, region, progress)

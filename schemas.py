@@ -131,6 +131,7 @@ class ImportReport(BaseModel):
     created: int
     updated: int
     rejected: list[RejectedRow]
+    ignored_columns: list[str] = Field(description="Header columns that are not client fields")
 
 
 # --- mailings ---

@@ -306,6 +306,8 @@ def _import_clients(app_services: Services, path: Path) -> int:
     report = clients.import_csv(app_services.store, text, config.default_timezone, config.default_region, progress)
     progress.close()
     print(f"{report['created']} created, {report['updated']} updated, {len(report['rejected'])} rejected")
+    if report["ignored_columns"]:
+        print(f"  columns ignored: {', '.join(report['ignored_columns'])}")
     for rejected in report["rejected"]:
         print(f"  line {rejected['row']}: {rejected['reason']}")
     return 0

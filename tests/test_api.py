@@ -141,15 +141,15 @@ def test_client_update_and_delete(api):
 
 def test_csv_import_reports_created_updated_and_rejected_rows(api):
     api.add_client("0641000001", name="Stari")
-    text = ("phone,name,tags,timezone,moyklass_user_id\n"
-            "0641000001,Novi,a;b,,\n"
-            "0641000002,Ana,a,Europe/Moscow,77\n"
-            "12,Broj,,,\n"
-            "0641000003,Vreme,,Nowhere/Else,\n")
+    text = ("phone,name,tags,timezone,moyklass_user_id,color\n"
+            "0641000001,Novi,a;b,,,red\n"
+            "0641000002,Ana,a,Europe/Moscow,77,\n"
+            "12,Broj,,,,\n"
+            "0641000003,Vreme,,Nowhere/Else,,\n")
     response = api.call("POST", "/clients/import", data=text.encode(), content_type="text/csv")
     report = response.get_json()
     assert response.status_code == 200
-    assert (report["created"], report["updated"]) == (1, 1)
+    assert (report["created"], report["updated"], report["ignored_columns"]) == (1, 1, ["color"])
     assert [r["row"] for r in report["rejected"]] == [4, 5]
     assert "not a valid phone number" in report["rejected"][0]["reason"]
     assert "IANA time zone" in report["rejected"][1]["reason"]
