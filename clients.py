@@ -129,8 +129,7 @@ def search(store: Store, tag: str | None, code: str | None, phone: str | None, l
 
 def upsert(store: Store, client: ClientCreate, default_timezone: str) -> bool:
     """Create the client, or update the one with the same phone; True when created."""
-    with store.transaction() as db:
-        found = db.execute("SELECT id FROM clients WHERE phone = ?", (client.phone,)).fetchone()
+    found = store.connection().execute("SELECT id FROM clients WHERE phone = ?", (client.phone,)).fetchone()
     if found is None:
         create(store, client, default_timezone)
         return True
