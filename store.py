@@ -77,6 +77,7 @@ MIGRATIONS = [
     CREATE INDEX messages_dedup ON messages (dedup_key, created_at);
     CREATE INDEX messages_due ON messages (status, next_attempt_at);
     CREATE INDEX messages_lease ON messages (status, lease_until);
+    CREATE INDEX messages_deadline ON messages (status, deadline);
     CREATE INDEX messages_report ON messages (report_next_at) WHERE report_next_at IS NOT NULL;
     CREATE TABLE provider_pauses (
         provider TEXT PRIMARY KEY,
