@@ -319,8 +319,12 @@ def get_message(message_id: int):
 
 # --- the document ---
 
+@functools.cache
 def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3.1 for /api/v1, from the same schemas that validate the requests and responses."""
+    """OpenAPI 3.1 for /api/v1, from the same schemas that validate the requests and responses.
+
+    Built once: the routes and their schemas are all declared when this module is imported.
+    """
     models = {(e.body, "validation") for e in ENDPOINTS if e.body} | {(Error, "serialization")}
     models |= {(model, "serialization") for e in ENDPOINTS for model, _ in e.responses.values() if model}
     refs, definitions = models_json_schema(sorted(models, key=lambda m: (m[0].__name__, m[1])),
@@ -346,9 +350,10 @@ def openapi_document() -> dict[str, Any]:
                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
                       for name in re.findall(r"\{(\w+)\}", e.path)]
         if e.query is not None:
+            properties = e.query.model_json_schema()["properties"]
             for name, info in e.query.model_fields.items():
-                schema = e.query.model_json_schema()["properties"][name]
-                parameters.append({"name": name, "in": "query", "required": info.is_required(), "schema": schema,
+                parameters.append({"name": name, "in": "query", "required": info.is_required(),
+                                   "schema": properties[name],
                                    **({"description": info.description} if info.description else {})})
         if parameters:
             operation["parameters"] = parameters
