@@ -23,6 +23,12 @@ def token_file(settings) -> Path:
     return Path(settings["DATA_DIR"]) / "token.json"
 
 
+def write_token(settings, value: str, expires_in: timedelta) -> None:
+    """A token file as another process would have left it."""
+    expires_at = (datetime.now(UTC) + expires_in).isoformat()
+    token_file(settings).write_text(json.dumps({"accessToken": value, "expiresAt": expires_at}))
+
+
 def send_one(app, moyklass, user_id: int = 1001):
     moyklass.add_user(user_id, "381641000001")
     payload = load_fixture("sub_lessons_left")
@@ -51,8 +57,7 @@ def test_corrupt_token_file_is_replaced(settings, moyklass, oneclick):
 
 def test_token_near_expiry_is_refreshed(settings, moyklass, oneclick):
     app = create_app(settings)
-    soon = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
-    token_file(settings).write_text(json.dumps({"accessToken": "old", "expiresAt": soon}))
+    write_token(settings, "old", timedelta(minutes=2))
     assert send_one(app, moyklass).status_code == 200
     assert moyklass.token_calls == 1
     assert json.loads(token_file(settings).read_text())["accessToken"] != "old"
@@ -60,8 +65,7 @@ def test_token_near_expiry_is_refreshed(settings, moyklass, oneclick):
 
 def test_rejected_token_is_dropped_and_the_call_retried_once(settings, moyklass, oneclick):
     app = create_app(settings)
-    later = (datetime.now(UTC) + timedelta(days=3)).isoformat()
-    token_file(settings).write_text(json.dumps({"accessToken": "revoked-elsewhere", "expiresAt": later}))
+    write_token(settings, "revoked-elsewhere", timedelta(days=3))
     assert send_one(app, moyklass).status_code == 200
     assert moyklass.token_calls == 1
     assert moyklass.user_calls == 2
