@@ -8,14 +8,20 @@ the fake MoyKlass and sends to the fake OneClick. Prints medians of the rounds.
 """
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, fake_settings, fire, load_options, running_fakes, running_gunicorn, sub_lessons_left
+from common import (
+    ROOT,
+    fake_settings,
+    fire,
+    load_options,
+    running_fakes,
+    running_gunicorn,
+    running_workers,
+    sub_lessons_left,
+)
 
 from store import DELIVERED, SENT, Store
 
@@ -26,16 +32,10 @@ def run_once(seconds: float, concurrency: int):
             "DATA_DIR": data_dir, "SMS_PROVIDER": "oneclick", "MOYKLASS_RATE_PER_SEC": "1000000",
             "WEBHOOK_MODE": "async", "WEB_WORKERS": "2", "SMS_DLR_MAX_SECONDS": "0"}
         with running_gunicorn("sms_bulk_app:create_app()", env, ["-c", str(ROOT / "gunicorn.conf.py")]) as port:
-            worker = subprocess.Popen([sys.executable, str(ROOT / "sms_bulk_app.py"), "worker"], cwd=data_dir,
-                                      env={"PATH": os.environ["PATH"], **env},
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
+            with running_workers(env, data_dir):
                 fire(port, "/webhook", sub_lessons_left, concurrency, 1.0, expect=202)  # warm up
                 result = fire(port, "/webhook", sub_lessons_left, concurrency, seconds, expect=202)
                 counts = Store(Path(data_dir) / "sms_bulk_app.db").counts()
-            finally:
-                worker.terminate()
-                worker.wait()
         return result, counts[SENT] + counts[DELIVERED], sum(counts.values())
 
 

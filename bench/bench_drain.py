@@ -14,14 +14,12 @@ import http.client
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from common import ROOT, fake_settings, running_fakes
+from common import fake_settings, running_fakes, running_workers
 
 from store import SENT, Store
 
@@ -47,12 +45,9 @@ def drain(messages: int, workers: int) -> tuple[float, float]:
         env = {"PATH": os.environ["PATH"], **fake_settings(fakes), "DATA_DIR": data_dir,
                "SMS_PROVIDER": "oneclick", "SMS_CONCURRENCY": str(CONCURRENCY), "SMS_DLR_MAX_SECONDS": "0"}
         started = time.monotonic()
-        processes = [subprocess.Popen([sys.executable, str(ROOT / "sms_bulk_app.py"), "worker"], cwd=data_dir,
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                     for _ in range(workers)]
         rss = 0.0
         waiting = "SELECT 1 FROM messages WHERE status IN ('QUEUED', 'SENDING') LIMIT 1"  # an index probe
-        try:
+        with running_workers(env, data_dir, workers) as processes:
             while store.connection().execute(waiting).fetchone():
                 rss = max(rss, peak_rss_mb(processes[0].pid))
                 if any(p.poll() is not None for p in processes):
@@ -62,10 +57,6 @@ def drain(messages: int, workers: int) -> tuple[float, float]:
             rss = max(rss, peak_rss_mb(processes[0].pid))
             if store.counts()[SENT] != messages:
                 raise RuntimeError(f"not every message was SENT: {store.counts()}")
-        finally:
-            for process in processes:
-                process.terminate()
-                process.wait()
         return messages / elapsed, rss
 
 

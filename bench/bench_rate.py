@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, fake_settings, running_fakes
+from common import fake_settings, running_fakes, running_workers
 
 from store import SENT, Store
 
@@ -34,18 +32,11 @@ def main() -> None:
                                             for i in range(count)])
         env = {"PATH": os.environ["PATH"], **fake_settings(fakes), "DATA_DIR": data_dir, "SMS_PROVIDER": "oneclick",
                "SMS_RATE_PER_SEC": str(args.rate), "SMS_DLR_MAX_SECONDS": "0"}
-        workers = [subprocess.Popen([sys.executable, str(ROOT / "sms_bulk_app.py"), "worker"], cwd=data_dir, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                   for _ in range(args.workers)]
-        try:
+        with running_workers(env, data_dir, args.workers):
             time.sleep(3)
             before, started = store.counts()[SENT], time.monotonic()
             time.sleep(args.seconds)
             sent, elapsed = store.counts()[SENT] - before, time.monotonic() - started
-        finally:
-            for worker in workers:
-                worker.terminate()
-                worker.wait()
     rate = sent / elapsed
     print(f"{args.workers} workers, SMS_RATE_PER_SEC={args.rate:g}: {sent} sent in {elapsed:.1f} s"
           f" = {rate:.2f}/s ({(rate / args.rate - 1) * 100:+.1f} %)")

@@ -100,6 +100,21 @@ def running_gunicorn(app: str, env: dict[str, str], args: list[str]) -> Iterator
         process.wait(timeout=30)
 
 
+@contextmanager
+def running_workers(env: dict[str, str], data_dir: str, count: int = 1) -> Iterator[list[subprocess.Popen]]:
+    """`count` processes of `python sms_bulk_app.py worker`, stopped with SIGTERM at the end."""
+    full_env = {"PATH": os.environ["PATH"], **env}
+    workers = [subprocess.Popen([sys.executable, str(ROOT / "sms_bulk_app.py"), "worker"], cwd=data_dir,
+                                env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(count)]
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait()
+
+
 @dataclass
 class LoadResult:
     requests: int
