@@ -137,7 +137,38 @@ MIGRATIONS = [
         quota_used INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # Ids are never reused (AUTOINCREMENT); sends whose outcome is unknown are counted; webhooks
+    # for events without a text are counted, not sent.
+    lambda db: _rebuild_with_autoincrement(db, ("messages", "clients", "mailings", "api_keys")),
+    """
+    ALTER TABLE messages ADD COLUMN unknown_outcomes INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE ignored_webhooks (
+        event TEXT PRIMARY KEY,
+        count INTEGER NOT NULL,
+        last_at REAL NOT NULL
+    );
+    """,
 ]
+
+
+def _rebuild_with_autoincrement(db: sqlite3.Connection, tables: tuple[str, ...]) -> None:
+    """Recreate each table with `id INTEGER PRIMARY KEY AUTOINCREMENT`, keeping rows and indexes.
+
+    SQLite's documented way to change a table: create the new one, copy, drop, rename (run with
+    foreign keys off, see Store.initialize). The copied ids seed sqlite_sequence, so a new row
+    never takes the id of a row deleted later.
+    """
+    for table in tables:
+        schema = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+        indexes = [row[0] for row in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,))]
+        rebuilt = schema.replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,", 1)
+        db.execute(rebuilt.replace(f"CREATE TABLE {table}", f"CREATE TABLE {table}_rebuilt", 1))
+        db.execute(f"INSERT INTO {table}_rebuilt SELECT * FROM {table}")
+        db.execute(f"DROP TABLE {table}")
+        db.execute(f"ALTER TABLE {table}_rebuilt RENAME TO {table}")
+        for index in indexes:
+            db.execute(index)
 
 
 class InvalidTransition(Exception):
@@ -192,14 +223,26 @@ class Store:
         self._local = threading.local()
 
     def initialize(self) -> None:
+        """Apply the migrations this database has not had yet, each in its own transaction."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.transaction() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {number}")
+        db = self.connection()
+        db.execute("PRAGMA foreign_keys = OFF")  # a table rebuild must not cascade its drop
+        try:
+            with self.transaction() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                    if callable(migration):
+                        migration(db)
+                    else:
+                        for statement in migration.split(";"):
+                            if statement.strip():
+                                db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {number}")
+                broken = db.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise DatabaseUnavailable(f"the migration left {len(broken)} rows with broken references")
+        finally:
+            db.execute("PRAGMA foreign_keys = ON")
         os.chmod(self.path, 0o600)
 
     def connection(self) -> sqlite3.Connection:
@@ -279,14 +322,11 @@ class Store:
         """Queue (phone, text, user_id, event) rows in one transaction; returns their ids."""
         now = time.time()
         with self.transaction() as db:
-            first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
-            db.executemany(
-                "INSERT INTO messages (id, created_at, updated_at, source, phone, text, user_id, event,"
-                " status, next_attempt_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(first + i, now, now, source, phone, text, user_id, event, QUEUED, now,
-                  now + valid_seconds) for i, (phone, text, user_id, event) in enumerate(rows)],
-            )
-        return list(range(first, first + len(rows)))
+            return [db.execute(
+                "INSERT INTO messages (created_at, updated_at, source, phone, text, user_id, event,"
+                " status, next_attempt_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (now, now, source, phone, text, user_id, event, QUEUED, now, now + valid_seconds)).fetchone()[0]
+                for phone, text, user_id, event in rows]
 
     # --- the worker's side ---
 
