@@ -71,19 +71,6 @@ def test_pending_reports_are_polled_until_the_limit_then_left_sent(worker_settin
     assert store.message(1)["report_text"] == "Na čekanju"
 
 
-def test_cli_errors_are_clear_and_exit_non_zero(worker_settings):
-    bad_phone = run_command(worker_settings, "send", "--phone", "12", "--text", "x")
-    assert bad_phone.returncode == 1 and "not a valid phone number" in bad_phone.stderr
-    no_text = run_command(worker_settings, "send", "--phone", "0641234567")
-    assert no_text.returncode == 2 and "--phone needs --text" in no_text.stderr
-    bad_since = run_command(worker_settings, "retry-failed", "--since", "yesterday")
-    assert bad_since.returncode == 2 and "not a date" in bad_since.stderr
-    unknown = run_command(worker_settings, "launch")
-    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
-    for output in (bad_phone, no_text, bad_since, unknown):
-        assert "Traceback" not in output.stderr
-
-
 def test_retry_failed_requeues_and_the_worker_sends_again(worker_settings, oneclick):
     oneclick.answer_status = -1  # permanent: invalid phone at the gateway
     store = queue_texts(worker_settings, 3)

@@ -1,0 +1,267 @@
+"""The command line: `python sms_bulk_app.py [COMMAND]`.
+
+`main(argv)` returns the exit status, so tests call it in-process; sms_bulk_app.py calls it
+from its `__main__` block. Exit status: 0 done, 1 a refused input or a start-up failure,
+2 a usage or settings error.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+from flask import Flask
+
+import api_keys
+import clients
+from config import ConfigError
+from moyklass import MoyKlassError
+from phones import InvalidPhone, to_e164
+from sms_bulk_app import Services, _load_config, build_services, create_app, new_worker, services
+from store import DatabaseUnavailable
+from worker import run_until_signalled
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve(app_services: Services, app: Flask) -> int:
+    """The embedded default: the web app and a worker in one process.
+
+    SIGTERM and SIGINT stop both cleanly, even where SIGINT came in ignored (a background job).
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
+    stop = threading.Event()
+    worker = threading.Thread(target=new_worker(app_services).run, args=(stop,), name="worker")
+    worker.start()
+    try:
+        app.run(host=app_services.config.host, port=app_services.config.port, threaded=True)
+    finally:
+        stop.set()
+        worker.join()
+    return 0
+
+
+def _status(app_services: Services) -> int:
+    store = app_services.store
+    for status, count in store.counts().items():
+        print(f"{status:<12} {count}")
+    oldest = store.oldest_queued_at()
+    print(f"oldest waiting: {f'{time.time() - oldest:.0f} s' if oldest else 'none'}")
+    pause = store.provider_pause(app_services.dispatcher.provider.name)
+    if pause:
+        print(f"sending through {pause.provider} is paused: {pause.reason}")
+    return 0
+
+
+def _retry_failed(app_services: Services, since: datetime | None) -> int:
+    count = app_services.store.retry_failed(time.time() + app_services.config.sms_valid_seconds,
+                                            since.timestamp() if since else None)
+    print(f"{count} FAILED / UNDELIVERED messages queued again")
+    return 0
+
+
+def _send(app_services: Services, args: argparse.Namespace) -> int:
+    config, store = app_services.config, app_services.store
+    if args.phone:
+        try:
+            phone = to_e164(args.phone, config.default_region)
+        except InvalidPhone as error:
+            print(f"send: {error}", file=sys.stderr)
+            return 1
+        message_id = store.enqueue("cli", config.sms_valid_seconds, phone=phone, text=args.text)
+    else:
+        if app_services.dispatcher.moyklass is None:
+            print("send: --user-id needs MoyKlass: set API_KEY", file=sys.stderr)
+            return 1
+        message_id = store.enqueue("cli", config.sms_valid_seconds, user_id=args.user_id,
+                                   text=args.text, event=args.event)
+    print(f"queued as message {message_id}")
+    return 0
+
+
+class Progress:
+    """A progress bar on stderr for long commands; a line every 10 % when stderr is not a terminal."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self._shown = label, max(total, 1), -1
+        self._terminal = sys.stderr.isatty()
+
+    def __call__(self, done: int) -> None:
+        share = min(done / self.total, 1.0)
+        if self._terminal:
+            bar = "#" * int(share * 30)
+            print(f"\r{self.label} [{bar:<30}] {done}/{self.total}", end="", file=sys.stderr, flush=True)
+        elif int(share * 10) > self._shown:
+            self._shown = int(share * 10)
+            print(f"{self.label}: {done}/{self.total}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._terminal:
+            print(file=sys.stderr)
+
+
+def _import_clients(app_services: Services, path: Path) -> int:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"import-clients: cannot read {path}: {error}", file=sys.stderr)
+        return 1
+    config = app_services.config
+    progress = Progress("importing", max(text.count("\n") - 1, 1))
+    report = clients.import_csv(app_services.store, text, config.default_timezone, config.default_region, progress)
+    progress.close()
+    print(f"{report['created']} created, {report['updated']} updated, {len(report['rejected'])} rejected")
+    if report["ignored_columns"]:
+        print(f"  columns ignored: {', '.join(report['ignored_columns'])}")
+    for rejected in report["rejected"]:
+        print(f"  line {rejected['row']}: {rejected['reason']}")
+    return 0
+
+
+def _sync_moyklass(app_services: Services, client_state_ids: list[int] | None) -> int:
+    moyklass, config = app_services.dispatcher.moyklass, app_services.config
+    if moyklass is None:
+        print("sync-moyklass: set API_KEY", file=sys.stderr)
+        return 1
+    outcomes: Counter[str] = Counter()
+    progress = None
+    try:
+        pages = clients.moyklass_users(lambda offset, limit: moyklass.list_users(offset, limit, client_state_ids))
+        for users, total in pages:
+            progress = progress or Progress("syncing", total)
+            for user in users:
+                outcomes[clients.sync_user(app_services.store, user, config.default_timezone,
+                                           config.default_region)] += 1
+            progress(sum(outcomes.values()))
+    except MoyKlassError as error:
+        print(f"sync-moyklass: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if progress:
+            progress.close()
+    print(f"{outcomes.pop('created', 0)} created, {outcomes.pop('updated', 0)} updated"
+          + "".join(f", {count} skipped: {reason}" for reason, count in outcomes.most_common()))
+    return 0
+
+
+def _keys(app_services: Services, args: argparse.Namespace) -> int:
+    store = app_services.store
+    if args.keys_command == "create":
+        key_id, key = api_keys.create(store, args.name, args.scopes, args.daily_quota)
+        print(f"key {key_id} ({args.name}; {' '.join(args.scopes)}): {key}")
+        print("Store it now: only its SHA-256 is kept, it cannot be shown again.", file=sys.stderr)
+        return 0
+    if args.keys_command == "revoke":
+        if not api_keys.revoke(store, args.id):
+            print(f"keys revoke: no active key {args.id}", file=sys.stderr)
+            return 1
+        print(f"key {args.id} revoked")
+        return 0
+    for key in api_keys.list_all(store):
+        state = "revoked" if key["revoked_at"] else "active"
+        quota = key["daily_quota"] if key["daily_quota"] is not None else "no limit"
+        print(f"{key['id']:>4}  {key['name']:<24} {key['scopes']:<45} quota {quota}  {state}")
+    return 0
+
+
+def _scopes(text: str) -> list[str]:
+    scopes = [scope for scope in re.split(r"[,\s]+", text) if scope]
+    unknown = set(scopes) - set(api_keys.SCOPES)
+    if unknown or not scopes:
+        raise argparse.ArgumentTypeError(f"scopes are any of: {', '.join(api_keys.SCOPES)}")
+    return scopes
+
+
+def _since(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date or time such as 2026-11-23 or "
+                                         "2026-11-23T08:00")
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sms_bulk_app.py", description="SMSBulkApp: MoyKlass webhooks to SMS, through an outbox.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="the web service with a worker in the same process (the default)")
+    commands.add_parser("worker", help="send queued messages until SIGTERM")
+    commands.add_parser("status", help="messages by status, and the oldest waiting")
+    retry = commands.add_parser("retry-failed", help="queue FAILED and UNDELIVERED messages again")
+    retry.add_argument("--since", type=_since, help="only messages created since this date or time")
+    send = commands.add_parser("send", help="queue one SMS: to a phone with a text, or to a MoyKlass user")
+    target = send.add_mutually_exclusive_group(required=True)
+    target.add_argument("--phone", help="any common form: 064 123 4567, +381641234567, ...")
+    target.add_argument("--user-id", type=_positive, help="a MoyKlass user id: its phone is looked up")
+    send.add_argument("--text", help="the text (required with --phone; with --user-id the event's text)")
+    send.add_argument("--event", help="with --user-id: whose SMS_TEXT_<EVENT> to use")
+    importer = commands.add_parser("import-clients", help="upsert clients from a CSV file (header row, phone column)")
+    importer.add_argument("file", type=Path)
+    sync = commands.add_parser("sync-moyklass", help="upsert every MoyKlass student as a client")
+    sync.add_argument("--client-state-id", type=_positive, action="append", dest="client_state_ids",
+                      help="only students in this state (may be repeated)")
+    keys = commands.add_parser("keys", help="API keys for /api/v1")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", type=_scopes, required=True, help=f"comma list of: {', '.join(api_keys.SCOPES)}")
+    create.add_argument("--daily-quota", type=_positive, default=api_keys.DEFAULT_DAILY_QUOTA,
+                        help=f"requests per UTC day (default {api_keys.DEFAULT_DAILY_QUOTA})")
+    key_commands.add_parser("list", help="every key, without the keys themselves")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("id", type=_positive)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run one command; the exit status is returned, also for a usage error (2) or --help (0)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "send" and args.phone and not args.text:
+            parser.error("send --phone needs --text")
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    try:
+        config = _load_config(None)
+        if args.command in (None, "serve"):
+            app = create_app()
+            return _serve(services(app), app)
+        app_services = build_services(config)
+    except ConfigError as error:
+        print(error.report(), file=sys.stderr)
+        return 2
+    except (OSError, DatabaseUnavailable) as error:
+        print(f"SMSBulkApp cannot start: {error}", file=sys.stderr)
+        return 1
+    if args.command == "worker":
+        run_until_signalled(new_worker(app_services))
+        return 0
+    if args.command == "status":
+        return _status(app_services)
+    if args.command == "retry-failed":
+        return _retry_failed(app_services, args.since)
+    if args.command == "import-clients":
+        return _import_clients(app_services, args.file)
+    if args.command == "sync-moyklass":
+        return _sync_moyklass(app_services, args.client_state_ids)
+    if args.command == "keys":
+        return _keys(app_services, args)
+    return _send(app_services, args)
+
