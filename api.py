@@ -7,6 +7,7 @@ Every route is declared with `endpoint(...)`: its scope and its request and resp
 from __future__ import annotations
 
 import functools
+import io
 import json
 import re
 import time
@@ -18,12 +19,13 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from flask_swagger_ui import get_swaggerui_blueprint
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
+from werkzeug.formparser import FormDataParser
 
 import api_keys
 import clients
 import mailings
 from clients import Conflict, field_path
-from errors import ApiError
+from errors import ApiError, read_body
 from mailings import MailingConflict
 from schemas import (
     MAX_ID,
@@ -117,8 +119,9 @@ def _authorize(scope: str) -> None:
 
 
 def _json_body() -> Any:
+    """The JSON body, at most the app's MAX_CONTENT_LENGTH (64 KiB) read."""
     try:
-        return json.loads(request.get_data(cache=False) or b"null")
+        return json.loads(read_body(current_app.config["MAX_CONTENT_LENGTH"]) or b"null")
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the body is not valid JSON")
 
@@ -193,9 +196,12 @@ def delete_client(client_id: int):
 @endpoint("POST", "/clients/import", summary="Import clients from CSV (phone, name, tags, timezone, moyklass_user_id)",
           scope="clients:write", body_content="text/csv", responses={200: ImportReport, 413: Error})
 def import_clients():
-    request.max_content_length = MAX_IMPORT_BYTES
-    upload = request.files.get("file")
-    raw = upload.read() if upload else request.get_data(cache=False)
+    raw = read_body(MAX_IMPORT_BYTES)
+    if request.mimetype == "multipart/form-data":
+        _, _, files = FormDataParser().parse(io.BytesIO(raw), request.mimetype, len(raw), request.mimetype_params)
+        if "file" not in files:
+            raise ApiError(400, "a multipart upload needs the CSV in the field `file`")
+        raw = files["file"].read()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -5,7 +5,8 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
 
 from store import DatabaseUnavailable
 
@@ -21,6 +22,29 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
         self.extra = extra
+
+
+def too_large(limit: int) -> str:
+    return f"the body is larger than {limit // 1024} KiB"
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, or a 413 ApiError when it has more than `limit` bytes.
+
+    What is read is counted, not what is declared: a chunked body (no Content-Length, as gunicorn
+    passes it on when reached directly) would otherwise be cut silently at werkzeug's
+    max_content_length. One byte more than the limit is read to tell "exactly the limit" from "more".
+    """
+    try:
+        stream = get_input_stream(request.environ, max_content_length=limit + 1)
+        body = bytearray()
+        while len(body) <= limit and (chunk := stream.read(limit + 1 - len(body))):
+            body += chunk
+    except RequestEntityTooLarge:  # a Content-Length over the limit: nothing is read
+        raise ApiError(413, too_large(limit))
+    if len(body) > limit:
+        raise ApiError(413, too_large(limit))
+    return bytes(body)
 
 
 def error_response(status_code: int, message: str, **extra: Any) -> tuple[Response, int]:
@@ -41,7 +65,7 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(error: HTTPException):
         if error.code == 413:
             limit = request.max_content_length or app.config["MAX_CONTENT_LENGTH"]
-            return error_response(413, f"the body is larger than {limit // 1024} KiB")
+            return error_response(413, too_large(limit))
         return error_response(error.code or 500, error.description or error.name)
 
     @app.errorhandler(DatabaseUnavailable)

@@ -25,7 +25,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import api
 from config import Config, load_config
 from delivery import Cause, Dispatcher
-from errors import ApiError, register_error_handlers
+from errors import ApiError, read_body, register_error_handlers
 from locks import SharedRateLimiter
 from logs import setup_logging
 from moyklass import MoyKlassClient, new_session
@@ -99,7 +99,7 @@ def webhook():
     app = services()
     config = app.config
     _check_webhook_secret(config.webhook_secret)
-    body = request.get_data(cache=False)
+    body = read_body(MAX_BODY_BYTES)
     log.debug("Webhook body from %s: %s", request.remote_addr, body.decode("utf-8", "replace"))
     payload, event, user_id = _parse_webhook(body)
     if app.dispatcher.moyklass is None:
