@@ -243,4 +243,20 @@ def messages_csv(store: Store, mailing_id: int, status: str | None) -> Iterator[
 def _csv_value(column: str, value: Any) -> Any:
     if column in ("created_at", "sent_at") and value is not None:
         return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
-    return "" if value is None else value
+    return "" if value is None else spreadsheet_safe(value)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text instead of running it as a formula.
+
+    OWASP's rule for CSV injection: text starting with = + - @ tab or carriage return gets a
+    leading `'`. Phones in E.164 start with + and get it too, which is what a spreadsheet needs
+    to show +381641234567 as that text rather than the number 381641234567. Numbers are left as
+    they are. Every CSV the service writes passes its cells through here.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
