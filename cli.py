@@ -7,6 +7,7 @@ from its `__main__` block. Exit status: 0 done, 1 a refused input or a start-up 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -20,12 +21,21 @@ from flask import Flask
 
 import api_keys
 import clients
-from config import ConfigError
+from config import MOYKLASS_EVENTS, ConfigError
 from moyklass import MoyKlassError
 from phones import InvalidPhone, to_e164
+from schemas import MAX_ID
 from sms_bulk_app import Services, _load_config, build_services, create_app, new_worker, services
 from store import DatabaseUnavailable
 from worker import run_until_signalled
+
+CSV_COLUMN_MEANINGS = {
+    "phone": "required; any common form (064 123 4567, +381641234567); a known phone updates its client",
+    "name": "the client's name, for {name} and {first_name} in mailing texts",
+    "tags": "separated by ; (robotika;vip), for mailing filters",
+    "timezone": "IANA name such as Europe/Belgrade; DEFAULT_TIMEZONE when empty",
+    "moyklass_user_id": "the client's MoyKlass user id, if any",
+}
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -56,6 +66,8 @@ def _status(app_services: Services) -> int:
         print(f"{status:<12} {count}")
     oldest = store.oldest_queued_at()
     print(f"oldest waiting: {f'{time.time() - oldest:.0f} s' if oldest else 'none'}")
+    messages, sends = store.unknown_outcomes()
+    print(f"outcome unknown: {sends} sends of {messages} messages (timed out after reaching the gateway)")
     pause = store.provider_pause(app_services.dispatcher.provider.name)
     if pause:
         print(f"sending through {pause.provider} is paused: {pause.reason}")
@@ -74,8 +86,10 @@ def _send(app_services: Services, args: argparse.Namespace) -> int:
     if args.phone:
         try:
             phone = to_e164(args.phone, config.default_region)
-        except InvalidPhone as error:
-            print(f"send: {error}", file=sys.stderr)
+        except InvalidPhone:
+            # The operator's own input, on their own terminal: shown as typed, not masked.
+            print(f"send: {args.phone!r} is not a valid phone number (default region {config.default_region})",
+                  file=sys.stderr)
             return 1
         message_id = store.enqueue("cli", config.sms_valid_seconds, phone=phone, text=args.text)
     else:
@@ -191,12 +205,27 @@ def _since(text: str) -> datetime:
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    """A whole number SQLite can hold as an id or a count: 1..2^63-1."""
+    if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_ID}")
     return int(text)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _event(text: str) -> str:
+    if text not in MOYKLASS_EVENTS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a MoyKlass event")
+    return text
+
+
+def _csv_columns_help() -> str:
+    """What `import-clients --help` says of each column of clients.CSV_COLUMNS."""
+    width = max(map(len, clients.CSV_COLUMNS))
+    lines = [f"  {column:<{width}}  {CSV_COLUMN_MEANINGS[column]}" for column in clients.CSV_COLUMNS]
+    return "CSV columns (a header row names them, in any order):\n" + "\n".join(lines)
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The whole command line, and `send`'s own parser for the checks argparse cannot express."""
     parser = argparse.ArgumentParser(
         prog="sms_bulk_app.py", description="SMSBulkApp: MoyKlass webhooks to SMS, through an outbox.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -210,9 +239,10 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--phone", help="any common form: 064 123 4567, +381641234567, ...")
     target.add_argument("--user-id", type=_positive, help="a MoyKlass user id: its phone is looked up")
     send.add_argument("--text", help="the text (required with --phone; with --user-id the event's text)")
-    send.add_argument("--event", help="with --user-id: whose SMS_TEXT_<EVENT> to use")
-    importer = commands.add_parser("import-clients", help="upsert clients from a CSV file (header row, phone column)")
-    importer.add_argument("file", type=Path)
+    send.add_argument("--event", type=_event, help="with --user-id: whose SMS_TEXT_<EVENT> to use")
+    importer = commands.add_parser("import-clients", help="upsert clients from a CSV file (header row, phone column)",
+                                   epilog=_csv_columns_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    importer.add_argument("file", type=Path, help="the CSV file, UTF-8")
     sync = commands.add_parser("sync-moyklass", help="upsert every MoyKlass student as a client")
     sync.add_argument("--client-state-id", type=_positive, action="append", dest="client_state_ids",
                       help="only students in this state (may be repeated)")
@@ -226,30 +256,22 @@ def _parser() -> argparse.ArgumentParser:
     key_commands.add_parser("list", help="every key, without the keys themselves")
     revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("id", type=_positive)
-    return parser
+    return parser, send
 
 
-def main(argv: list[str]) -> int:
-    """Run one command; the exit status is returned, also for a usage error (2) or --help (0)."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command == "send" and args.phone and not args.text:
-            parser.error("send --phone needs --text")
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    try:
-        config = _load_config(None)
-        if args.command in (None, "serve"):
-            app = create_app()
-            return _serve(services(app), app)
-        app_services = build_services(config)
-    except ConfigError as error:
-        print(error.report(), file=sys.stderr)
-        return 2
-    except (OSError, DatabaseUnavailable) as error:
-        print(f"SMSBulkApp cannot start: {error}", file=sys.stderr)
-        return 1
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line; argparse's SystemExit on a usage error or --help."""
+    parser, send = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "send" and args.phone:
+        if args.event:
+            send.error("--event goes with --user-id, not with --phone")
+        if not args.text:
+            send.error("--phone needs --text")
+    return args
+
+
+def _run(app_services: Services, args: argparse.Namespace) -> int:
     if args.command == "worker":
         run_until_signalled(new_worker(app_services))
         return 0
@@ -264,4 +286,32 @@ def main(argv: list[str]) -> int:
     if args.command == "keys":
         return _keys(app_services, args)
     return _send(app_services, args)
+
+
+def main(argv: list[str]) -> int:
+    """Run one command; the exit status is returned, also for a usage error (2) or --help (0)."""
+    try:
+        args = _arguments(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    try:
+        config = _load_config(None)
+        if args.command in (None, "serve"):
+            app = create_app()
+            return _serve(services(app), app)
+        app_services = build_services(config)
+    except ConfigError as error:
+        print(f"SMSBulkApp cannot start: fix these settings (environment or .env): {'; '.join(error.problems)}",
+              file=sys.stderr)
+        return 2
+    except (OSError, DatabaseUnavailable) as error:
+        print(f"SMSBulkApp cannot start: {error}", file=sys.stderr)
+        return 1
+    try:
+        return _run(app_services, args)
+    except BrokenPipeError:
+        # The reader went away (`status | head`): stop quietly, as other Unix tools do. stdout
+        # now points at /dev/null so that Python's own flush at exit finds no broken pipe either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 

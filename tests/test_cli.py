@@ -1,11 +1,15 @@
 """The command line, called in-process through cli.main with the settings in the environment."""
 from __future__ import annotations
 
+import shlex
+import subprocess
 from collections.abc import Callable
 
 import pytest
 
 import cli
+import clients
+from tests.conftest import command, command_env, run_command
 
 CliResult = tuple[int, str, str]
 
@@ -36,3 +40,74 @@ def test_cli_errors_are_clear_and_exit_non_zero(run_cli):
     assert unknown[0] == 2 and "invalid choice" in unknown[2]
     for _, _, stderr in (bad_phone, no_text, bad_since, unknown):
         assert "Traceback" not in stderr
+
+
+def test_send_with_a_phone_refuses_event_and_shows_the_send_usage(run_cli):
+    status, stdout, stderr = run_cli("send", "--phone", "0641234567", "--text", "x", "--event", "user_birthday")
+    assert (status, stdout) == (2, "")
+    assert stderr.startswith("usage: sms_bulk_app.py send ")
+    assert stderr.splitlines()[-1] == "sms_bulk_app.py send: error: --event goes with --user-id, not with --phone"
+    assert run_cli("status")[1].splitlines()[0] == "QUEUED       0"  # nothing was queued
+
+
+def test_send_without_text_shows_the_send_usage(run_cli):
+    status, _, stderr = run_cli("send", "--phone", "0641234567")
+    assert status == 2
+    assert stderr.startswith("usage: sms_bulk_app.py send ")
+    assert stderr.splitlines()[-1] == "sms_bulk_app.py send: error: --phone needs --text"
+
+
+def test_send_with_an_unknown_event_is_refused(run_cli):
+    status, _, stderr = run_cli("send", "--user-id", "5", "--event", "sub_lesons_left")
+    assert status == 2
+    assert stderr.splitlines()[-1] == ("sms_bulk_app.py send: error: argument --event: 'sub_lesons_left' "
+                                       "is not a MoyKlass event")
+
+
+def test_an_invalid_phone_is_shown_as_the_operator_typed_it(run_cli):
+    assert run_cli("send", "--phone", "12345", "--text", "x") == \
+        (1, "", "send: '12345' is not a valid phone number (default region RS)\n")
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999999", "0", "-3", "²", "9223372036854775808"])
+def test_ids_are_bounded_to_what_the_database_holds(run_cli, value):
+    status, stdout, stderr = run_cli("send", "--user-id", value)
+    assert (status, stdout) == (2, "")
+    assert stderr.splitlines()[-1] == (f"sms_bulk_app.py send: error: argument --user-id: {value!r} "
+                                       "is not a whole number from 1 to 9223372036854775807")
+
+
+def test_the_largest_id_the_database_holds_is_accepted(run_cli):
+    assert run_cli("send", "--user-id", "9223372036854775807") == (0, "queued as message 1\n", "")
+
+
+def test_a_settings_error_is_one_line(run_cli, monkeypatch):
+    monkeypatch.setenv("PORT", "abc")
+    monkeypatch.setenv("SMS_TEXT", "Hello {nme}")
+    status, stdout, stderr = run_cli("status")
+    assert (status, stdout) == (2, "")
+    assert stderr.count("\n") == 1 and stderr.startswith("SMSBulkApp cannot start: fix these settings")
+    assert "PORT='abc' is not a whole number" in stderr and "{nme}" in stderr
+
+
+def test_import_clients_help_lists_the_csv_columns(run_cli):
+    status, stdout, _ = run_cli("import-clients", "--help")
+    assert status == 0
+    columns = stdout[stdout.index("CSV columns"):].splitlines()[1:]
+    assert [line.split()[0] for line in columns if line.strip()] == list(clients.CSV_COLUMNS)
+    assert "required" in columns[0] and "separated by ;" in stdout
+
+
+@pytest.mark.parametrize("reader, shown", [("head -1", "QUEUED       0\n"), ("true", "")])
+def test_status_piped_into_a_reader_that_leaves_stops_quietly(settings, tmp_path, reader, shown):
+    """`status | head -1`: head leaves after one line, `true` before the first; the rest finds the pipe closed.
+
+    Whether head leaves before the last line is written is a race, so its exit status may be 0;
+    `true` always leaves first.
+    """
+    run_command(settings, "status")  # creates the database, so the pipeline below only reads
+    pipeline = f"{shlex.join(command(settings, 'status'))} | {reader}; exit ${{PIPESTATUS[0]}}"
+    result = subprocess.run(["bash", "-c", pipeline], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env=command_env(settings) | {"PYTHONUNBUFFERED": "1"})
+    assert (result.stdout, result.stderr) == (shown, "")
+    assert result.returncode == 1 or (reader == "head -1" and result.returncode == 0)
