@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import re
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from schemas import (
     ClientUpdate,
     Error,
     ImportReport,
+    InvalidJson,
     Mailing,
     MailingCreate,
     MailingList,
@@ -47,6 +47,7 @@ from schemas import (
     MessagePage,
     MessageQuery,
     Queued,
+    parse_json,
 )
 
 MAX_IMPORT_BYTES = 10 * 1024 * 1024
@@ -121,9 +122,9 @@ def _authorize(scope: str) -> None:
 def _json_body() -> Any:
     """The JSON body, at most the app's MAX_CONTENT_LENGTH (64 KiB) read."""
     try:
-        return json.loads(read_body(current_app.config["MAX_CONTENT_LENGTH"]) or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body is not valid JSON")
+        return parse_json(read_body(current_app.config["MAX_CONTENT_LENGTH"]) or b"null")
+    except InvalidJson as error:
+        raise ApiError(400, str(error))
 
 
 def _validated(model: type[BaseModel], data: Any) -> BaseModel:

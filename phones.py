@@ -4,16 +4,33 @@ from __future__ import annotations
 import re
 
 import phonenumbers
-from phonenumbers import PhoneNumberFormat
+from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 
 class InvalidPhone(ValueError):
     pass
 
 
+# The number types libphonenumber says can receive SMS. FIXED_LINE_OR_MOBILE is where a
+# country's plan does not tell them apart (the US, Canada). PERSONAL_NUMBER, VOIP, PAGER and
+# the rest may or may not take an SMS depending on the service behind them: that cannot be
+# relied on, so they are refused along with landlines, premium-rate and toll-free numbers.
+SMS_NUMBER_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
+NUMBER_TYPE_NAMES = {PhoneNumberType.FIXED_LINE: "landline", PhoneNumberType.PREMIUM_RATE: "premium-rate",
+                     PhoneNumberType.TOLL_FREE: "toll-free", PhoneNumberType.SHARED_COST: "shared-cost",
+                     PhoneNumberType.VOIP: "VoIP", PhoneNumberType.PERSONAL_NUMBER: "personal (forwarding)",
+                     PhoneNumberType.PAGER: "pager", PhoneNumberType.UAN: "company (UAN)",
+                     PhoneNumberType.VOICEMAIL: "voicemail"}
+
+
 def to_e164(raw: str, default_region: str) -> str:
     """Validate any common form (`064…`, `+381…`, `00381…`, MoyKlass' bare `381641234567`)
-    and return it in E.164 (`+381641234567`), the form the outbox keeps."""
+    and return it in E.164 (`+381641234567`), the form the outbox keeps.
+
+    Only numbers that can receive SMS pass (SMS_NUMBER_TYPES): a landline or a premium-rate
+    number is valid but refused, naming what it is. The first form that is a valid number
+    decides.
+    """
     text = str(raw).strip()
     candidates = [text]
     digits = re.sub(r"\D", "", text)
@@ -27,7 +44,12 @@ def to_e164(raw: str, default_region: str) -> str:
         except phonenumbers.NumberParseException:
             continue
         if phonenumbers.is_valid_number(number):
-            return phonenumbers.format_number(number, PhoneNumberFormat.E164)
+            e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
+            kind = phonenumbers.number_type(number)
+            if kind not in SMS_NUMBER_TYPES:
+                raise InvalidPhone(f"{mask(e164)} is a {NUMBER_TYPE_NAMES.get(kind, 'non-mobile')} number:"
+                                   " it cannot receive SMS")
+            return e164
     shown = mask(text) if digits else repr(text[:20])
     raise InvalidPhone(f"{shown} is not a valid phone number (default region {default_region})")
 

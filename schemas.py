@@ -6,11 +6,13 @@ context as `region`; time zones against the IANA database.
 """
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -28,6 +30,54 @@ Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^;,\s][^;,]*
 OperatorCode = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^\d+$")]
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+MAX_JSON_DEPTH = 32  # MoyKlass envelopes nest 4 deep, API bodies 3
+
+
+class InvalidJson(ValueError):
+    """A request body that is not JSON the service can keep."""
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body (webhook or API) as JSON, refused unless every part of it can be kept.
+
+    json.loads accepts what SQLite and the rest of the service cannot: lone surrogates
+    (`"\\ud800"`, which UTF-8 cannot encode) and nesting as deep as the recursion limit (a
+    RecursionError there, or later in json.dumps). Both are refused here, before anything is
+    written.
+    """
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise InvalidJson(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+    except ValueError:  # UnicodeDecodeError (bytes that are not UTF-8) included
+        raise InvalidJson("the body is not valid JSON")
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    while pending:
+        value, level = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidJson("the body holds a lone surrogate (such as \\ud800): it is not valid Unicode text")
+        elif isinstance(value, (dict, list)):
+            if level > MAX_JSON_DEPTH:
+                raise InvalidJson(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+            children = [*value, *value.values()] if isinstance(value, dict) else value
+            pending.extend((child, level + 1) for child in children)
+    return data
+
+
+def check_moment(value: datetime) -> datetime:
+    """Bounded so that every moment the API accepts can be stored and read back (a year past
+    9999 in UTC, from an offset, could be written but not read)."""
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("must be between 2000-01-01 and 2100-01-01 UTC")
+    return value
+
+
+Moment = Annotated[AwareDatetime, AfterValidator(check_moment),
+                   Field(description="With a time zone; between 2000-01-01 and 2100-01-01 UTC")]
 
 
 class Strict(BaseModel):
@@ -175,8 +225,8 @@ def check_mailing_text(value: str) -> str:
 
 
 class MailingCreate(Strict):
-    start_at: AwareDatetime
-    end_at: AwareDatetime
+    start_at: Moment
+    end_at: Moment
     text: str = Field(min_length=1, max_length=1000, examples=["Zdravo {first_name}, upis počinje sutra."])
     filter: MailingFilter
     window: Window | None = Field(None, description="Local time of each client in which to send; may wrap midnight")
@@ -195,8 +245,8 @@ class MailingCreate(Strict):
 class MailingUpdate(Strict):
     """Only the fields given change; `window: null` removes the window."""
 
-    start_at: AwareDatetime = None
-    end_at: AwareDatetime = None
+    start_at: Moment = None
+    end_at: Moment = None
     text: str = Field(None, min_length=1, max_length=1000)
     filter: MailingFilter = None
     window: Window | None = None

@@ -9,10 +9,11 @@ import-clients, sync-moyklass, keys).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
+import re
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +31,14 @@ from locks import SharedRateLimiter
 from logs import setup_logging
 from moyklass import MoyKlassClient, new_session
 from providers import create_provider
+from schemas import MAX_ID, InvalidJson, parse_json
 from store import SENT, Store
 from worker import Worker, worker_id
 
 log = logging.getLogger("sms_bulk_app")
 
 MAX_BODY_BYTES = 64 * 1024  # webhooks and API requests; CSV imports may be larger (api.py)
+EVENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # MoyKlass' events are snake_case names
 
 bp = Blueprint("sms_bulk_app", __name__)
 
@@ -60,7 +63,8 @@ CAUSE_STATUS_CODES = {
     Cause.MOYKLASS: 502,
     Cause.GATEWAY: 500,
     Cause.EXPIRED: 500,
-    Cause.OUTSIDE_WINDOW: 500,  # webhooks have no window: listed for completeness of the mapping
+    Cause.OUTSIDE_WINDOW: 500,  # webhooks have no window or mailing: listed for completeness
+    Cause.CANCELED: 500,
 }
 
 
@@ -75,27 +79,29 @@ def _check_webhook_secret(secret: str | None) -> None:
 def _parse_webhook(body: bytes) -> tuple[dict[str, Any], str | None, int]:
     """The MoyKlass envelope `{"event", "companyId", "object": {"userId", ...}}`, checked."""
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body is not valid JSON")
+        payload = parse_json(body)
+    except InvalidJson as error:
+        raise ApiError(400, str(error))
     if not isinstance(payload, dict):
         raise ApiError(400, "the body must be a JSON object (the MoyKlass webhook envelope)")
     event = payload.get("event")
-    if event is not None and not isinstance(event, str):
-        raise ApiError(400, "event must be a string")
+    if event is not None and not (isinstance(event, str) and EVENT_NAME.fullmatch(event)):
+        raise ApiError(400, "event must be a plain name: 1 to 64 letters, digits, '_', '.', ':' or '-',"
+                            " such as sub_lessons_left")
     obj = payload.get("object")
     if not isinstance(obj, dict):
         raise ApiError(400, "object is missing or not a JSON object")
     user_id = obj.get("userId")
     if user_id is None:
         raise ApiError(400, "object.userId is missing")
-    if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id <= 0:
-        raise ApiError(400, "object.userId must be a positive integer")
+    if isinstance(user_id, bool) or not isinstance(user_id, int) or not 1 <= user_id <= MAX_ID:
+        raise ApiError(400, f"object.userId must be a positive integer up to {MAX_ID}")
     return payload, event, user_id
 
 
 @bp.post("/webhook")
 def webhook():
+    received = time.monotonic()
     app = services()
     config = app.config
     _check_webhook_secret(config.webhook_secret)
@@ -116,9 +122,14 @@ def webhook():
         return jsonify({"status": status, "id": accepted.message_id, "duplicate": True}), status_code
     if not synchronous:
         return jsonify({"status": status, "id": accepted.message_id}), status_code
-    result = app.dispatcher.attempt_and_record(app.store.message(accepted.message_id), owner)
+    result = app.dispatcher.attempt_and_record(app.store.message(accepted.message_id), owner,
+                                               give_up_at=received + config.webhook_sync_wait_seconds)
     if result.status == SENT:
         return jsonify({"status": status, "id": accepted.message_id})
+    if result.cause in (Cause.HANDED_OVER, Cause.LEASE_LOST):
+        log.info("Webhook %s for user %d: %s; message %d is queued for the worker",
+                 event or "-", user_id, result.error, accepted.message_id)
+        return jsonify({"status": "queued", "id": accepted.message_id}), 202
     message = result.error
     if result.will_retry:
         message += f"; message {accepted.message_id} stays queued and will be retried"
@@ -143,6 +154,9 @@ def health():
     healthy = all(value == "ok" for value in checks.values())
     body = {"status": "ok" if healthy else "error", "checks": checks,
             "provider": app.config.sms_provider}
+    if checks["database"] == "ok":
+        messages, sends = app.store.unknown_outcomes()
+        body["details"] = {"unknown_outcome_messages": messages, "unknown_outcome_sends": sends}
     return jsonify(body), 200 if healthy else 503
 
 

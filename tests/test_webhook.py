@@ -70,7 +70,7 @@ def test_seed_minimal_body_is_accepted(client, moyklass, oneclick):
     (b'{"object": {"userId": "12"}}', "positive integer"),
     (b'{"object": {"userId": true}}', "positive integer"),
     (b'{"object": {"userId": 1.5}}', "positive integer"),
-    (b'{"event": 5, "object": {"userId": 1}}', "event must be a string"),
+    (b'{"event": 5, "object": {"userId": 1}}', "event must be a plain name"),
     (b"\xff\xfe", "not valid JSON"),
 ])
 def test_bad_bodies_answer_400_json(client, oneclick, body, reason):
