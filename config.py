@@ -85,12 +85,14 @@ class Config:
     sms_concurrency: int = 16
     sms_dlr_max_seconds: int = 6 * 3600
     worker_lease_seconds: float = 60.0
+    sms_max_unknown_outcomes: int = 2
+    webhook_sync_wait_seconds: float = 2.0
     database_timeout: float = 5.0
     default_timezone: str = "Europe/Belgrade"
 
     @property
     def http_timeouts(self) -> tuple[float, float]:
-        """(connect, read) timeouts of every outbound call."""
+        """(connect, read) timeouts of MoyKlass calls; for a gateway, (connect, the whole request)."""
         return CONNECT_TIMEOUT, self.http_timeout
 
     def template_for(self, event: str | None) -> Template:
@@ -249,14 +251,18 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         sms_concurrency=read.integer("SMS_CONCURRENCY", 16, 1, 256),
         sms_dlr_max_seconds=read.integer("SMS_DLR_MAX_SECONDS", 6 * 3600, 0, 30 * 86400),
         worker_lease_seconds=read.number("WORKER_LEASE_SECONDS", 60.0, 1.0),
+        sms_max_unknown_outcomes=read.integer("SMS_MAX_UNKNOWN_OUTCOMES", 2, 1, 100),
+        webhook_sync_wait_seconds=read.number("WEBHOOK_SYNC_WAIT_SECONDS", 2.0, 0.0),
         database_timeout=read.number("DATABASE_TIMEOUT", 5.0, 0.1),
         default_timezone=read.timezone("DEFAULT_TIMEZONE", "Europe/Belgrade"),
     )
-    lease_floor = CONNECT_TIMEOUT + config.http_timeout + 2
+    # A lease is renewed every quarter of its length, and a send starts only while more than
+    # HTTP_TIMEOUT (its whole deadline) + 1 s of the lease is left: twice that always is.
+    lease_floor = 2 * (config.http_timeout + 1)
     if config.worker_lease_seconds < lease_floor:
         read.problems.append(
-            f"WORKER_LEASE_SECONDS={config.worker_lease_seconds:g} must exceed the longest send"
-            f" (connect + HTTP_TIMEOUT + 2 = {lease_floor:g} s), or a slow send is taken over and sent twice")
+            f"WORKER_LEASE_SECONDS={config.worker_lease_seconds:g} must be at least 2 x (HTTP_TIMEOUT + 1)"
+            f" = {lease_floor:g} s, so that a lease always outlives the send it covers")
     if read.problems:
         raise ConfigError(read.problems)
     return config

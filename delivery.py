@@ -2,7 +2,11 @@
 
 Used by the worker for every queued message, and by the webhook in sync mode for the first
 attempt. Whatever happens, the message leaves in a status the outbox can carry on from:
-SENT, FAILED (permanent), EXPIRED, or QUEUED again with the time of its next attempt.
+SENT, FAILED (permanent), EXPIRED, CANCELED, or QUEUED again with the time of its next attempt.
+
+Just before the send the lease is read again (`Store.lease_state`): a message another worker
+took over, or whose mailing was cancelled, is not sent, and a send starts only while the lease
+outlives the send's whole deadline (HTTP_TIMEOUT), so it can never be re-claimed mid-send.
 """
 from __future__ import annotations
 
@@ -14,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from config import Config
-from locks import SharedRateLimiter, SharedSlots
+from locks import SharedRateLimiter, SharedSlots, WouldWait
 from mailings import next_opening
 from moyklass import MoyKlassClient, MoyKlassError, UserNotFound, template_fields
 from phones import InvalidPhone, mask, to_e164
 from providers import Delivery, Outcome, Provider, SendResult
-from store import DELIVERED, EXPIRED, FAILED, QUEUED, SENT, UNDELIVERED, Change, ProviderPause, Store
+from store import CANCELED, DELIVERED, EXPIRED, FAILED, QUEUED, SENT, UNDELIVERED, Change, ProviderPause, Store
 from texts import measure, transliterate
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,7 @@ PROVIDER_PAUSE_MAX = 60.0  # bad gateway credentials stop sending this long befo
 REPORT_FIRST_MAX = 10.0  # the first delivery report is asked for this long after sending
 REPORT_MAX_DELAY = 1800.0
 PAUSE_CHECK_SECONDS = 1.0  # how stale this process's view of a provider pause may be
+LEASE_MARGIN_SECONDS = 1.0  # a send starts only with its deadline plus this left on the lease
 
 
 class Cause(enum.Enum):
@@ -42,17 +47,20 @@ class Cause(enum.Enum):
     GATEWAY = "gateway"
     EXPIRED = "expired"
     OUTSIDE_WINDOW = "outside_window"
+    CANCELED = "canceled"
+    HANDED_OVER = "handed_over"  # not finished within the caller's wait: back to the queue, the worker goes on
+    LEASE_LOST = "lease_lost"  # another worker holds it now: nothing of this attempt is written
 
 
 @dataclass(frozen=True)
 class AttemptResult:
-    change: Change  # what to write: the message's status afterwards, with what was learnt
+    change: Change | None  # what to write: the message's status afterwards, with what was learnt
     cause: Cause | None = None
     error: str = ""
 
     @property
-    def status(self) -> str:
-        return self.change.status
+    def status(self) -> str | None:
+        return self.change.status if self.change else None
 
     @property
     def will_retry(self) -> bool:
@@ -72,15 +80,18 @@ class Dispatcher:
         self._pause: ProviderPause | None = None
         self._pause_checked_at = -PAUSE_CHECK_SECONDS
 
-    def attempt_and_record(self, message: dict[str, Any], owner: str) -> AttemptResult:
-        """One attempt, written at once (the synchronous webhook)."""
-        result = self.attempt(message)
-        self.store.transition(result.change.message_id, result.change.status, owner,
-                              result.change.count_attempt, **result.change.fields)
+    def attempt_and_record(self, message: dict[str, Any], owner: str, give_up_at: float | None) -> AttemptResult:
+        """One attempt, written at once (the synchronous webhook), waiting for the MoyKlass rate
+        limit and a send slot only until `give_up_at` (monotonic)."""
+        result = self.attempt(message, owner, give_up_at)
+        if result.change and self.store.apply([result.change], owner):
+            log.warning("%s was taken over before its result was written", describe(message).capitalize())
         return result
 
-    def attempt(self, message: dict[str, Any]) -> AttemptResult:
-        """Make one attempt at a leased message; the result says what to write, the caller writes it.
+    def attempt(self, message: dict[str, Any], owner: str, give_up_at: float | None = None) -> AttemptResult:
+        """Make one attempt at a message leased to `owner`; the result says what to write, the
+        caller writes it. With `give_up_at`, a wait that would last past it hands the message
+        back to the queue instead.
 
         What was resolved (phone, text, encoding) is written together with the outcome, so an
         attempt costs one write, which a worker batches with others; until then the lease alone
@@ -91,11 +102,13 @@ class Dispatcher:
             return self._finish(message, EXPIRED, Cause.EXPIRED,
                                 "its deadline passed before it was sent")
         try:
-            phone, text = self._resolve(message)
+            phone, text = self._resolve(message, give_up_at)
         except (UserNotFound, _NoPhone, InvalidPhone) as error:
             cause = {UserNotFound: Cause.USER_NOT_FOUND, _NoPhone: Cause.NO_PHONE,
                      InvalidPhone: Cause.INVALID_PHONE}[type(error)]
             return self._finish(message, FAILED, cause, str(error), code=type(error).__name__)
+        except WouldWait as error:
+            return self._hand_over(message, f"MoyKlass' rate limit: {error}")
         except MoyKlassError as error:  # unreachable, failing, or refusing our key: try again later
             log.warning("%s: %s; trying again later", where, error)
             return self._retry_later(message, Cause.MOYKLASS, str(error), code=type(error).__name__,
@@ -118,21 +131,45 @@ class Dispatcher:
             result = SendResult(Outcome.REJECTED, code="too-long",
                                 message=f"the text needs {encoding.segments} SMS; {self.provider.name}"
                                         f" takes at most {self.provider.max_segments}")
-        else:
-            with self._slots.hold():
+            return self._record(message, where, result, details, resumes=False)
+        try:
+            with self._slots.hold(give_up_at):
                 if self._rate:
-                    self._rate.wait()
+                    self._rate.wait(give_up_at)
+                refusal = self._may_not_send(message, owner)
+                if refusal:
+                    return refusal
                 result = self.provider.send(phone, text, self.config.sms_sender)
+        except WouldWait as error:
+            return self._hand_over(message, f"no send slot: {error}", **details)
         return self._record(message, where, result, details, resumes=pause is not None)
 
-    def _resolve(self, message: dict[str, Any]) -> tuple[str, str]:
+    def _may_not_send(self, message: dict[str, Any], owner: str) -> AttemptResult | None:
+        """Why this message must not be sent now, read from its row just before the send; None if it may."""
+        lease = self.store.lease_state(message["id"], owner)
+        if not lease.ours:
+            log.warning("%s was taken over by another worker before it was sent; not sent here",
+                        describe(message).capitalize())
+            return AttemptResult(None, Cause.LEASE_LOST, "another worker holds it now")
+        if lease.canceled:
+            return self._finish(message, CANCELED, Cause.CANCELED, "its mailing was cancelled before it was sent")
+        if lease.seconds_left < self.config.http_timeout + LEASE_MARGIN_SECONDS:
+            return self._hand_over(message, f"its lease has {lease.seconds_left:.1f} s left, less than a send may take")
+        return None
+
+    def _hand_over(self, message: dict[str, Any], reason: str, **details: Any) -> AttemptResult:
+        """Back to the queue, due now and with no attempt used: the worker carries on."""
+        change = Change(message["id"], QUEUED, dict(details, next_attempt_at=time.time()))
+        return AttemptResult(change, Cause.HANDED_OVER, reason)
+
+    def _resolve(self, message: dict[str, Any], give_up_at: float | None) -> tuple[str, str]:
         """The E.164 number and the text: given (CLI, API: checked when queued), or looked up in
         MoyKlass and rendered (webhooks)."""
         if message["phone"] and message["text"] is not None:
             return message["phone"], message["text"]
         if self.moyklass is None:
             raise MoyKlassError("MoyKlass is not configured: set API_KEY")
-        user = self.moyklass.get_user(message["user_id"])
+        user = self.moyklass.get_user(message["user_id"], give_up_at)
         if not user.get("phone"):
             raise _NoPhone(f"MoyKlass user {message['user_id']} has no phone")
         phone = to_e164(user["phone"], self.config.default_region)
@@ -177,39 +214,47 @@ class Dispatcher:
             return self._retry_later(message, Cause.GATEWAY, error, code=result.code, delay=pause,
                                      **details)
         attempts = message["attempts"] + 1
-        if result.outcome is Outcome.TRANSIENT:
+        unknown = result.outcome is Outcome.UNKNOWN
+        if unknown:
+            unknowns = message["unknown_outcomes"] + 1
+            error = f"outcome unknown, it may have been sent ({unknowns} of at most" \
+                    f" {self.config.sms_max_unknown_outcomes}): {error}"
+        if result.outcome in (Outcome.TRANSIENT, Outcome.UNKNOWN):
             delay = self._jittered(min(self.config.sms_retry_base_seconds * 2 ** (attempts - 1),
                                        MAX_RETRY_DELAY))
-            if attempts >= self.config.sms_max_attempts:
+            if unknown and unknowns >= self.config.sms_max_unknown_outcomes:
+                error = f"not tried again: {error}"
+            elif attempts >= self.config.sms_max_attempts:
                 error = f"gave up after {attempts} attempts: {error}"
             elif time.time() + delay > message["deadline"]:
                 error = f"no time left before its deadline: {error}"
             else:
                 log.warning("Gateway did not take %s (attempt %d of %d): %s; next try in %.1f s",
                             where, attempts, self.config.sms_max_attempts, error, delay)
-                return self._retry_later(message, Cause.GATEWAY, error, code=result.code,
-                                         delay=delay, count_attempt=True, **details)
+                return self._retry_later(message, Cause.GATEWAY, error, code=result.code, delay=delay,
+                                         count_attempt=True, unknown_outcome=unknown, **details)
         log.error("Gateway refused %s: %s", where, error)
-        return self._finish(message, FAILED, Cause.GATEWAY, error, code=result.code,
-                            count_attempt=True, gateway_ref=result.reference, **details)
+        return self._finish(message, FAILED, Cause.GATEWAY, error, code=result.code, count_attempt=True,
+                            unknown_outcome=unknown, gateway_ref=result.reference, **details)
 
     def _retry_later(self, message: dict[str, Any], cause: Cause, error: str, *,
-                     code: str | None, delay: float, count_attempt: bool = False, **details: Any
-                     ) -> AttemptResult:
+                     code: str | None, delay: float, count_attempt: bool = False, unknown_outcome: bool = False,
+                     **details: Any) -> AttemptResult:
         """Back to the queue for a later attempt; past the deadline it EXPIRES instead."""
         next_at = time.time() + delay
         if next_at > message["deadline"]:
-            return self._finish(message, EXPIRED, Cause.EXPIRED, f"deadline passed: {error}",
-                                code=code, **details)
+            return self._finish(message, EXPIRED, Cause.EXPIRED, f"deadline passed: {error}", code=code,
+                                count_attempt=count_attempt, unknown_outcome=unknown_outcome, **details)
         change = Change(message["id"], QUEUED, dict(details, next_attempt_at=next_at, error_code=code,
-                                                    last_error=error), count_attempt)
+                                                    last_error=error), count_attempt, unknown_outcome)
         return AttemptResult(change, cause, error)
 
-    def _finish(self, message: dict[str, Any], status: str, cause: Cause, error: str,
-                code: str | None = None, count_attempt: bool = False, **fields: Any) -> AttemptResult:
+    def _finish(self, message: dict[str, Any], status: str, cause: Cause, error: str, code: str | None = None,
+                count_attempt: bool = False, unknown_outcome: bool = False, **fields: Any) -> AttemptResult:
         if status != FAILED or cause is not Cause.GATEWAY:
             log.warning("%s %s: %s", describe(message).capitalize(), status, error)
-        change = Change(message["id"], status, dict(fields, error_code=code, last_error=error), count_attempt)
+        change = Change(message["id"], status, dict(fields, error_code=code, last_error=error), count_attempt,
+                        unknown_outcome)
         return AttemptResult(change, cause, error)
 
     def poll_report(self, message: dict[str, Any]) -> None:

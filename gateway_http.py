@@ -7,16 +7,23 @@ gateway); a worker draining the outbox goes from about 850 to 1,300 messages a s
 What a general HTTP library would add is not needed here: one host, POST only, no redirects,
 no cookies, and no retries (a POST that may have reached the gateway is never repeated here;
 the outbox decides).
+
+A request has one deadline for the whole exchange (connect, send, every read of the answer),
+not a timeout per read: a gateway that trickles its answer a byte at a time cannot hold a send
+past it, and so past the lease of the message being sent.
 """
 from __future__ import annotations
 
+import functools
 import http.client
+import io
 import json
 import os
 import select
 import socket
 import ssl
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +31,44 @@ from urllib.parse import urlsplit
 
 
 class GatewayUnreachable(Exception):
-    """No answer: the connection failed or the gateway did not answer in time."""
+    """No answer: the connection failed or the gateway did not answer in time.
 
-    def __init__(self, code: str, message: str):
+    `reached`: the whole request was sent before that, so the gateway may have acted on it
+    (the outcome is unknown); otherwise it certainly was not taken.
+    """
+
+    def __init__(self, code: str, message: str, reached: bool = False):
         super().__init__(message)
         self.code = code
+        self.reached = reached
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket with whatever time is left before one deadline, on every read."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the deadline of the request passed")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An HTTP response whose whole reading (status, headers, body) ends at `deadline`."""
+
+    def __init__(self, sock: socket.socket, *args: Any, deadline: float, **kwargs: Any):
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # the socket file made by the base class; the socket itself stays open
+        self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
 
 
 @dataclass(frozen=True)
@@ -42,12 +82,13 @@ class HttpAnswer:
 
 class GatewayHttp:
     def __init__(self, url: str, timeouts: tuple[float, float]):
+        """`timeouts`: (to connect, for the whole request including the connect)."""
         parts = urlsplit(url)
         self.host = parts.hostname or ""
         self.secure = parts.scheme == "https"
         self.port = parts.port or (443 if self.secure else 80)
         self.path = parts.path or "/"
-        self.connect_timeout, self.read_timeout = timeouts
+        self.connect_timeout, self.total_timeout = timeouts
         # Proxy settings come from the environment once, here, as requests would read them.
         proxy = None if urllib.request.proxy_bypass(self.host) else urllib.request.getproxies().get(parts.scheme)
         self.proxy = urlsplit(proxy) if proxy else None
@@ -55,49 +96,57 @@ class GatewayHttp:
         self._local = threading.local()
 
     def post_json(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> HttpAnswer:
-        connection = self._connection()
+        deadline = time.monotonic() + self.total_timeout
+        connection = self._connection(deadline)
         target = path if self.proxy is None or self.secure else f"http://{self.host}:{self.port}{path}"
+        connection.response_class = functools.partial(_DeadlineResponse, deadline=deadline)
         try:
+            connection.sock.settimeout(max(deadline - time.monotonic(), 0.001))
             connection.request("POST", target, json.dumps(body).encode(), headers)
+        except (OSError, http.client.HTTPException) as error:
+            self._discard()
+            raise GatewayUnreachable("connection", f"the request could not be sent ({type(error).__name__})")
+        try:
             response = connection.getresponse()
             answer = HttpAnswer(response.status, response.read())
         except TimeoutError:
             self._discard()
-            raise GatewayUnreachable("timeout", f"no answer within {self.read_timeout:g} s")
+            raise GatewayUnreachable("timeout", f"no whole answer within {self.total_timeout:g} s", reached=True)
         except (OSError, http.client.HTTPException) as error:
             self._discard()
-            raise GatewayUnreachable("connection", f"cannot be reached ({type(error).__name__})")
+            raise GatewayUnreachable("connection", f"the connection broke before the answer ({type(error).__name__})",
+                                     reached=True)
         if response.will_close:
             self._discard()
         return answer
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self, deadline: float) -> http.client.HTTPConnection:
         """This thread's open connection, or a new one; never one the gateway has closed."""
         connection = getattr(self._local, "connection", None)
         if connection is not None and (self._local.pid != os.getpid() or _closed_by_peer(connection)):
             self._discard()
             connection = None
         if connection is None:
-            connection = self._local.connection = self._open()
+            connection = self._local.connection = self._open(deadline)
             self._local.pid = os.getpid()
         return connection
 
-    def _open(self) -> http.client.HTTPConnection:
+    def _open(self, deadline: float) -> http.client.HTTPConnection:
         host, port = (self.proxy.hostname, self.proxy.port or 3128) if self.proxy else (self.host, self.port)
+        timeout = max(min(self.connect_timeout, deadline - time.monotonic()), 0.001)
         if self.secure:
-            connection = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout, context=self._tls)
+            connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
             if self.proxy:
                 connection.set_tunnel(self.host, self.port)
         else:
-            connection = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+            connection = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
             connection.connect()
         except TimeoutError:
-            raise GatewayUnreachable("connection", f"no connection within {self.connect_timeout:g} s")
+            raise GatewayUnreachable("connection", f"no connection within {timeout:g} s")
         except OSError as error:
             raise GatewayUnreachable("connection", f"cannot be reached ({type(error).__name__})")
         connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection.sock.settimeout(self.read_timeout)
         return connection
 
     def _discard(self) -> None:

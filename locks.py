@@ -1,4 +1,6 @@
-"""Coordination between the processes of one machine: an exclusive file lock and a shared rate limit."""
+"""Coordination between the processes of one machine: an exclusive file lock, a shared rate limit
+and shared concurrency slots. Each wait can be bounded by a deadline (`time.monotonic()`); past
+it the caller gets WouldWait instead of waiting on."""
 from __future__ import annotations
 
 import fcntl
@@ -10,21 +12,42 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+POLL_START, POLL_MAX = 0.0005, 0.01  # a bounded lock wait polls, doubling its sleep up to this
+
+
+class WouldWait(Exception):
+    """Going on would mean waiting past the caller's deadline."""
+
 
 class FileLock:
     """An exclusive flock on `path`, held for the duration of a `with` block.
 
     The file is opened on every entry, so a lock is never shared by accident with a
-    process forked while it was open (flock locks belong to the open file).
+    process forked while it was open (flock locks belong to the open file). Without a
+    deadline the kernel queues the waiters; with one, the lock is polled until the deadline.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, deadline: float | None = None):
         self.path = path
+        self.deadline = deadline
 
     def __enter__(self) -> int:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self._fd
+        if self.deadline is None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            return self._fd
+        pause = POLL_START
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self._fd
+            except BlockingIOError:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    os.close(self._fd)
+                    raise WouldWait(f"{self.path.name} stayed locked")
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, POLL_MAX)
 
     def __exit__(self, *exc_info: object) -> None:
         os.close(self._fd)
@@ -45,7 +68,8 @@ class SharedRateLimiter:
         self.path = path
         self.interval = 1.0 / rate_per_sec
 
-    def wait(self) -> None:
+    def wait(self, deadline: float | None = None) -> None:
+        """Take the next slot and sleep until it; WouldWait, taking nothing, if it is past `deadline`."""
         with FileLock(self.path) as fd:
             stored = os.pread(fd, self._SLOT.size, 0)
             next_free = self._SLOT.unpack(stored)[0] if len(stored) == self._SLOT.size else 0.0
@@ -53,6 +77,8 @@ class SharedRateLimiter:
             if next_free > now + self.MAX_QUEUE_SECONDS:
                 next_free = now  # the wall clock stepped back: start afresh
             slot = max(now, next_free)
+            if deadline is not None and slot - now > deadline - time.monotonic():
+                raise WouldWait(f"the next free slot is {slot - now:.1f} s away")
             os.pwrite(fd, self._SLOT.pack(slot + self.interval), 0)
         if slot > now:
             time.sleep(slot - now)
@@ -65,7 +91,8 @@ class SharedSlots:
         self.paths = [path.with_name(f"{path.name}.{index}") for index in range(count)]
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self, deadline: float | None = None) -> Iterator[None]:
+        """Hold a free slot for the `with` block; WouldWait if none frees up before `deadline`."""
         while True:
             start = random.randrange(len(self.paths))  # spread holders over the slots
             for path in self.paths[start:] + self.paths[:start]:
@@ -80,4 +107,6 @@ class SharedSlots:
                 finally:
                     os.close(fd)
                 return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WouldWait(f"all {len(self.paths)} slots stayed taken")
             time.sleep(0.002)

@@ -11,7 +11,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 
-from locks import SharedRateLimiter
+from locks import SharedRateLimiter, WouldWait
 from logs import masking_filter
 from token_store import Token, TokenStore, parse_expires_at
 
@@ -75,9 +75,10 @@ class MoyKlassClient:
         self._session = session
         self.tokens = TokenStore(token_store_path, self._fetch_token)
 
-    def get_user(self, user_id: int) -> dict[str, Any]:
-        """The MoyKlass User object; UserNotFound on 404."""
-        response = self._call_with_token("GET", f"/company/users/{user_id}")
+    def get_user(self, user_id: int, give_up_at: float | None = None) -> dict[str, Any]:
+        """The MoyKlass User object; UserNotFound on 404. With `give_up_at` (monotonic), a wait
+        for the rate limit or a retry that would end past it raises WouldWait instead."""
+        response = self._call_with_token("GET", f"/company/users/{user_id}", give_up_at=give_up_at)
         if response.status_code == 404:
             raise UserNotFound(f"MoyKlass has no user {user_id}")
         return self._json(response)
@@ -89,14 +90,15 @@ class MoyKlassClient:
             params["clientStateId"] = ",".join(map(str, client_state_ids))
         return self._json(self._call_with_token("GET", "/company/users", params=params))
 
-    def _call_with_token(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _call_with_token(self, method: str, path: str, give_up_at: float | None = None,
+                         **kwargs: Any) -> requests.Response:
         token = self.tokens.get()
-        response = self._send(method, path, headers={"x-access-token": token.value}, **kwargs)
+        response = self._send(method, path, give_up_at, headers={"x-access-token": token.value}, **kwargs)
         if response.status_code == 401:
             log.warning("MoyKlass rejected the access token; fetching a new one and retrying once")
             self.tokens.invalidate(token)
             token = self.tokens.get()
-            response = self._send(method, path, headers={"x-access-token": token.value}, **kwargs)
+            response = self._send(method, path, give_up_at, headers={"x-access-token": token.value}, **kwargs)
             if response.status_code == 401:
                 raise MoyKlassError(f"MoyKlass rejected a fresh access token ({_error_text(response)})")
         return response
@@ -125,12 +127,13 @@ class MoyKlassClient:
             raise MoyKlassUnavailable("MoyKlass answered with JSON that is not an object")
         return data
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """One call, retried on connection errors, 429 and 5xx only, within MoyKlass' rate limit."""
+    def _send(self, method: str, path: str, give_up_at: float | None = None, **kwargs: Any) -> requests.Response:
+        """One call, retried on connection errors, 429 and 5xx only, within MoyKlass' rate limit;
+        no wait (for the limit or before a retry) lasts past `give_up_at`."""
         url = self.base_url + path
         attempt = 1
         while True:
-            self._limiter.wait()
+            self._limiter.wait(give_up_at)
             try:
                 response = self._session.request(method, url, timeout=self._timeout, **kwargs)
             except requests.ConnectionError as error:
@@ -145,6 +148,8 @@ class MoyKlassClient:
                 delay = _retry_after(response) or BACKOFF_SECONDS * 2 ** (attempt - 1)
             if attempt == ATTEMPTS:
                 raise MoyKlassUnavailable(failure)
+            if give_up_at is not None and time.monotonic() + delay > give_up_at:
+                raise WouldWait(f"{failure}; the next try is {delay:.2f} s away")
             log.warning("MoyKlass %s %s failed (attempt %d of %d); retrying in %.2f s",
                         method, path, attempt, ATTEMPTS, delay)
             time.sleep(delay)

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 class Outcome(enum.Enum):
     SENT = "sent"  # the gateway accepted the message
     REJECTED = "rejected"  # permanent: sending it again cannot help (invalid phone, bad text)
-    TRANSIENT = "transient"  # try again later (timeout, 5xx, gateway busy)
+    TRANSIENT = "transient"  # try again later (no connection, 5xx, gateway busy): it was not taken
+    UNKNOWN = "unknown"  # the request reached the gateway but no verdict came back: it may have been taken
     AUTH = "auth"  # the gateway refused our credentials or sender: nothing will go out
 
 
@@ -122,7 +123,8 @@ class OneClickProvider(Provider):
         try:
             response = self._http.post_json(self._http.path, body, self._headers)
         except GatewayUnreachable as error:
-            return SendResult(Outcome.TRANSIENT, code=error.code, message=f"OneClick {error}")
+            outcome = Outcome.UNKNOWN if error.reached else Outcome.TRANSIENT
+            return SendResult(outcome, code=error.code, message=f"OneClick: {error}")
         return self._verdict(response)
 
     def delivery_report(self, reference: str) -> DeliveryReport:

@@ -2,13 +2,16 @@
 
 Statuses: QUEUED -> SENDING -> SENT -> DELIVERED | UNDELIVERED, and FAILED (permanent error
 or attempts used up), EXPIRED (deadline passed before sending), CANCELED (cancelled before
-sending). Every status change goes through this module and is checked against TRANSITIONS
-inside the UPDATE itself, so no code path can move a message backwards: DELIVERED, EXPIRED
-and CANCELED are final, and FAILED / UNDELIVERED leave only by an operator's retry.
+sending). Every status change is an UPDATE in this module whose WHERE allows only the
+statuses TRANSITIONS lists for the new one, so no code path can move a message backwards:
+DELIVERED, EXPIRED and CANCELED are final, and FAILED / UNDELIVERED leave only by an
+operator's retry.
 
 A message being sent holds a lease (owner, until). Claiming happens in one write
 transaction, so any number of workers on one database never hold the same message; a
-lease left by a dead worker is taken over once it expires.
+lease left by a dead worker is taken over once it expires. Its holder renews the lease while
+it works on the message, and a send starts only while the lease outlives the send's deadline
+(see `lease_state`), so a lease never expires under a send that is still running.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from locks import FileLock
+from locks import FileLock, WouldWait
 
 QUEUED, SENDING, SENT = "QUEUED", "SENDING", "SENT"
 DELIVERED, UNDELIVERED = "DELIVERED", "UNDELIVERED"
@@ -41,7 +44,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     UNDELIVERED: frozenset({SENT}),
     FAILED: frozenset({QUEUED, SENDING, SENT}),  # SENT: the delivery report says it failed
     EXPIRED: frozenset({QUEUED, SENDING}),
-    CANCELED: frozenset({QUEUED}),
+    CANCELED: frozenset({QUEUED, SENDING}),  # SENDING: its worker learns it before the send (lease_state)
 }
 
 MIGRATIONS = [
@@ -142,6 +145,7 @@ MIGRATIONS = [
     lambda db: _rebuild_with_autoincrement(db, ("messages", "clients", "mailings", "api_keys")),
     """
     ALTER TABLE messages ADD COLUMN unknown_outcomes INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_unknown ON messages (id) WHERE unknown_outcomes > 0;
     CREATE TABLE ignored_webhooks (
         event TEXT PRIMARY KEY,
         count INTEGER NOT NULL,
@@ -194,6 +198,16 @@ class Change:
     status: str
     fields: dict[str, Any] = field(default_factory=dict)
     count_attempt: bool = False
+    unknown_outcome: bool = False  # the send reached the gateway but no verdict came back
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """What a lease holder must know just before it sends."""
+
+    ours: bool  # still SENDING under our lease: nobody took it over, it was not cancelled
+    canceled: bool  # its mailing was cancelled: it must not be sent
+    seconds_left: float  # until the lease expires
 
 
 @dataclass(frozen=True)
@@ -221,6 +235,8 @@ class Store:
         self.timeout = timeout
         self._write_lock_path = path.with_name(path.name + ".writelock")
         self._local = threading.local()
+        self._writers = threading.Lock()
+        self._writers_pid = os.getpid()
 
     def initialize(self) -> None:
         """Apply the migrations this database has not had yet, each in its own transaction."""
@@ -257,18 +273,41 @@ class Store:
             self._local.db, self._local.pid = db, os.getpid()
         return db
 
+    def _thread_lock(self) -> threading.Lock:
+        if self._writers_pid != os.getpid():  # a forked child must not inherit a held lock
+            self._writers, self._writers_pid = threading.Lock(), os.getpid()
+        return self._writers
+
+    @contextmanager
+    def _write_turn(self) -> Iterator[float]:
+        """This thread's turn to write; yields the deadline (monotonic) of the whole wait.
+
+        The threads of a process queue on a lock, which wakes the next one the moment it is
+        free, where SQLite's busy handler would poll with sleeps of up to 100 ms (at 32
+        threads that alone cut throughput fivefold); processes then take a file lock. Both
+        waits, and SQLite's own, end DATABASE_TIMEOUT after the request for the turn.
+        """
+        deadline = time.monotonic() + self.timeout
+        writers = self._thread_lock()
+        if not writers.acquire(timeout=self.timeout):
+            raise DatabaseUnavailable(f"no turn to write within {self.timeout:g} s (DATABASE_TIMEOUT)")
+        try:
+            with FileLock(self._write_lock_path, deadline):
+                yield deadline
+        except WouldWait:
+            raise DatabaseUnavailable(f"no turn to write within {self.timeout:g} s (DATABASE_TIMEOUT)")
+        finally:
+            writers.release()
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction, atomic for check-then-insert (BEGIN IMMEDIATE).
-
-        Writers first queue on a file lock: the kernel wakes the next one the moment the
-        lock is free, where SQLite's own busy handler would poll with sleeps of up to 100 ms
-        (at 32 threads that alone cut throughput fivefold). Any SQLite failure (locked by
-        another program, disk full, read-only) is DatabaseUnavailable, after a rollback.
-        """
+        """A write transaction, atomic for check-then-insert (BEGIN IMMEDIATE), that waits for
+        the database at most DATABASE_TIMEOUT in all. Any SQLite failure (locked by another
+        program, disk full, read-only) is DatabaseUnavailable, after a rollback."""
         db = self.connection()
-        with FileLock(self._write_lock_path):
+        with self._write_turn() as deadline:
             try:
+                db.execute(f"PRAGMA busy_timeout = {max(int((deadline - time.monotonic()) * 1000), 0)}")
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as error:
                 raise DatabaseUnavailable(str(error)) from error
@@ -332,25 +371,46 @@ class Store:
 
     def claim(self, owner: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
         """Lease up to `limit` due messages to `owner`: QUEUED ones whose time has come, and
-        SENDING ones whose lease expired (their worker died: they may have reached the gateway)."""
+        SENDING ones whose lease expired (their worker died: they may have reached the gateway).
+
+        Returns the rows the UPDATE changed, as they are after it: under a database with
+        several writers a row picked by the subquery may be gone by the time it is updated.
+        """
         now = time.time()
+        allowed = sorted(TRANSITIONS[SENDING])
         with self.transaction() as db:
             rows = db.execute(
-                "SELECT * FROM messages WHERE status = ? AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at LIMIT ?", (QUEUED, now, limit)).fetchall()
+                f"UPDATE messages SET status = ?, lease_owner = ?, lease_until = ?, updated_at = ?"
+                f" WHERE id IN (SELECT id FROM messages WHERE status = ? AND next_attempt_at <= ?"
+                f" ORDER BY next_attempt_at LIMIT ?) AND status IN ({_placeholders(allowed)}) RETURNING *",
+                (SENDING, owner, now + lease_seconds, now, QUEUED, now, limit, *allowed)).fetchall()
             if len(rows) < limit:
                 rows += db.execute(
-                    "SELECT * FROM messages WHERE status = ? AND lease_until < ? LIMIT ?",
-                    (SENDING, now, limit - len(rows))).fetchall()
-            if not rows:
-                return []
-            ids = [row["id"] for row in rows]
-            allowed = TRANSITIONS[SENDING]
-            db.execute(
-                f"UPDATE messages SET status = ?, lease_owner = ?, lease_until = ?, updated_at = ?"
-                f" WHERE id IN ({_placeholders(ids)}) AND status IN ({_placeholders(allowed)})",
-                (SENDING, owner, now + lease_seconds, now, *ids, *sorted(allowed)))
-        return [dict(row) | {"status": SENDING, "lease_owner": owner} for row in rows]
+                    "UPDATE messages SET lease_owner = ?, lease_until = ?, updated_at = ?"
+                    " WHERE id IN (SELECT id FROM messages WHERE status = ? AND lease_until < ? LIMIT ?)"
+                    " AND status = ? AND lease_until < ? RETURNING *",
+                    (owner, now + lease_seconds, now, SENDING, now, limit - len(rows), SENDING, now)).fetchall()
+        return [dict(row) for row in rows]
+
+    def renew_leases(self, owner: str, message_ids: Iterable[int], lease_seconds: float) -> int:
+        """Push back the leases `owner` still holds on these messages; the count renewed."""
+        ids = list(message_ids)
+        if not ids:
+            return 0
+        with self.transaction() as db:
+            return db.execute(
+                f"UPDATE messages SET lease_until = ? WHERE status = ? AND lease_owner = ?"
+                f" AND id IN ({_placeholders(ids)})", (time.time() + lease_seconds, SENDING, owner, *ids)).rowcount
+
+    def lease_state(self, message_id: int, owner: str) -> LeaseState:
+        """Whether `owner` may still send this message, read just before the send (no write)."""
+        row = self.connection().execute(
+            "SELECT m.status, m.lease_owner, m.lease_until, g.state FROM messages m"
+            " LEFT JOIN mailings g ON g.id = m.mailing_id WHERE m.id = ?", (message_id,)).fetchone()
+        if row is None:
+            return LeaseState(False, False, 0.0)
+        ours = row["status"] == SENDING and row["lease_owner"] == owner
+        return LeaseState(ours, row["state"] == "canceled", (row["lease_until"] or 0.0) - time.time())
 
     def transition(self, message_id: int, status: str, owner: str | None = None,
                    count_attempt: bool = False, **fields: Any) -> None:
@@ -388,6 +448,8 @@ class Store:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         if change.count_attempt:
             assignments += ", attempts = attempts + 1"
+        if change.unknown_outcome:
+            assignments += ", unknown_outcomes = unknown_outcomes + 1"
         condition = f"status IN ({_placeholders(allowed)})"
         params = [status, *fields.values(), change.message_id, *sorted(allowed)]
         if owner is not None:
@@ -405,18 +467,17 @@ class Store:
                 f" WHERE status = ? AND lease_owner = ? AND id IN ({_placeholders(message_ids)})",
                 (QUEUED, time.time(), SENDING, owner, *message_ids)).rowcount
 
-    def claim_reports(self, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
-        """SENT messages whose delivery report is due; pushed back by a lease so one worker polls each."""
+    def claim_reports(self, provider: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+        """SENT messages of `provider` whose delivery report is due; pushed back by a lease so one
+        worker polls each. Reports not final by their `report_until` are no longer asked for."""
         now = time.time()
         with self.transaction() as db:
-            rows = db.execute(
-                "SELECT * FROM messages WHERE report_next_at <= ? AND status = ?"
-                " ORDER BY report_next_at LIMIT ?", (now, SENT, limit)).fetchall()
-            if rows:
-                ids = [row["id"] for row in rows]
-                db.execute(f"UPDATE messages SET report_next_at = ? WHERE id IN ({_placeholders(ids)})",
-                           (now + lease_seconds, *ids))
-        return [dict(row) for row in rows]
+            db.execute("UPDATE messages SET report_next_at = NULL WHERE report_next_at <= ? AND status = ?"
+                       " AND report_until < ?", (now, SENT, now))
+            return [dict(row) for row in db.execute(
+                "UPDATE messages SET report_next_at = ? WHERE id IN (SELECT id FROM messages"
+                " WHERE report_next_at <= ? AND status = ? AND provider = ? ORDER BY report_next_at LIMIT ?)"
+                " RETURNING *", (now + lease_seconds, now, SENT, provider, limit))]
 
     def schedule_report(self, message_id: int, next_at: float | None, report_text: str | None) -> None:
         """Poll the report of a SENT message again at `next_at` (None: stop polling, leave it SENT)."""
@@ -483,15 +544,15 @@ class Store:
         return len(batch)
 
     def cancel_mailing(self, mailing_id: int) -> int:
-        """The mailing will not start, or its QUEUED messages become CANCELED; sends in flight finish."""
+        """The mailing will not start, or its QUEUED messages become CANCELED at once. Messages a
+        worker has leased (SENDING) become CANCELED by that worker, which reads the mailing's state
+        just before each send (`lease_state`): only sends already on the wire finish."""
         now = time.time()
-        allowed = sorted(TRANSITIONS[CANCELED])
         with self.transaction() as db:
             db.execute("UPDATE mailings SET state = 'canceled', updated_at = ? WHERE id = ?", (now, mailing_id))
             return db.execute(
-                f"UPDATE messages SET status = ?, done_at = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL"
-                f" WHERE mailing_id = ? AND status IN ({_placeholders(allowed)})",
-                (CANCELED, now, now, mailing_id, *allowed)).rowcount
+                "UPDATE messages SET status = ?, done_at = ?, updated_at = ? WHERE mailing_id = ? AND status = ?",
+                (CANCELED, now, now, mailing_id, QUEUED)).rowcount
 
     def counts(self) -> dict[str, int]:
         rows = self.connection().execute("SELECT status, count(*) FROM messages GROUP BY status")
@@ -525,7 +586,18 @@ class Store:
             (provider,)).fetchone()
         return ProviderPause(*row) if row else None
 
+    def unknown_outcomes(self) -> tuple[int, int]:
+        """(messages, sends) whose send reached the gateway without a verdict coming back."""
+        count, sends = self.connection().execute(
+            "SELECT count(*), coalesce(sum(unknown_outcomes), 0) FROM messages WHERE unknown_outcomes > 0").fetchone()
+        return count, sends
+
     def check(self) -> None:
-        """Raise if the database cannot be read and written."""
-        with self.transaction() as db:
-            db.execute("SELECT count(*) FROM messages WHERE id = -1").fetchone()
+        """Raise if the database cannot be read, or its file written. It takes no write turn, so a
+        burst of writers cannot slow down the health check."""
+        try:
+            self.connection().execute("SELECT count(*) FROM messages WHERE id = -1").fetchone()
+        except sqlite3.Error as error:
+            raise DatabaseUnavailable(str(error)) from error
+        if not os.access(self.path, os.W_OK):
+            raise DatabaseUnavailable(f"{self.path} is not writable")

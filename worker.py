@@ -44,27 +44,33 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Work until `stop` is set; then release what has not started and let sends in flight finish.
 
-        Sender threads only talk to the gateway; this thread alone claims and writes, the
-        results of all sends that finished together in one transaction.
+        Sender threads talk to MoyKlass and the gateway, read a message's lease just before
+        sending it, and write only a provider pause (bad credentials). This thread claims,
+        renews the leases of every message in flight, and writes the results of all sends that
+        finished, together in one transaction.
         """
         log.info("Worker %s started: %d at a time, leases of %.0f s",
                  self.owner, self.concurrency, self.lease_seconds)
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="send")
         in_flight: dict[Future, int | None] = {}  # message id, or None for a report poll
-        next_schedule = 0.0
+        next_schedule = next_renewal = 0.0
         try:
             while not stop.is_set():
                 try:
                     if time.monotonic() >= next_schedule:
                         self._schedule(time.time())
                         next_schedule = time.monotonic() + SCHEDULE_SECONDS
+                    if time.monotonic() >= next_renewal:
+                        self.store.renew_leases(self.owner, filter(None, in_flight.values()), self.lease_seconds)
+                        next_renewal = time.monotonic() + self.lease_seconds / 4
                     self._write_results()
                     room = CLAIM_AHEAD * self.concurrency - len(in_flight)
                     if room >= self.concurrency and not self._unwritten:
                         for message in self.store.claim(self.owner, room, self.lease_seconds):
-                            in_flight[pool.submit(self.dispatcher.attempt, message)] = message["id"]
+                            in_flight[pool.submit(self.dispatcher.attempt, message, self.owner)] = message["id"]
                         if len(in_flight) < self.concurrency:
-                            for message in self.store.claim_reports(REPORT_BATCH, self.lease_seconds):
+                            for message in self.store.claim_reports(self.dispatcher.provider.name, REPORT_BATCH,
+                                                                    self.lease_seconds):
                                 in_flight[pool.submit(self._poll_report, message)] = None
                     if in_flight:
                         done, _ = wait(in_flight, timeout=IDLE_POLL_SECONDS, return_when=FIRST_COMPLETED)
@@ -99,7 +105,9 @@ class Worker:
             if message_id is None:
                 continue
             try:
-                self._unwritten.append(future.result().change)
+                change = future.result().change
+                if change is not None:
+                    self._unwritten.append(change)
             except Exception:
                 # The lease expires and the message is tried again; the error must not stop the worker.
                 log.exception("Unexpected error on message %d", message_id)

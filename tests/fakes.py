@@ -63,7 +63,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
         for name, value in fake.extra_headers(status).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if fake.trickle_seconds:  # a byte at a time, each well inside any per-read timeout
+            for byte in data:
+                time.sleep(fake.trickle_seconds)
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+        else:
+            self.wfile.write(data)
 
     do_GET = do_POST = _handle
 
@@ -74,6 +80,7 @@ class FakeService:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.latency = 0.0
+        self.trickle_seconds = 0.0  # pause before each byte of an answer's body
         self.connections = 0
         self.open_sockets: set[socket.socket] = set()
         self._server: _Server | None = None

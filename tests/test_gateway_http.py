@@ -42,8 +42,23 @@ def test_a_slow_gateway_is_a_timeout_and_a_missing_one_cannot_be_reached(oneclic
     gateway = GatewayHttp(oneclick.send_url, (3, 0.2))
     with pytest.raises(GatewayUnreachable) as slow:
         gateway.post_json(gateway.path, BODY, HEADERS)
-    assert slow.value.code == "timeout" and str(slow.value) == "no answer within 0.2 s"
+    assert slow.value.code == "timeout" and str(slow.value) == "no whole answer within 0.2 s"
+    assert slow.value.reached  # the request was sent: the gateway may have taken it
     oneclick.stop()
     with pytest.raises(GatewayUnreachable) as gone:
         gateway.post_json(gateway.path, BODY, HEADERS)
     assert gone.value.code == "connection" and "ConnectionRefusedError" in str(gone.value)
+    assert not gone.value.reached
+
+
+def test_an_answer_trickled_byte_by_byte_ends_at_the_whole_request_deadline(oneclick):
+    """Each byte comes well inside any per-read timeout; the whole answer would take ~2.5 s."""
+    oneclick.trickle_seconds = 0.025
+    gateway = GatewayHttp(oneclick.send_url, (3, 0.5))
+    started = time.monotonic()
+    with pytest.raises(GatewayUnreachable) as trickled:
+        gateway.post_json(gateway.path, BODY, HEADERS)
+    took = time.monotonic() - started
+    assert trickled.value.code == "timeout" and trickled.value.reached
+    assert 0.5 <= took < 0.9
+    assert len(oneclick.messages) == 1  # it was taken: exactly the case the outbox counts as unknown

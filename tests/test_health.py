@@ -8,7 +8,8 @@ def test_health_is_ok_with_its_checks(client):
     response = client.get("/health")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "provider": "oneclick",
-                                   "checks": {"database": "ok", "data_dir": "ok", "provider": "ok"}}
+                                   "checks": {"database": "ok", "data_dir": "ok", "provider": "ok"},
+                                   "details": {"unknown_outcome_messages": 0, "unknown_outcome_sends": 0}}
 
 
 def test_health_is_503_naming_the_failing_check(app, client, settings):
