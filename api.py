@@ -23,7 +23,7 @@ from werkzeug.formparser import FormDataParser
 import api_keys
 import clients
 import mailings
-from clients import Conflict, field_path
+from clients import Conflict, NotText, field_path
 from errors import ApiError, read_body
 from mailings import MailingConflict
 from schemas import (
@@ -106,15 +106,18 @@ def endpoint(method: str, path: str, *, summary: str, scope: str, responses: dic
 
 
 def _authorize(scope: str) -> None:
+    """Only a request that will be served counts against the key's daily quota: 401 and 403 do not."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer ") or not header[7:].strip():
         raise ApiError(401, "send an API key as Authorization: Bearer <key> (create one: sms_bulk_app.py keys create)",
                        headers={"WWW-Authenticate": "Bearer"})
-    key, retry_after = api_keys.authenticate(_services().store, header[7:].strip())
+    store = _services().store
+    key = api_keys.find(store, header[7:].strip())
     if key is None:
         raise ApiError(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     if scope not in key.scopes:
         raise ApiError(403, f"this key lacks the scope {scope!r}")
+    retry_after = api_keys.count_request(store, key.id)
     if retry_after is not None:
         raise ApiError(429, "this key's daily quota is used up", headers={"Retry-After": str(int(retry_after))})
 
@@ -127,9 +130,16 @@ def _json_body() -> Any:
         raise ApiError(400, str(error))
 
 
+def _validation_context() -> dict[str, Any]:
+    """What the schemas check against: the region of numbers without a country code, and the
+    provider's longest text (in SMS parts)."""
+    services = _services()
+    return {"region": services.config.default_region, "max_segments": services.dispatcher.provider.max_segments}
+
+
 def _validated(model: type[BaseModel], data: Any) -> BaseModel:
     try:
-        return model.model_validate(data, context={"region": _services().config.default_region})
+        return model.model_validate(data, context=_validation_context())
     except ValidationError as error:
         raise ApiError(400, "invalid request", errors=_errors(error))
 
@@ -203,13 +213,12 @@ def import_clients():
         if "file" not in files:
             raise ApiError(400, "a multipart upload needs the CSV in the field `file`")
         raw = files["file"].read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ApiError(400, "the CSV is not UTF-8 text")
     config = _services().config
-    return _answer(ImportReport, clients.import_csv(_services().store, text, config.default_timezone,
-                                                    config.default_region))
+    try:
+        report = clients.import_csv(_services().store, raw, config.default_timezone, config.default_region)
+    except NotText as error:
+        raise ApiError(400, str(error))
+    return _answer(ImportReport, report)
 
 
 # --- mailings ---
@@ -242,7 +251,7 @@ def get_mailing(mailing_id: int):
 def update_mailing(mailing_id: int, body: MailingUpdate):
     changes = body.model_dump(exclude_unset=True, by_alias=True)
     try:
-        changed = mailings.update(_services().store, mailing_id, changes)
+        changed = mailings.update(_services().store, mailing_id, changes, _validation_context())
     except MailingConflict as error:
         raise ApiError(409, str(error))
     except ValidationError as error:

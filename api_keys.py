@@ -47,22 +47,29 @@ def revoke(store: Store, key_id: int) -> bool:
                           (time.time(), key_id)).rowcount == 1
 
 
-def authenticate(store: Store, key: str) -> tuple[ApiKey | None, float | None]:
-    """The key's owner and, when its daily quota is used up, the seconds until it renews.
+def find(store: Store, key: str) -> ApiKey | None:
+    """The active key with this value; nothing is counted (see `count_request`)."""
+    row = store.connection().execute("SELECT id, name, scopes FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                                     (_digest(key),)).fetchone()
+    return ApiKey(row["id"], row["name"], frozenset(row["scopes"].split())) if row else None
 
-    Each call counts one request against the quota of the key's UTC day.
+
+def count_request(store: Store, key_id: int) -> float | None:
+    """Count one served request against the key's quota for its UTC day: None when it is
+    counted, else the seconds until the quota renews.
+
+    One UPDATE that increments only while under the quota, so processes counting at the same
+    time cannot both take the last request.
     """
     now = datetime.now(UTC)
     today = now.date().isoformat()
     with store.transaction() as db:
-        row = db.execute("SELECT id, name, scopes, daily_quota, quota_day, quota_used FROM api_keys"
-                         " WHERE key_hash = ? AND revoked_at IS NULL", (_digest(key),)).fetchone()
-        if row is None:
-            return None, None
-        used = row["quota_used"] if row["quota_day"] == today else 0
-        api_key = ApiKey(row["id"], row["name"], frozenset(row["scopes"].split()))
-        if row["daily_quota"] is not None and used >= row["daily_quota"]:
-            midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
-            return api_key, max(1.0, (midnight - now).total_seconds())
-        db.execute("UPDATE api_keys SET quota_day = ?, quota_used = ? WHERE id = ?", (today, used + 1, row["id"]))
-    return api_key, None
+        counted = db.execute(
+            "UPDATE api_keys SET quota_used = CASE WHEN quota_day = :today THEN quota_used + 1 ELSE 1 END,"
+            " quota_day = :today WHERE id = :id AND (daily_quota IS NULL"
+            " OR CASE WHEN quota_day = :today THEN quota_used ELSE 0 END < daily_quota)",
+            {"today": today, "id": key_id}).rowcount
+    if counted:
+        return None
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    return max(1.0, (midnight - now).total_seconds())

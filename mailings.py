@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator, Mapping
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,7 +22,9 @@ from schemas import MAILING_FIELDS, STATUS_NAMES, MailingCreate
 from store import QUEUED, SENDING, Store
 from texts import Template
 
-SCHEDULED, STARTED, CANCELED_STATE = "scheduled", "started", "canceled"
+SCHEDULED, STARTED, FINISHED, CANCELED_STATE = "scheduled", "started", "finished", "canceled"
+
+log = logging.getLogger(__name__)
 
 
 class MailingConflict(Exception):
@@ -31,7 +34,10 @@ class MailingConflict(Exception):
 def next_opening(now: float, timezone: str, window: tuple[str, str] | None) -> float:
     """The first moment at or after `now` inside the local-time `window` of `timezone`.
 
-    A window whose end is before its start wraps midnight (22:00-06:00).
+    A window whose end is before its start wraps midnight (22:00-06:00). On the nights clocks
+    change, a start the clocks skip (02:30 when 02:00 jumps to 03:00) opens at the jump, the
+    first instant whose local time is past it; a start the clocks show twice (02:30 when 03:00
+    falls back to 02:00) opens at its first showing, or at its second once the first has passed.
     """
     if not window:
         return now
@@ -43,7 +49,29 @@ def next_opening(now: float, timezone: str, window: tuple[str, str] | None) -> f
     if inside:
         return now
     day = local.date() if moment < start else local.date() + timedelta(days=1)
-    return datetime.combine(day, start, tzinfo=zone).timestamp()
+    return _showing(day, start, zone, now)
+
+
+def _showing(day: date, start: clock_time, zone: ZoneInfo, now: float) -> float:
+    """The first instant at or after `now` on `day` whose local time is `start`; when the
+    clocks skip `start`, the jump over it."""
+    wall = datetime.combine(day, start, tzinfo=zone)
+    first, second = wall.timestamp(), wall.replace(fold=1).timestamp()  # read with the offset before / after
+    if second < first:  # skipped: read with the offset after the jump, it falls before it
+        return _offset_change(second, first, zone)
+    return first if first >= now else second
+
+
+def _offset_change(low: float, high: float, zone: ZoneInfo) -> float:
+    """The instant in (low, high] at which `zone` takes the UTC offset it has at `high`."""
+    offset = datetime.fromtimestamp(high, zone).utcoffset()
+    while high - low > 1:
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, zone).utcoffset() == offset:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
@@ -79,8 +107,10 @@ def list_all(store: Store) -> list[dict[str, Any]]:
     return [_public(dict(row)) for row in store.connection().execute("SELECT * FROM mailings ORDER BY id")]
 
 
-def update(store: Store, mailing_id: int, changes: dict[str, Any]) -> dict[str, Any] | None:
-    """Change a mailing that has not started; the whole result is validated again."""
+def update(store: Store, mailing_id: int, changes: dict[str, Any], context: Mapping[str, Any]
+           ) -> dict[str, Any] | None:
+    """Change a mailing that has not started; the whole result is validated again, with the
+    validation `context` the API uses (region, max_segments)."""
     current = get(store, mailing_id)
     if current is None:
         return None
@@ -89,7 +119,7 @@ def update(store: Store, mailing_id: int, changes: dict[str, Any]) -> dict[str, 
     merged = {key: current[key] for key in ("start_at", "end_at", "text", "filter", "window")} | changes
     if merged["window"] is None:
         merged.pop("window")
-    mailing = MailingCreate.model_validate(merged)
+    mailing = MailingCreate.model_validate(merged, context=context)
     window = mailing.window
     with store.transaction() as db:
         changed = db.execute(
@@ -123,10 +153,18 @@ def cancel(store: Store, mailing_id: int) -> dict[str, Any] | None:
 
 
 def retry_failed(store: Store, mailing_id: int, now: float) -> int:
+    """Queue the mailing's FAILED and UNDELIVERED messages again, before its end_at; a finished
+    mailing given messages to send is started again."""
     row = store.connection().execute("SELECT end_at, state FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
-    if row["state"] != STARTED or row["end_at"] <= now:
+    if row["state"] not in (STARTED, FINISHED) or row["end_at"] <= now:
         raise MailingConflict(f"mailing {mailing_id} is not running: nothing can be sent for it any more")
-    return store.retry_failed(deadline=row["end_at"], mailing_id=mailing_id)
+    queued = store.retry_failed(deadline=row["end_at"], mailing_id=mailing_id)
+    if queued and row["state"] == FINISHED:
+        # After the messages are queued: finish_done cannot finish it again in between.
+        with store.transaction() as db:
+            db.execute("UPDATE mailings SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
+                       (STARTED, now, mailing_id, FINISHED))
+    return queued
 
 
 # --- the scheduler (run by the worker) ---
@@ -136,6 +174,15 @@ def start_due(store: Store, now: float) -> list[tuple[int, int]]:
     due = store.connection().execute(
         "SELECT * FROM mailings WHERE state = ? AND start_at <= ? ORDER BY start_at", (SCHEDULED, now)).fetchall()
     return [(row["id"], store.start_mailing(row["id"], now, _messages(store, dict(row), now))) for row in due]
+
+
+def finish_done(store: Store, now: float) -> list[int]:
+    """Finish every started mailing with no message left QUEUED or SENDING (one that matched no
+    client at once); the worker's scheduler runs this each second. The ids finished."""
+    finished = store.finish_mailings(now)
+    for mailing_id in finished:
+        log.info("Mailing %d finished: none of its messages is left to send", mailing_id)
+    return finished
 
 
 def _messages(store: Store, mailing: dict[str, Any], now: float) -> Iterator[dict[str, Any]]:
@@ -189,7 +236,8 @@ def _stats(mailing_id: int, state: str, found: dict[str, int], sent: tuple) -> d
     total = sum(counts.values())
     waiting = counts[QUEUED] + counts[SENDING]
     return {"id": mailing_id, "state": state, "total": total, "counts": counts,
-            "progress": round((total - waiting) / total, 4) if total else 0.0, "segments": sent[0],
+            "progress": round((total - waiting) / total, 4) if total else float(state == FINISHED),
+            "segments": sent[0],
             "first_sent_at": _utc(sent[1]), "last_sent_at": _utc(sent[2])}
 
 

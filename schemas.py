@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from phones import InvalidPhone, to_e164
-from texts import Template, TemplateError
+from texts import Template, TemplateError, measure
 
 MAILING_FIELDS = frozenset({"name", "first_name"})  # what a mailing's text may use, per client
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^;,\s][^;,]*$")]
@@ -182,6 +182,9 @@ class ImportReport(BaseModel):
     updated: int
     rejected: list[RejectedRow]
     ignored_columns: list[str] = Field(description="Header columns that are not client fields")
+    encoding: Literal["utf-8", "utf-8-sig", "cp1250", "cp1251"] = Field(
+        description="How the file was read: UTF-8, UTF-8 with a BOM, Windows Latin 2 or Cyrillic")
+    delimiter: Literal[",", ";", "\t"] = Field(description="Taken from the header line")
 
 
 # --- mailings ---
@@ -216,11 +219,23 @@ class Window(Strict):
         return time.fromisoformat(self.from_), time.fromisoformat(self.to)
 
 
-def check_mailing_text(value: str) -> str:
+def check_mailing_text(value: str, info: ValidationInfo) -> str:
+    """A template of known placeholders, within the provider's longest text when the validation
+    context gives `max_segments`.
+
+    The length depends on each client's name, so the text is measured with its placeholders
+    empty: the least it can be. A longer name may still make one client's message too long;
+    that message alone fails when it is sent.
+    """
     try:
-        Template(value, MAILING_FIELDS)
+        template = Template(value, MAILING_FIELDS)
     except TemplateError as error:
         raise ValueError(str(error))
+    max_segments = (info.context or {}).get("max_segments")
+    parts = measure(template.render(dict.fromkeys(MAILING_FIELDS, ""))).segments
+    if max_segments is not None and parts > max_segments:
+        raise ValueError(f"the text needs {parts} SMS parts, counted with {{name}} and {{first_name}} empty"
+                         f" (the least it can be); the SMS provider takes at most {max_segments}")
     return value
 
 
@@ -234,10 +249,11 @@ class MailingCreate(Strict):
     _text = field_validator("text")(check_mailing_text)
 
     @model_validator(mode="after")
-    def _times(self) -> MailingCreate:
+    def _times(self, info: ValidationInfo) -> MailingCreate:
+        """`now` comes from the validation context (a test's clock), else the real clock."""
         if self.end_at <= self.start_at:
             raise ValueError("end_at must be after start_at")
-        if self.end_at <= datetime.now(UTC):
+        if self.end_at <= (info.context or {}).get("now", datetime.now(UTC)):
             raise ValueError("end_at is in the past")
         return self
 
@@ -253,18 +269,23 @@ class MailingUpdate(Strict):
 
     @field_validator("text")
     @classmethod
-    def _text(cls, value: str | None) -> str | None:
-        return None if value is None else check_mailing_text(value)
+    def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_mailing_text(value, info)
+
+
+MailingState = Literal["scheduled", "started", "finished", "canceled"]
 
 
 class Mailing(BaseModel):
+    """`finished`: started, and no message is left QUEUED or SENDING (at once when no client matched)."""
+
     id: int
     start_at: datetime
     end_at: datetime
     text: str
     filter: dict
     window: dict | None
-    state: Literal["scheduled", "started", "canceled"]
+    state: MailingState
     created_at: datetime
     started_at: datetime | None
 
@@ -279,7 +300,7 @@ StatusName = Literal["QUEUED", "SENDING", "SENT", "DELIVERED", "UNDELIVERED", "F
 
 class MailingStats(BaseModel):
     id: int
-    state: str
+    state: MailingState
     total: int
     counts: dict[str, int] = Field(description="Messages by status")
     progress: float = Field(description="Share of messages no longer waiting, 0 to 1")

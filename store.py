@@ -601,3 +601,31 @@ class Store:
             raise DatabaseUnavailable(str(error)) from error
         if not os.access(self.path, os.W_OK):
             raise DatabaseUnavailable(f"{self.path} is not writable")
+
+    # --- ignored webhooks and finished mailings ---
+
+    def count_ignored_webhook(self, event: str, now: float) -> None:
+        """Count one webhook that was answered "ignored" (its event has no text)."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO ignored_webhooks (event, count, last_at) VALUES (?, 1, ?)"
+                       " ON CONFLICT (event) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
+                       (event, now))
+
+    def ignored_webhooks(self) -> dict[str, int]:
+        """How many webhooks of each event were ignored, the most ignored first."""
+        return dict(self.connection().execute(
+            "SELECT event, count FROM ignored_webhooks ORDER BY count DESC, event").fetchall())
+
+    def finish_mailings(self, now: float) -> list[int]:
+        """Started mailings with no message left QUEUED or SENDING become finished; their ids.
+
+        Looked for before a write transaction is begun: the scheduler asks every second.
+        """
+        waiting = f"SELECT 1 FROM messages WHERE mailing_id = mailings.id AND status IN ('{QUEUED}', '{SENDING}')"
+        done = f"SELECT id FROM mailings WHERE state = 'started' AND NOT EXISTS ({waiting})"
+        if not self.connection().execute(done).fetchone():
+            return []
+        with self.transaction() as db:
+            return [row[0] for row in db.execute(
+                f"UPDATE mailings SET state = 'finished', updated_at = ? WHERE id IN ({done}) RETURNING id",
+                (now,)).fetchall()]

@@ -97,6 +97,7 @@ class Worker:
         expired = self.store.expire_overdue(now)
         if expired:
             log.info("%d messages expired unsent: their deadline passed", expired)
+        mailings.finish_done(self.store, now)
 
     def _collect(self, done: set[Future], in_flight: dict[Future, int | None]) -> None:
         """Take the results of finished sends and write them, all in one transaction."""

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import csv
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 import api_keys
 from sms_bulk_app import create_app
-from tests.conftest import run_command
+from store import Store
+from tests.conftest import run_command, running_worker, wait_until
 
 ALL_SCOPES = list(api_keys.SCOPES)
 
@@ -69,6 +71,23 @@ def test_daily_quota_answers_429_with_retry_after(api):
     response = api.call("GET", "/clients", key=key)
     assert response.status_code == 429
     assert 1 <= int(response.headers["Retry-After"]) <= 86400
+
+
+def test_refused_requests_do_not_use_the_daily_quota(api):
+    _, key = api_keys.create(api.store, "reader", ["read"], 3)
+    refused = [api.call("POST", "/clients", key=key, json={"phone": "0641234567"}).status_code for _ in range(10)]
+    assert refused == [403] * 10
+    assert [api.call("GET", "/clients", key=key).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_the_last_request_of_a_quota_is_served_once(api):
+    key_id, _ = api_keys.create(api.store, "busy", ["read"], 5)
+
+    def served(_: int) -> bool:  # each thread its own connection, as separate processes would have
+        return api_keys.count_request(Store(api.store.path), key_id) is None
+
+    with ThreadPoolExecutor(16) as pool:
+        assert sum(pool.map(served, range(40))) == 5
 
 
 def test_keys_cli_prints_the_key_once_and_stores_only_its_hash(settings):
@@ -230,6 +249,32 @@ def test_mailing_crud_and_409_once_started(api):
     assert api.call("DELETE", f"/mailings/{other['id']}").status_code == 204
     assert api.call("GET", f"/mailings/{other['id']}").status_code == 404
     assert [m["id"] for m in api.call("GET", "/mailings").get_json()["items"]] == [mailing["id"]]
+
+
+def parts_error(parts: int) -> dict[str, str]:
+    return {"text": f"the text needs {parts} SMS parts, counted with {{name}} and {{first_name}} empty (the least"
+                    " it can be); the SMS provider takes at most 6"}
+
+
+def test_a_mailing_text_longer_than_the_provider_takes_is_refused(api):
+    too_long = api.call("POST", "/mailings", json=mailing_body(text="Ж" * 500))  # UCS-2: 67 a part
+    assert too_long.status_code == 400
+    assert too_long.get_json()["errors"] == parts_error(8)
+    fits = api.call("POST", "/mailings", json=mailing_body(text="{first_name}" + "Ж" * 402))  # 6 parts
+    assert fits.status_code == 201
+    patched = api.call("PATCH", f"/mailings/{fits.get_json()['id']}", json={"text": "{name} " + "Ж" * 402})
+    assert patched.status_code == 400
+    assert patched.get_json()["errors"] == parts_error(7)
+    assert api.call("GET", f"/mailings/{fits.get_json()['id']}").get_json()["text"] == "{first_name}" + "Ж" * 402
+
+
+def test_a_mailing_matching_no_client_finishes_under_a_worker(api, worker_settings):
+    mailing = api.call("POST", "/mailings", json=mailing_body(start_at=iso(soon(-1)),
+                                                              filter={"tags": ["nobody"]})).get_json()
+    with running_worker(worker_settings):
+        stats = wait_until(lambda: (s := api.call("GET", f"/mailings/{mailing['id']}/stats").get_json())
+                           ["state"] == "finished" and s, what="the mailing to finish")
+    assert (stats["total"], stats["progress"]) == (0, 1.0)
 
 
 def test_openapi_document_and_swagger_ui_are_served_locally(api):

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 import mailings
 from schemas import MailingCreate
 from store import CANCELED, EXPIRED, FAILED, QUEUED, SENT, Store
+
+CREATED_AT = datetime(2026, 1, 1, tzinfo=UTC)  # the clock the mailings below are validated against
 
 
 @pytest.fixture
@@ -31,11 +34,11 @@ def add_client(store: Store, phone: str, timezone: str, tags=("a",), name="Ana I
 
 
 def new_mailing(store: Store, start: str, end: str, window=None, selector=None, text="Zdravo {first_name}") -> int:
-    """A mailing as the API would create it; the times are far ahead so validation passes."""
+    """A mailing as the API would create it on CREATED_AT: the test's clock, not the real one."""
     body = {"start_at": start, "end_at": end, "text": text, "filter": selector or {"tags": ["a"]}}
     if window:
         body["window"] = {"from": window[0], "to": window[1]}
-    return mailings.create(store, MailingCreate.model_validate(body))["id"]
+    return mailings.create(store, MailingCreate.model_validate(body, context={"now": CREATED_AT}))["id"]
 
 
 def rows(store: Store, mailing_id: int) -> dict[int, dict]:
@@ -58,6 +61,18 @@ def rows(store: Store, mailing_id: int) -> dict[int, dict]:
     # 12:00 UTC is 17:00 in Yekaterinburg: the night window opens at 22:00 local, 17:00 UTC
     ("2030-03-10T12:00:00+00:00", "Asia/Yekaterinburg", ("22:00", "06:00"), "2030-03-10T17:00:00+00:00"),
     ("2030-03-10T12:00:00+00:00", "UTC", None, "2030-03-10T12:00:00+00:00"),
+    # Belgrade, 2027-03-28: 02:00 CET jumps to 03:00 CEST (01:00 UTC); 02:30 never shows on the
+    # clocks, and the first instant at or after it is the jump itself, 03:00 CEST
+    ("2027-03-28T00:00:00+00:00", "Europe/Belgrade", ("02:30", "03:30"), "2027-03-28T01:00:00+00:00"),
+    ("2027-03-28T01:00:00+00:00", "Europe/Belgrade", ("02:30", "03:30"), "2027-03-28T01:00:00+00:00"),
+    ("2027-03-27T12:00:00+00:00", "Europe/Belgrade", ("02:30", "03:30"), "2027-03-28T01:00:00+00:00"),
+    # Belgrade, 2027-10-31: 03:00 CEST falls back to 02:00 CET (01:00 UTC); 02:30 shows twice
+    ("2027-10-30T22:00:00+00:00", "Europe/Belgrade", ("02:30", "03:30"), "2027-10-31T00:30:00+00:00"),
+    ("2027-10-31T00:45:00+00:00", "Europe/Belgrade", ("02:30", "03:30"), "2027-10-31T00:45:00+00:00"),
+    # 02:10 CET, in the repeated hour: not yet inside; the window opens again at 02:30 CET,
+    # not at the first 02:30, which is past, nor tomorrow
+    ("2027-10-31T01:10:00+00:00", "Europe/Belgrade", ("02:30", "03:30"), "2027-10-31T01:30:00+00:00"),
+    ("2027-10-31T02:30:00+00:00", "Europe/Belgrade", ("02:30", "03:30"), "2027-11-01T01:30:00+00:00"),
 ])
 def test_next_window_opening(now, zone, window, opening):
     assert mailings.next_opening(at(now), zone, window) == at(opening)
@@ -158,3 +173,56 @@ def test_stats_count_progress_and_parts(store):
     assert (stats["progress"], stats["segments"]) == (0.5, 4)
     assert stats["first_sent_at"] is not None
     assert mailings.stats_all(store)[0] == stats
+
+
+def test_a_window_opening_in_the_spring_forward_gap_sends_at_the_jump(store):
+    client = add_client(store, "+381641000001", "Europe/Belgrade")
+    mailing_id = new_mailing(store, "2027-03-28T00:00:00+00:00", "2027-03-28T03:00:00+00:00",
+                             window=("02:30", "03:30"))
+    mailings.start_due(store, at("2027-03-28T00:00:00+00:00"))
+    message = rows(store, mailing_id)[client]
+    assert (message["status"], message["next_attempt_at"]) == (QUEUED, at("2027-03-28T01:00:00+00:00"))
+    # when it comes due, the client's window is open: the sender does not put it off
+    assert mailings.next_opening(message["next_attempt_at"], "Europe/Belgrade", ("02:30", "03:30")) \
+        == message["next_attempt_at"]
+
+
+def test_end_at_in_the_past_is_judged_by_the_clock_passed_in():
+    body = {"start_at": "2030-03-10T10:00:00+00:00", "end_at": "2030-03-10T20:00:00+00:00", "text": "Zdravo",
+            "filter": {"all": True}}
+    assert MailingCreate.model_validate(body, context={"now": datetime(2030, 3, 10, 19, 59, tzinfo=UTC)})
+    with pytest.raises(ValidationError, match="end_at is in the past"):
+        MailingCreate.model_validate(body, context={"now": datetime(2030, 3, 10, 20, 0, tzinfo=UTC)})
+
+
+def test_a_mailing_matching_no_client_finishes_at_once(store):
+    mailing_id = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-10T20:00:00+00:00")
+    assert mailings.start_due(store, at("2030-03-10T10:00:00+00:00")) == [(mailing_id, 0)]
+    assert mailings.finish_done(store, at("2030-03-10T10:00:00+00:00")) == [mailing_id]
+    assert mailings.get(store, mailing_id)["state"] == "finished"
+    stats = mailings.stats(store, mailing_id)
+    assert (stats["state"], stats["total"], stats["progress"]) == ("finished", 0, 1.0)
+
+
+def test_a_mailing_finishes_when_nothing_is_left_to_send_and_a_retry_restarts_it(store):
+    for i in range(2):
+        add_client(store, f"+38164100000{i}", "UTC")
+    # dates before the real clock: store.claim takes what is due by it
+    mailing_id = new_mailing(store, "2026-01-01T10:00:00+00:00", "2026-01-01T20:00:00+00:00")
+    mailings.start_due(store, at("2026-01-01T10:00:00+00:00"))
+    sent, failed = store.claim("w", 2, 30)
+    store.transition(sent["id"], SENT, "w")
+    assert mailings.finish_done(store, at("2026-01-01T10:01:00+00:00")) == []  # one still SENDING
+    assert mailings.get(store, mailing_id)["state"] == "started"
+    store.transition(failed["id"], FAILED, "w")
+    assert mailings.finish_done(store, at("2026-01-01T10:02:00+00:00")) == [mailing_id]
+    assert mailings.get(store, mailing_id)["state"] == "finished"
+    assert mailings.finish_done(store, at("2026-01-01T10:03:00+00:00")) == []  # once
+
+    assert mailings.retry_failed(store, mailing_id, at("2026-01-01T12:00:00+00:00")) == 1
+    assert mailings.get(store, mailing_id)["state"] == "started"
+    [again] = store.claim("w", 1, 30)
+    store.transition(again["id"], FAILED, "w")
+    assert mailings.finish_done(store, at("2026-01-01T12:01:00+00:00")) == [mailing_id]
+    with pytest.raises(mailings.MailingConflict):  # past its end_at nothing can be sent for it
+        mailings.retry_failed(store, mailing_id, at("2026-01-01T20:00:00+00:00"))
