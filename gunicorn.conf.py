@@ -21,7 +21,8 @@ except ConfigError as error:
     sys.exit(2)
 
 bind = f"{_config.host}:{_config.port}"
-worker_class = "gthread"
+# gthread, with gunicorn's own error answers (a request it cannot parse) in JSON like the app's.
+worker_class = "gunicorn_worker.JsonErrorWorker"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 threads = int(os.environ.get("WEB_THREADS", "8"))
 timeout = 60
