@@ -7,9 +7,11 @@ from its `__main__` block. Exit status: 0 done, 1 a refused input or a start-up 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -18,10 +20,12 @@ from datetime import datetime
 from pathlib import Path
 
 from flask import Flask
+from werkzeug.serving import WSGIRequestHandler, make_server, select_address_family
 
 import api_keys
 import clients
 from config import MOYKLASS_EVENTS, ConfigError
+from logs import ACCESS_LOGGER, setup_access_log
 from moyklass import MoyKlassError
 from phones import InvalidPhone, to_e164
 from schemas import MAX_ID
@@ -37,23 +41,57 @@ CSV_COLUMN_MEANINGS = {
     "moyklass_user_id": "the client's MoyKlass user id, if any",
 }
 
+log = logging.getLogger("sms_bulk_app")
+
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class _AccessLogRequestHandler(WSGIRequestHandler):
+    """Werkzeug's request handler, its request lines sent to the access log instead of the app log."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        logging.getLogger(ACCESS_LOGGER).info('%s - - [%s] "%s" %s %s', self.address_string(),
+                                              self.log_date_time_string(), self.requestline, code, size)
+
+
+def _access_log_path() -> Path | None:
+    """ACCESS_LOG (environment or .env): a file for the request lines of `serve`, or `off` (the default).
+
+    Read here, not in config.py: only the development server has request lines of its own to
+    place (gunicorn has --access-logfile, nginx its access_log).
+    """
+    value = os.environ.get("ACCESS_LOG", "").strip()
+    return None if value.lower() in ("", "off") else Path(value).expanduser().resolve()
+
+
 def _serve(app_services: Services, app: Flask) -> int:
     """The embedded default: the web app and a worker in one process.
 
+    The port is taken before the worker starts, so a second copy fails without claiming anything.
     SIGTERM and SIGINT stop both cleanly, even where SIGINT came in ignored (a background job).
     """
+    host, port = app_services.config.host, app_services.config.port
+    try:
+        listener = socket.create_server((host, port), family=select_address_family(host, port))
+    except OSError as error:
+        print(f"SMSBulkApp cannot start: cannot listen on {host}:{port}: {os.strerror(error.errno)}", file=sys.stderr)
+        return 1
+    with listener:  # the server works on its own duplicate of the socket
+        server = make_server(host, port, app, threaded=True, request_handler=_AccessLogRequestHandler,
+                             fd=listener.fileno())
+    setup_access_log(_access_log_path())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _interrupt)
     stop = threading.Event()
     worker = threading.Thread(target=new_worker(app_services).run, args=(stop,), name="worker")
     worker.start()
+    banner = f"SMSBulkApp serving on http://{host}:{port} (web app and worker; Ctrl+C stops both)"
+    log.info("%s", banner)
+    print(banner, file=sys.stderr, flush=True)
     try:
-        app.run(host=app_services.config.host, port=app_services.config.port, threaded=True)
+        server.serve_forever()  # returns on KeyboardInterrupt, the socket closed
     finally:
         stop.set()
         worker.join()
@@ -71,6 +109,10 @@ def _status(app_services: Services) -> int:
     pause = store.provider_pause(app_services.dispatcher.provider.name)
     if pause:
         print(f"sending through {pause.provider} is paused: {pause.reason}")
+    ignored = store.ignored_webhooks()
+    print("ignored webhooks (their event has no text):" if ignored else "ignored webhooks: none")
+    for event, count in ignored.items():
+        print(f"  {event:<22} {count}")
     return 0
 
 
@@ -95,6 +137,10 @@ def _send(app_services: Services, args: argparse.Namespace) -> int:
     else:
         if app_services.dispatcher.moyklass is None:
             print("send: --user-id needs MoyKlass: set API_KEY", file=sys.stderr)
+            return 1
+        ignored_because = None if args.text else config.ignored_because(args.event)
+        if ignored_because:
+            print(f"send: {ignored_because}", file=sys.stderr)
             return 1
         message_id = store.enqueue("cli", config.sms_valid_seconds, user_id=args.user_id,
                                    text=args.text, event=args.event)
@@ -125,15 +171,21 @@ class Progress:
 
 def _import_clients(app_services: Services, path: Path) -> int:
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
+        raw = path.read_bytes()
+    except OSError as error:
         print(f"import-clients: cannot read {path}: {error}", file=sys.stderr)
         return 1
     config = app_services.config
-    progress = Progress("importing", max(text.count("\n") - 1, 1))
-    report = clients.import_csv(app_services.store, text, config.default_timezone, config.default_region, progress)
-    progress.close()
+    progress = Progress("importing", max(raw.count(b"\n") - 1, 1))
+    try:
+        report = clients.import_csv(app_services.store, raw, config.default_timezone, config.default_region, progress)
+    except clients.NotText as error:
+        print(f"import-clients: {path}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        progress.close()
     print(f"{report['created']} created, {report['updated']} updated, {len(report['rejected'])} rejected")
+    print(f"  read as {report['encoding']}, delimiter {report['delimiter']!r}")
     if report["ignored_columns"]:
         print(f"  columns ignored: {', '.join(report['ignored_columns'])}")
     for rejected in report["rejected"]:

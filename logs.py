@@ -6,12 +6,16 @@ import logging
 import os
 import re
 import sys
+import traceback
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from types import TracebackType
+from urllib.parse import unquote
 
 from phones import mask_phones_in
 
 LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s [in %(pathname)s:%(lineno)d]"
+ACCESS_LOGGER = "sms_bulk_app.access"  # the development server's request lines (python sms_bulk_app.py)
 LOG_MAX_BYTES = 1_000_000
 LOG_BACKUP_COUNT = 10
 
@@ -24,9 +28,30 @@ SECRET_IN_TEXT = re.compile(
 # Werkzeug's development server colours its request lines; a log file wants plain text.
 ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*m")
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: any of them in a logged
+# value could end its line early, forge the next one or garble a terminal.
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+def escape_controls(text: str) -> str:
+    """`\\n`, `\\x00`, `\\u2028` in place of the characters themselves: a value stays on its line."""
+    return CONTROL_CHARACTER.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def percent_decoded(text: str) -> str:
+    """URLs arrive percent-encoded (`?phone=064%20987%206543`): decoded until nothing changes,
+    so that neither single nor double encoding hides a phone, a secret or a control character."""
+    while (decoded := unquote(text)) != text:
+        text = decoded
+    return text
+
 
 class MaskingFilter(logging.Filter):
-    """Masks phone numbers and known secrets in the message and traceback of every record."""
+    """Masks phone numbers and known secrets in the message and traceback of every record, and
+    escapes control characters in them, so that one record is one line (a traceback, one line
+    per line of its own)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -36,20 +61,40 @@ class MaskingFilter(logging.Filter):
         if value and len(value) >= 4:
             self._secrets.add(value)
 
-    def mask(self, text: str) -> str:
-        text = ANSI_COLOR.sub("", text)
+    def _hide_secrets(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        text = SECRET_IN_TEXT.sub(r"\1***", text)
-        return mask_phones_in(text)
+        return text
+
+    def mask(self, text: str) -> str:
+        """One line of log text: secrets hidden (as given and percent-decoded), phones masked, controls escaped."""
+        text = percent_decoded(self._hide_secrets(ANSI_COLOR.sub("", text)))
+        text = SECRET_IN_TEXT.sub(r"\1***", self._hide_secrets(text))
+        return escape_controls(mask_phones_in(text))
+
+    def _mask_lines(self, text: str) -> str:
+        return "\n".join(self.mask(line) for line in text.split("\n"))
+
+    def _traceback(self, exc_info: ExcInfo) -> str:
+        """The traceback, its own line breaks kept; an exception's text (and notes) masked as one line each."""
+        formatted = traceback.TracebackException(*exc_info)
+        exception_texts: set[str] = set()
+        pending = [formatted]
+        while pending:
+            current = pending.pop()
+            exception_texts.update(current.format_exception_only())
+            pending += [chained for chained in (current.__cause__, current.__context__) if chained]
+        parts = [self.mask(part.removesuffix("\n")) + "\n" if part in exception_texts else self._mask_lines(part)
+                 for part in formatted.format()]
+        return "".join(parts).removesuffix("\n")
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.mask(record.getMessage())
         record.args = None
         if record.exc_info:
-            record.exc_text = self.mask(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = self._traceback(record.exc_info)
         if record.stack_info:
-            record.stack_info = self.mask(record.stack_info)
+            record.stack_info = self._mask_lines(record.stack_info)
         return True
 
 
@@ -136,3 +181,22 @@ def setup_logging(log_file: Path, level: str, secrets: list[str]) -> None:
     root.setLevel(level)
     # urllib3 logs full URLs at DEBUG; keep it quiet unless something breaks.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def setup_access_log(path: Path | None) -> None:
+    """Request lines (ACCESS_LOGGER) to their own rotating file, masked like the log, or nowhere
+    when `path` is None; never into the app log, where they would drown everything else."""
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.propagate = False
+    access.setLevel(logging.INFO)
+    for handler in list(access.handlers):
+        access.removeHandler(handler)
+        handler.close()
+    if path is None:
+        access.addHandler(logging.NullHandler())
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = SharedRotatingFileHandler(path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(masking_filter)
+    access.addHandler(handler)

@@ -69,10 +69,27 @@ def mask(phone: str) -> str:
     return ("+" if phone.lstrip().startswith("+") else "") + masked
 
 
-# A run of 7 or more digits, possibly broken by single spaces, dashes or parentheses
-# ("+381 64 123-4567", "(064) 1234567"): anything shaped like a phone number in free text.
-PHONE_IN_TEXT = re.compile(r"\+?\(?\d(?:[ \-()]{0,2}\d){6,}")
-ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+# A run of 7 or more digits, possibly broken by single spaces, dashes, parentheses, dots or
+# slashes ("+381 64 123-4567", "(064) 1234567", "064.123.4567", "064/123-4567"): anything shaped
+# like a phone number in free text. `_phone_shaped` then lets through the ordinary things among them.
+PHONE_IN_TEXT = re.compile(r"\+?\(?\d(?:[ \-()./]{0,2}\d){6,}")
+# A date at the start of a match: ISO (2026-11-23), or day.month.year / year/month/day forms.
+LEADING_DATE = re.compile(r"^(?:\d{4}-\d{2}-\d{2}|\d{1,2}([./])\d{1,2}\1\d{4}|\d{4}([./])\d{1,2}\2\d{1,2})(?!\d)")
+IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)")
+DECIMAL = re.compile(r"\d+\.\d+")
+
+
+def _phone_shaped(found: str) -> bool:
+    """Whether a PHONE_IN_TEXT match is a phone rather than a decimal figure or an IP address.
+
+    Dots and slashes also write dates, versions, decimals and addresses, so a number that uses
+    them must have the 9 digits of the shortest national number, and not be a decimal or an IP.
+    """
+    if "." not in found and "/" not in found:
+        return True
+    if sum(char.isdigit() for char in found) < 9:
+        return False
+    return not (DECIMAL.fullmatch(found) or IPV4.fullmatch(found))
 
 
 def mask_phones_in(text: str) -> str:
@@ -80,8 +97,9 @@ def mask_phones_in(text: str) -> str:
 
     def replace(match: re.Match) -> str:
         found = match.group(0)
-        if ISO_DATE.match(found):
-            return found[:10] + PHONE_IN_TEXT.sub(replace, found[10:])
-        return mask(found)
+        date = LEADING_DATE.match(found)
+        if date:
+            return found[:date.end()] + PHONE_IN_TEXT.sub(replace, found[date.end():])
+        return mask(found) if _phone_shaped(found) else found
 
     return PHONE_IN_TEXT.sub(replace, text)

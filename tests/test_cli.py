@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import shlex
+import socket
 import subprocess
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 import cli
 import clients
+from store import QUEUED, Store
 from tests.conftest import command, command_env, run_command
 
 CliResult = tuple[int, str, str]
@@ -111,3 +115,20 @@ def test_status_piped_into_a_reader_that_leaves_stops_quietly(settings, tmp_path
                             env=command_env(settings) | {"PYTHONUNBUFFERED": "1"})
     assert (result.stdout, result.stderr) == (shown, "")
     assert result.returncode == 1 or (reader == "head -1" and result.returncode == 0)
+
+
+def test_serve_on_a_taken_port_exits_before_claiming_anything(worker_settings, oneclick, tmp_path):
+    queued = run_command(worker_settings, "send", "--phone", "0641234567", "--text", "ne sme da ode")
+    assert queued.returncode == 0, queued.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        settings = worker_settings | {"HOST": "127.0.0.1", "PORT": str(port)}
+        result = subprocess.run(command(settings), cwd=tmp_path, env=command_env(settings), capture_output=True,
+                                text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines()[-1] == \
+        f"SMSBulkApp cannot start: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "Traceback" not in result.stderr
+    time.sleep(0.5)  # a send already under way would reach the fake gateway by now
+    store = Store(Path(worker_settings["DATA_DIR"]) / "sms_bulk_app.db")
+    assert (store.message(1)["status"], store.message(1)["attempts"], oneclick.messages) == (QUEUED, 0, [])

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import requests
 
 from logs import LOG_BACKUP_COUNT, SharedRotatingFileHandler
 from sms_bulk_app import create_app
-from tests.conftest import load_fixture
+from tests.conftest import command, command_env, free_port, load_fixture, wait_until
 
 FULL_PHONES = ["381641000002", "381651234000", "381641000001", "0641234567"]
 
@@ -71,3 +77,83 @@ def test_a_process_writing_after_another_rotated_follows_the_new_file(tmp_path):
     first.close()
     second.close()
     assert (tmp_path / "app.log").read_text().splitlines()[-1] == "after"
+
+
+def answers(base_url: str) -> bool:
+    try:
+        return requests.get(f"{base_url}/health", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+@contextmanager
+def serving(settings: dict[str, str], cwd: Path) -> Iterator[str]:
+    """`python sms_bulk_app.py` (web app and worker) on a free loopback port, its stderr in cwd/serve.err;
+    yields its base URL and stops it with SIGTERM."""
+    settings = settings | {"HOST": "127.0.0.1", "PORT": str(free_port())}
+    with open(cwd / "serve.err", "wb") as stderr:
+        process = subprocess.Popen(command(settings), cwd=cwd, env=command_env(settings),
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    base_url = f"http://127.0.0.1:{settings['PORT']}"
+    try:
+        wait_until(lambda: process.poll() is not None or answers(base_url), what="the server")
+        assert process.poll() is None, (cwd / "serve.err").read_text()
+        yield base_url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+
+
+ACCESS_LINE = re.compile(r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4} \d\d:\d\d:\d\d\] "[^"]*" \d{3} -$')
+
+
+def test_request_lines_stay_out_of_the_app_log_and_the_banner_goes_to_the_terminal(settings, tmp_path):
+    with serving(settings, tmp_path) as base_url:
+        assert requests.get(f"{base_url}/api/v1/clients", timeout=5).status_code == 401
+    app_log = log_text(settings)
+    assert "SMSBulkApp serving on" in app_log
+    assert "GET /api/v1/clients" not in app_log and "GET /health" not in app_log
+    assert "/werkzeug/" not in app_log
+    terminal = (tmp_path / "serve.err").read_text().splitlines()
+    assert f"SMSBulkApp serving on {base_url} (web app and worker; Ctrl+C stops both)" in terminal
+    assert not list(tmp_path.rglob("access*"))  # ACCESS_LOG is off by default
+
+
+def test_access_log_holds_the_request_lines_when_set(settings, tmp_path):
+    settings["ACCESS_LOG"] = str(tmp_path / "logs" / "access.log")
+    with serving(settings, tmp_path) as base_url:
+        assert requests.get(f"{base_url}/api/v1/clients?tag=vip", timeout=5).status_code == 401
+    lines = (tmp_path / "logs" / "access.log").read_text().splitlines()
+    assert lines and all(ACCESS_LINE.match(line) for line in lines)
+    assert [line.split('"')[1:] for line in lines if "/api/" in line] == \
+        [["GET /api/v1/clients?tag=vip HTTP/1.1", " 401 -"]]
+    assert "GET /api/v1/clients" not in log_text(settings)
+
+
+def test_phones_in_urls_and_odd_forms_are_masked_and_control_characters_escaped(settings, tmp_path):
+    settings.update(ACCESS_LOG=str(tmp_path / "access.log"), LOG_LEVEL="debug")
+    queries = ["phone=064%20987%206543", "phone=%2B381%2064%20987%206543", "phone=064.123.4567",
+               "phone=064/123/4567", "phone=064%252F123%252F4567",
+               "since=2026-11-23T08:00:00&amount=1234.5678&ip=192.168.100.200&day=23.11.2026",
+               "note=%0D%0A2026-01-01%2000:00:00,000%20INFO:%20forged%00%C2%85"]
+    with serving(settings, tmp_path) as base_url:
+        for query in queries:
+            requests.get(f"{base_url}/api/v1/mailings/12/messages?{query}", timeout=5)
+        requests.post(f"{base_url}/webhook", timeout=5,
+                      data=b"064.123.4567 or 064/123-4567\n2026-01-01 00:00:00,000 INFO: forged\x00")
+    access_lines = [line.split('"')[1] for line in (tmp_path / "access.log").read_text().splitlines()
+                    if "/api/" in line]
+    assert access_lines == [f"GET /api/v1/mailings/12/messages?{query} HTTP/1.1" for query in [
+        "phone=064*****43", "phone=+381*******43", "phone=064*****67", "phone=064*****67", "phone=064*****67",
+        "since=2026-11-23T08:00:00&amount=1234.5678&ip=192.168.100.200&day=23.11.2026",
+        "note=\\r\\n2026-01-01 00:00:00,000 INFO: forged\\x00\\x85"]]
+    app_log = log_text(settings)
+    body_lines = [line for line in app_log.splitlines() if "Webhook body from" in line]
+    assert len(body_lines) == 1
+    assert body_lines[0].split(": ", 2)[2].rsplit(" [in ", 1)[0] == \
+        "064*****67 or 064*****67\\n2026-01-01 00:00:00,000 INFO: forged\\x00"
+    for text in (app_log, (tmp_path / "access.log").read_text()):
+        assert "forged" not in "".join(line for line in text.splitlines() if line.startswith("2026-01-01"))
+        assert "\x00" not in text and "\r" not in text
+        for phone in ["987 6543", "9876543", "123.4567", "123/4567", "123-4567", "1234567"]:
+            assert phone not in text
