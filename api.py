@@ -322,6 +322,9 @@ def send_message(body: MessageCreate):
     services = _services()
     if body.moyklass_user_id is not None and services.dispatcher.moyklass is None:
         raise ApiError(503, "MoyKlass is not configured: set API_KEY")
+    ignored_because = None if body.text else services.config.ignored_because(body.event)
+    if ignored_because:
+        raise ApiError(400, ignored_because)
     message_id = services.store.enqueue("api", services.config.sms_valid_seconds, phone=body.phone,
                                         text=body.text, user_id=body.moyklass_user_id, event=body.event)
     return _answer(Queued, {"id": message_id}, 202)
@@ -396,4 +399,6 @@ def openapi() -> Response:
 
 def docs_blueprint() -> Blueprint:
     """Swagger UI at /docs/, from the files flask-swagger-ui ships (no CDN: these hosts have no internet)."""
-    return get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "SMSBulkApp API"})
+    # validatorUrl None: no validator badge, which Swagger UI would otherwise load from validator.swagger.io.
+    return get_swaggerui_blueprint("/docs", "/openapi.json",
+                                   config={"app_name": "SMSBulkApp API", "validatorUrl": None})

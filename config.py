@@ -35,6 +35,9 @@ MOYKLASS_EVENTS = frozenset(
 DEFAULT_SMS_TEXT = (
     "Poštovani {name}, na Vašoj pretplati su ostala još dva plaćena časa. SmartLab"
 )
+# What SMS_TEXT is for: the reminder it was written for, and webhooks with no event (the seed's
+# minimal body). Every other event sends only with its own SMS_TEXT_<EVENT>.
+DEFAULT_TEXT_EVENTS = (None, "sub_lessons_left")
 ONECLICK_SEND_URL = "https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx"
 CONNECT_TIMEOUT = 3.05  # seconds to open a connection to MoyKlass or a gateway
 SENDER_PATTERN = re.compile(r"^(?:[A-Za-z0-9 .\-]{1,11}|\+?\d{1,15})$")
@@ -95,8 +98,26 @@ class Config:
         """(connect, read) timeouts of MoyKlass calls; for a gateway, (connect, the whole request)."""
         return CONNECT_TIMEOUT, self.http_timeout
 
-    def template_for(self, event: str | None) -> Template:
-        return self.sms_text_by_event.get(event or "", self.sms_text)
+    def template_for(self, event: str | None) -> Template | None:
+        """The event's text: its SMS_TEXT_<EVENT>, else SMS_TEXT for DEFAULT_TEXT_EVENTS; None: the
+        event sends nothing (see `ignored_because`)."""
+        if event in self.sms_text_by_event:
+            return self.sms_text_by_event[event]
+        return self.sms_text if event in DEFAULT_TEXT_EVENTS else None
+
+    def ignored_because(self, event: str | None) -> str | None:
+        """Why nothing is sent for `event`, naming the setting that would make it send; None if it sends."""
+        if self.template_for(event) is not None:
+            return None
+        if event not in MOYKLASS_EVENTS:
+            return f"MoyKlass has no event {event!r}: nothing is sent for it"
+        return f"no text for {event}: set SMS_TEXT_{event.upper()} to send an SMS for it"
+
+    def sending_events(self) -> dict[str, str]:
+        """Every MoyKlass event that sends an SMS, with the setting its text comes from."""
+        settings = {event: "SMS_TEXT" for event in DEFAULT_TEXT_EVENTS if event}
+        settings |= {event: f"SMS_TEXT_{event.upper()}" for event in self.sms_text_by_event}
+        return dict(sorted(settings.items()))
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line or an error message."""

@@ -108,6 +108,11 @@ def webhook():
     body = read_body(MAX_BODY_BYTES)
     log.debug("Webhook body from %s: %s", request.remote_addr, body.decode("utf-8", "replace"))
     payload, event, user_id = _parse_webhook(body)
+    ignored_because = config.ignored_because(event)
+    if ignored_because:  # nothing to send: counted, not journaled
+        app.store.count_ignored_webhook(event, time.time())
+        log.info("Webhook %s for user %d ignored: %s", event, user_id, ignored_because)
+        return jsonify({"status": "ignored", "reason": ignored_because})
     if app.dispatcher.moyklass is None:
         raise ApiError(503, "MoyKlass is not configured: set API_KEY")
     synchronous = config.webhook_mode == "sync"
@@ -161,6 +166,7 @@ def health():
 
 
 def _warn_about(config: Config) -> None:
+    """At startup: warnings about risky settings, and which webhook events send an SMS."""
     if config.sms_provider == "console":
         log.warning("!!! SMS_PROVIDER=console: no SMS will be sent; each one is only written to "
                     "the log. Set SMS_PROVIDER=oneclick with SMS_USERNAME and SMS_PASSWORD to send.")
@@ -168,6 +174,9 @@ def _warn_about(config: Config) -> None:
         log.warning("WEBHOOK_SECRET is not set: anyone who can reach /webhook can trigger SMS")
     if not config.api_key:
         log.warning("API_KEY is not set: webhooks will be answered 503 until it is")
+    sending = ", ".join(f"{event} ({setting})" for event, setting in config.sending_events().items())
+    log.info('Webhooks that send an SMS: %s, and those without an event (SMS_TEXT); any other event is'
+             ' answered "ignored"', sending)
 
 
 def _load_config(test_config: Mapping[str, str] | None) -> Config:

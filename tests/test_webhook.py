@@ -1,41 +1,119 @@
 """POST /webhook: the seed's contract, every status code, one test per MoyKlass event."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 
+import api_keys
 from sms_bulk_app import create_app
 from store import FAILED, QUEUED, SENT
-from tests.conftest import load_fixture
+from tests.conftest import load_fixture, run_command
 
 
 def message_row(app, message_id: int) -> dict:
     return app.extensions["sms_bulk_app"].store.message(message_id)
 
 
-@pytest.mark.parametrize("event", ["sub_lessons_left", "user_new", "user_birthday",
-                                   "payment_new", "lesson_record_new"])
-def test_each_moyklass_event_sends_one_sms(event, app, client, moyklass, oneclick):
+# event: (its SMS_TEXT_<EVENT>, the text sent to "Ana Ilić", SMS parts). sub_lessons_left has
+# none: SMS_TEXT's default reminder is written for it.
+EVENT_TEXTS = {
+    "sub_lessons_left": (None, "Poštovani Ana Ilić, na Vašoj pretplati su ostala još dva plaćena časa. SmartLab", 2),
+    "user_new": ("Dobro došli u SmartLab, {first_name}!", "Dobro došli u SmartLab, Ana!", 1),
+    "payment_new": ("Hvala, {name}: Vaša uplata je primljena. SmartLab",
+                    "Hvala, Ana Ilić: Vaša uplata je primljena. SmartLab", 1),
+    "user_birthday": ("Srećan rođendan, {first_name}! SmartLab", "Srećan rođendan, Ana! SmartLab", 1),
+    "lesson_record_new": ("{name}, upisani ste na čas. SmartLab", "Ana Ilić, upisani ste na čas. SmartLab", 1),
+}
+
+
+@pytest.mark.parametrize("event", list(EVENT_TEXTS))
+def test_each_moyklass_event_with_its_text_sends_one_sms(event, settings, moyklass, oneclick):
+    setting, expected, parts = EVENT_TEXTS[event]
+    if setting:
+        settings[f"SMS_TEXT_{event.upper()}"] = setting
+    app = create_app(settings)
     payload = load_fixture(event)
     user_id = payload["object"]["userId"]
     moyklass.add_user(user_id, f"38164100{user_id:04d}", name="Ana Ilić")
 
-    response = client.post("/webhook", json=payload)
+    response = app.test_client().post("/webhook", json=payload)
 
     assert response.status_code == 200, response.get_json()
-    assert response.get_json()["status"] == "success"
+    assert response.get_json() == {"status": "success", "id": 1}
     assert len(oneclick.messages) == 1
     sent = oneclick.messages[0]
-    assert sent["phone"] == f"38164100{user_id:04d}"
-    assert sent["sender"] == "SmartLab"
-    assert "Ana Ilić" in sent["message"]
-    row = message_row(app, response.get_json()["id"])
+    assert (sent["phone"], sent["sender"], sent["message"]) == (f"38164100{user_id:04d}", "SmartLab", expected)
+    row = message_row(app, 1)
     assert row["status"] == SENT
     assert row["event"] == event
     assert row["user_id"] == user_id
     assert row["phone"] == f"+38164100{user_id:04d}"
     assert row["gateway_ref"] == sent["reference"]
-    assert row["encoding"] == "UCS-2" and row["segments"] == 2
+    assert (row["encoding"], row["segments"]) == ("UCS-2", parts)
     assert row["provider"] == "oneclick"
+
+
+@pytest.mark.parametrize("event", ["user_new", "payment_new", "user_birthday", "lesson_record_new"])
+def test_each_moyklass_event_without_its_text_is_ignored(event, app, client, moyklass, oneclick):
+    response = client.post("/webhook", json=load_fixture(event))
+
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ignored",
+                                   "reason": f"no text for {event}: set SMS_TEXT_{event.upper()} to send an SMS for it"}
+    store = app.extensions["sms_bulk_app"].store
+    assert sum(store.counts().values()) == 0
+    assert (oneclick.messages, moyklass.user_calls) == ([], 0)
+    assert store.ignored_webhooks() == {event: 1}
+
+
+def test_an_event_moyklass_does_not_have_is_ignored(app, client, oneclick):
+    for _ in range(2):
+        response = client.post("/webhook", json={"event": "lesson_moved", "object": {"userId": 1001}})
+        assert response.status_code == 200
+        assert response.get_json() == {"status": "ignored",
+                                       "reason": "MoyKlass has no event 'lesson_moved': nothing is sent for it"}
+    store = app.extensions["sms_bulk_app"].store
+    assert sum(store.counts().values()) == 0 and oneclick.messages == []
+    assert store.ignored_webhooks() == {"lesson_moved": 2}
+
+
+def test_ignored_webhooks_are_counted_in_status(settings, client):
+    for event, times in (("user_birthday", 2), ("payment_new", 1)):
+        for _ in range(times):
+            assert client.post("/webhook", json=load_fixture(event)).get_json()["status"] == "ignored"
+    status = run_command(settings, "status")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[-3:] == ["ignored webhooks (their event has no text):",
+                                               "  user_birthday          2",
+                                               "  payment_new            1"]
+
+
+def test_send_to_a_user_refuses_an_event_without_a_text(settings):
+    refused = run_command(settings, "send", "--user-id", "1001", "--event", "user_birthday")
+    assert refused.returncode == 1
+    assert refused.stderr == "send: no text for user_birthday: set SMS_TEXT_USER_BIRTHDAY to send an SMS for it\n"
+    assert run_command(settings, "send", "--user-id", "1001", "--event", "sub_lessons_left").returncode == 0
+
+
+def test_api_send_to_a_user_refuses_an_event_without_a_text(app):
+    _, key = api_keys.create(app.extensions["sms_bulk_app"].store, "t", ["messages:send"], None)
+    response = app.test_client().post("/api/v1/messages", headers={"Authorization": f"Bearer {key}"},
+                                      json={"moyklass_user_id": 1001, "event": "user_new"})
+    assert response.status_code == 400
+    assert response.get_json() == {"status": "error",
+                                   "message": "no text for user_new: set SMS_TEXT_USER_NEW to send an SMS for it"}
+
+
+def test_startup_log_lists_the_events_that_send(settings):
+    settings["SMS_TEXT_USER_BIRTHDAY"] = "Srećan rođendan, {first_name}!"
+    create_app(settings)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    log_text = (Path(settings["DATA_DIR"]) / "sms_bulk_app.log").read_text(encoding="utf-8")
+    assert ("INFO: Webhooks that send an SMS: sub_lessons_left (SMS_TEXT), user_birthday (SMS_TEXT_USER_BIRTHDAY),"
+            " and those without an event (SMS_TEXT); any other event is answered \"ignored\"") in log_text
 
 
 def test_event_text_overrides_default_and_transliteration_keeps_one_sms(settings, moyklass, oneclick):
