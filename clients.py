@@ -1,6 +1,7 @@
 """The client directory of bulk mailings: CRUD, filters, CSV import, MoyKlass sync."""
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -18,6 +19,12 @@ from store import Store
 
 PAGE_SIZE_MOYKLASS = 500
 CSV_COLUMNS = ("phone", "name", "tags", "timezone", "moyklass_user_id")
+CSV_DELIMITERS = (",", ";", "\t")  # the first wins a tie
+IMPORT_BATCH_ROWS = 500  # rows written per transaction
+
+
+class NotText(ValueError):
+    """A CSV file in none of the encodings decode_csv reads."""
 
 
 class Conflict(Exception):
@@ -62,16 +69,44 @@ def _set_tags(db: sqlite3.Connection, client_id: int, tags: Iterable[str]) -> No
                    [(tag, client_id) for tag in tags])
 
 
+def _insert(db: sqlite3.Connection, client: ClientCreate, default_timezone: str) -> int:
+    cursor = db.execute(
+        "INSERT INTO clients (phone, operator_code, timezone, name, moyklass_user_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (client.phone, client.operator_code or operator_code(client.phone),
+         client.timezone or default_timezone, client.name, client.moyklass_user_id, time.time()))
+    _set_tags(db, cursor.lastrowid, client.tags)
+    return cursor.lastrowid
+
+
+def _change(db: sqlite3.Connection, client_id: int, changes: dict[str, Any]) -> None:
+    """Change the given fields; a new phone brings a new derived operator code unless one is given."""
+    changes = dict(changes)
+    tags = changes.pop("tags", None)
+    if "phone" in changes and "operator_code" not in changes:
+        changes["operator_code"] = operator_code(changes["phone"])
+    if changes:
+        db.execute(f"UPDATE clients SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+                   (*changes.values(), client_id))
+    if tags is not None:
+        _set_tags(db, client_id, tags)
+
+
+def _upsert(db: sqlite3.Connection, client: ClientCreate, default_timezone: str) -> bool:
+    """Create the client, or change the given fields of the one with its phone; True when created."""
+    found = db.execute("SELECT id FROM clients WHERE phone = ?", (client.phone,)).fetchone()
+    if found is None:
+        _insert(db, client, default_timezone)
+        return True
+    _change(db, found["id"], client.model_dump(exclude_unset=True, exclude={"phone"}))
+    return False
+
+
 def create(store: Store, client: ClientCreate, default_timezone: str) -> dict[str, Any]:
     try:
         with store.transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO clients (phone, operator_code, timezone, name, moyklass_user_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (client.phone, client.operator_code or operator_code(client.phone),
-                 client.timezone or default_timezone, client.name, client.moyklass_user_id, time.time()))
-            _set_tags(db, cursor.lastrowid, client.tags)
-            return _row(db, db.execute("SELECT * FROM clients WHERE id = ?", (cursor.lastrowid,)).fetchone())
+            client_id = _insert(db, client, default_timezone)
+            return _row(db, db.execute("SELECT * FROM clients WHERE id = ?", (client_id,)).fetchone())
     except sqlite3.IntegrityError as error:
         raise _conflict(error)
 
@@ -83,20 +118,12 @@ def get(store: Store, client_id: int) -> dict[str, Any] | None:
 
 
 def update(store: Store, client_id: int, changes: dict[str, Any]) -> dict[str, Any] | None:
-    """Change the given fields; a new phone brings a new derived operator code unless one is given."""
-    changes = dict(changes)
-    tags = changes.pop("tags", None)
-    if "phone" in changes and "operator_code" not in changes:
-        changes["operator_code"] = operator_code(changes["phone"])
+    """Change the given fields of the client; None when there is no such client."""
     try:
         with store.transaction() as db:
             if db.execute("SELECT 1 FROM clients WHERE id = ?", (client_id,)).fetchone() is None:
                 return None
-            if changes:
-                db.execute(f"UPDATE clients SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
-                           (*changes.values(), client_id))
-            if tags is not None:
-                _set_tags(db, client_id, tags)
+            _change(db, client_id, changes)
             return _row(db, db.execute("SELECT * FROM clients WHERE id = ?", (client_id,)).fetchone())
     except sqlite3.IntegrityError as error:
         raise _conflict(error)
@@ -138,60 +165,135 @@ def search(store: Store, tag: str | None, code: str | None, phone: str | None, l
 
 def upsert(store: Store, client: ClientCreate, default_timezone: str) -> bool:
     """Create the client, or update the one with the same phone; True when created."""
-    found = store.connection().execute("SELECT id FROM clients WHERE phone = ?", (client.phone,)).fetchone()
-    if found is None:
-        create(store, client, default_timezone)
-        return True
-    given = client.model_dump(exclude_unset=True, exclude={"phone"})
-    update(store, found["id"], given)
-    return False
+    try:
+        with store.transaction() as db:
+            return _upsert(db, client, default_timezone)
+    except sqlite3.IntegrityError as error:
+        raise _conflict(error)
 
 
-def import_csv(store: Store, text: str, default_timezone: str, region: str,
+def decode_csv(raw: bytes) -> tuple[str, str]:
+    """The text of a CSV file and the encoding it was read in: `utf-8`, `utf-8-sig` (with a BOM),
+    or what Excel writes on Windows set to Serbian/Croatian Latin (`cp1250`) or Cyrillic (`cp1251`).
+
+    Bytes that are not UTF-8 are told apart by their words (runs of ASCII letters and bytes from
+    0x80 up): in Cyrillic every letter of a word is such a byte (А-я are 0xC0-0xFF, Ђ Ј Љ Њ Ћ Џ
+    below them), while a Serbian/Croatian Latin word with č ć ž š đ has ASCII letters too, its
+    vowels at least. So the file is cp1251 when most words with a byte from 0x80 up have only such
+    bytes, and cp1250 otherwise. Raises NotText for bytes that are none of these.
+    """
+    if raw.startswith(codecs.BOM_UTF8):
+        encoding, raw = "utf-8-sig", raw[len(codecs.BOM_UTF8):]
+    else:
+        try:
+            return raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            words = [word for word in re.findall(rb"[A-Za-z\x80-\xff]+", raw) if max(word) >= 0x80]
+            only_high = sum(1 for word in words if min(word) >= 0x80)
+            encoding = "cp1251" if only_high * 2 > len(words) else "cp1250"
+    try:
+        return raw.decode("utf-8" if encoding == "utf-8-sig" else encoding), encoding
+    except UnicodeDecodeError as error:
+        raise NotText(f"the CSV is not text in UTF-8, cp1250 or cp1251 (read as {encoding}: {error})")
+
+
+def sniff_delimiter(header_line: str) -> str:
+    """`,` `;` or tab, whichever the header line has most of; `,` for a header of one column."""
+    return max(CSV_DELIMITERS, key=header_line.count)
+
+
+class MalformedRow(ValueError):
+    """A line that is not one CSV row of the file's columns."""
+
+
+def _fields(line: str, delimiter: str, columns: int | None = None) -> list[str]:
+    """The fields of one line. A quoted field may hold the delimiter but not a line break: a quote
+    left open is this line's error, never a reason to read the next lines into it."""
+    try:
+        fields = next(csv.reader([line], delimiter=delimiter, strict=True))
+    except csv.Error as error:
+        if str(error) == "unexpected end of data":
+            raise MalformedRow("malformed CSV: a quote is not closed on this line (a row is one line)")
+        raise MalformedRow(f"malformed CSV: {error}")
+    if columns is not None and any(value.strip() for value in fields[columns:]):
+        raise MalformedRow(f"{len(fields)} fields, the header has {columns}")
+    return fields
+
+
+def import_csv(store: Store, raw: bytes, default_timezone: str, region: str,
                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Upsert every row of a CSV with a header (phone required; name, tags separated by `;`,
-    timezone, moyklass_user_id optional); each refused row is reported with its reason."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    timezone, moyklass_user_id optional); each refused row is reported with its line number and
+    reason. The encoding (decode_csv) and the delimiter (from the header) are found and reported.
+    Rows are written IMPORT_BATCH_ROWS to a transaction. Raises NotText (decode_csv)."""
+    text, encoding = decode_csv(raw)
+    lines = io.StringIO(text, newline="")
+    header_line = lines.readline()
+    delimiter = sniff_delimiter(header_line)
+    report: dict[str, Any] = {"created": 0, "updated": 0, "rejected": [], "ignored_columns": [],
+                              "encoding": encoding, "delimiter": delimiter}
     try:
-        header = [name.strip().lower() for name in reader.fieldnames or []]
-    except csv.Error as error:
-        return {"created": 0, "updated": 0, "rejected": [{"row": 1, "reason": f"not CSV: {error}"}],
-                "ignored_columns": []}
-    ignored = sorted(set(header) - set(CSV_COLUMNS))
-    report: dict[str, Any] = {"created": 0, "updated": 0, "rejected": [], "ignored_columns": ignored}
+        header = [name.strip().lower() for name in _fields(header_line, delimiter)]
+    except MalformedRow as error:
+        report["rejected"].append({"row": 1, "reason": str(error)})
+        return report
+    report["ignored_columns"] = sorted(set(header) - set(CSV_COLUMNS))
     if "phone" not in header:
         report["rejected"].append({"row": 1, "reason": "the header has no phone column"})
         return report
-    reader.fieldnames = header
-    try:
-        _import_rows(store, reader, report, default_timezone, region, progress)
-    except csv.Error as error:
-        report["rejected"].append({"row": reader.line_num, "reason": f"not CSV from here on: {error}"})
+    batch: list[tuple[int, ClientCreate]] = []
+    line_number = 1
+    for line_number, line in enumerate(lines, start=2):
+        if not line.strip():
+            continue
+        try:
+            row = dict(zip(header, _fields(line, delimiter, len(header)), strict=False))  # short rows: empty
+            batch.append((line_number, ClientCreate.model_validate(_client_fields(row), context={"region": region})))
+        except MalformedRow as error:
+            report["rejected"].append({"row": line_number, "reason": str(error)})
+        except ValidationError as error:
+            report["rejected"].append({"row": line_number, "reason": describe(error)})
+        if len(batch) == IMPORT_BATCH_ROWS:
+            _upsert_batch(store, batch, report, default_timezone)
+            batch = []
+            if progress:
+                progress(line_number - 1)
+    _upsert_batch(store, batch, report, default_timezone)
+    if progress:
+        progress(line_number - 1)
+    report["rejected"].sort(key=lambda rejected: rejected["row"])
     return report
 
 
-def _import_rows(store: Store, reader: csv.DictReader, report: dict[str, Any], default_timezone: str, region: str,
-                 progress: Callable[[int], None] | None) -> None:
-    for line_number, row in enumerate(reader, start=2):
-        data = {key: (value or "").strip() for key, value in row.items() if key in CSV_COLUMNS}
-        fields: dict[str, Any] = {"phone": data.get("phone", "")}
-        if data.get("name"):
-            fields["name"] = data["name"]
-        if data.get("tags"):
-            fields["tags"] = [tag for tag in re.split(r"\s*;\s*", data["tags"]) if tag]
-        if data.get("timezone"):
-            fields["timezone"] = data["timezone"]
-        if data.get("moyklass_user_id"):
-            fields["moyklass_user_id"] = data["moyklass_user_id"]
-        try:
-            client = ClientCreate.model_validate(fields, context={"region": region})
-            report["created" if upsert(store, client, default_timezone) else "updated"] += 1
-        except ValidationError as error:
-            report["rejected"].append({"row": line_number, "reason": describe(error)})
-        except Conflict as error:
-            report["rejected"].append({"row": line_number, "reason": str(error)})
-        if progress:
-            progress(line_number - 1)
+def _client_fields(row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row as ClientCreate fields: empty cells are left out, tags split at `;`."""
+    data = {key: value.strip() for key, value in row.items() if key in CSV_COLUMNS}
+    fields: dict[str, Any] = {"phone": data.get("phone", "")}
+    if data.get("name"):
+        fields["name"] = data["name"]
+    if data.get("tags"):
+        fields["tags"] = [tag for tag in re.split(r"\s*;\s*", data["tags"]) if tag]
+    if data.get("timezone"):
+        fields["timezone"] = data["timezone"]
+    if data.get("moyklass_user_id"):
+        fields["moyklass_user_id"] = data["moyklass_user_id"]
+    return fields
+
+
+def _upsert_batch(store: Store, batch: list[tuple[int, ClientCreate]], report: dict[str, Any],
+                  default_timezone: str) -> None:
+    """Upsert the rows in one transaction; a row that conflicts is undone alone (a savepoint) and rejected."""
+    if not batch:
+        return
+    with store.transaction() as db:
+        for line_number, client in batch:
+            db.execute("SAVEPOINT import_row")
+            try:
+                report["created" if _upsert(db, client, default_timezone) else "updated"] += 1
+            except sqlite3.IntegrityError as error:
+                db.execute("ROLLBACK TO import_row")
+                report["rejected"].append({"row": line_number, "reason": str(_conflict(error))})
+            db.execute("RELEASE import_row")
 
 
 def moyklass_users(get_page: Callable[[int, int], dict[str, Any]]) -> Iterator[tuple[list[dict], int]]:
