@@ -91,7 +91,7 @@ def running_gunicorn(settings: dict[str, str], workers: int, threads: int = 16):
             try:
                 if requests.get(f"{base_url}/health", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening, or still loading the app
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn did not start:\n{log_path.read_text()}")

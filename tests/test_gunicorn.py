@@ -11,6 +11,7 @@ from tests.fakes import numbered_phone
 
 def test_100_concurrent_webhooks_on_4_workers_send_100_sms_with_one_token(settings, moyklass, oneclick):
     del settings["MOYKLASS_RATE_PER_SEC"]  # the default, under MoyKlass' 7 requests/s
+    settings["WEBHOOK_SYNC_WAIT_SECONDS"] = "30"  # every webhook waits its turn: all 100 are sent in the request
     user_ids = range(2001, 2101)
     for user_id in user_ids:
         moyklass.add_user(user_id, numbered_phone(user_id))
