@@ -1,15 +1,19 @@
 """Sends that cannot outlive their lease, outcomes that are unknown, claims and reports (real worker processes)."""
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
 
+import api_keys
 from sms_bulk_app import create_app
 from store import FAILED, QUEUED, SENDING, SENT, Store
-from tests.conftest import run_command, running_worker, wait_until
+from tests.conftest import load_fixture, run_command, running_gunicorn, running_worker, wait_until
 
 
 def open_store(settings) -> Store:
@@ -99,9 +103,6 @@ def test_a_worker_on_another_provider_leaves_pending_reports_alone(worker_settin
 
 def test_cancelling_a_mailing_stops_what_its_worker_has_claimed_but_not_sent(worker_settings, oneclick):
     """The worker leases 4 messages per sender ahead; before, all of them went out after the cancel."""
-    import api_keys
-    from datetime import UTC, datetime, timedelta
-
     oneclick.latency = 0.2
     worker_settings.update(SMS_CONCURRENCY="2", SMS_DLR_MAX_SECONDS="0")
     app = create_app(worker_settings)
@@ -132,11 +133,6 @@ def test_cancelling_a_mailing_stops_what_its_worker_has_claimed_but_not_sent(wor
 def test_database_timeout_bounds_every_writer_when_another_program_holds_the_database(settings, moyklass, oneclick):
     """8 parallel webhooks against a database locked elsewhere: before, they queued on the write lock
     and got their 503 after 1, 2, 3 ... DATABASE_TIMEOUTs."""
-    import sqlite3
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tests.conftest import load_fixture, running_gunicorn
-
     settings["DATABASE_TIMEOUT"] = "1"
     with running_gunicorn(settings, workers=1, threads=8) as base_url:
         locker = sqlite3.connect(Path(settings["DATA_DIR"]) / "sms_bulk_app.db", isolation_level=None)
