@@ -183,7 +183,7 @@ def decode_csv(raw: bytes) -> tuple[str, str]:
     bytes, and cp1250 otherwise. Raises NotText for bytes that are none of these.
     """
     if raw.startswith(codecs.BOM_UTF8):
-        encoding, raw = "utf-8-sig", raw[len(codecs.BOM_UTF8):]
+        encoding = "utf-8-sig"  # the codec drops the BOM
     else:
         try:
             return raw.decode("utf-8"), "utf-8"
@@ -192,7 +192,7 @@ def decode_csv(raw: bytes) -> tuple[str, str]:
             only_high = sum(1 for word in words if min(word) >= 0x80)
             encoding = "cp1251" if only_high * 2 > len(words) else "cp1250"
     try:
-        return raw.decode("utf-8" if encoding == "utf-8-sig" else encoding), encoding
+        return raw.decode(encoding), encoding
     except UnicodeDecodeError as error:
         raise NotText(f"the CSV is not text in UTF-8, cp1250 or cp1251 (read as {encoding}: {error})")
 

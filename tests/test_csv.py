@@ -148,3 +148,13 @@ def test_a_large_import_keeps_its_semantics_across_batches(api):
     clients = names()
     assert len(clients) == 1197
     assert clients["+381641000005"] == ("Peti opet", []) and "+381642000001" not in clients
+
+
+def test_bytes_in_none_of_the_encodings_are_a_clear_400(settings):
+    app = create_app(settings)
+    _, key = api_keys.create(app.extensions["sms_bulk_app"].store, "test", ["clients:write"], None)
+    response = app.test_client().post("/api/v1/clients/import", data=b"phone\n\x98\x81\n", content_type="text/csv",
+                                      headers={"Authorization": f"Bearer {key}"})
+    assert (response.status_code, response.get_json()["message"]) == (
+        400, "the CSV is not text in UTF-8, cp1250 or cp1251 (read as cp1251: 'charmap' codec can't decode byte"
+             " 0x98 in position 6: character maps to <undefined>)")
