@@ -233,7 +233,8 @@ class Dispatcher:
                             where, attempts, self.config.sms_max_attempts, error, delay)
                 return self._retry_later(message, Cause.GATEWAY, error, code=result.code, delay=delay,
                                          count_attempt=True, unknown_outcome=unknown, **details)
-        log.error("Gateway refused %s: %s", where, error)
+        verdict = "Gateway refused" if result.outcome is Outcome.REJECTED else "Giving up on"
+        log.error("%s %s: %s", verdict, where, error)
         return self._finish(message, FAILED, Cause.GATEWAY, error, code=result.code, count_attempt=True,
                             unknown_outcome=unknown, gateway_ref=result.reference, **details)
 
