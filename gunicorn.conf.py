@@ -24,7 +24,9 @@ bind = f"{_config.host}:{_config.port}"
 # gthread, with gunicorn's own error answers (a request it cannot parse) in JSON like the app's.
 worker_class = "gunicorn_worker.JsonErrorWorker"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
-threads = int(os.environ.get("WEB_THREADS", "8"))
+# 32 threads: a synchronous webhook may hold one for WEBHOOK_SYNC_WAIT_SECONDS during a burst
+# (MoyKlass allows 7 lookups/s, so about 14 wait at once); /health and the API need threads left.
+threads = int(os.environ.get("WEB_THREADS", "32"))
 timeout = 60
 graceful_timeout = 10
 keepalive = 5
