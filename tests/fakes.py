@@ -1,15 +1,18 @@
 """Fake MoyKlass and OneClick: real HTTP servers on 127.0.0.1, faithful to external-apis.md.
 
 Used by the tests and the benchmarks; `python -m tests.fakes` runs both for trying the
-service by hand with curl.
+service by hand with curl (MoyKlass on 8081, OneClick on 8082), and shows what they received:
+GET /_fake/messages and /_fake/stats on OneClick, GET /_fake/stats on MoyKlass.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -52,10 +55,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        delay = fake.latency
-        if delay:
-            time.sleep(delay)
-        status, answer = fake.route(self, body)
+        inspect = fake.inspection().get(self.path) if self.command == "GET" else None
+        if inspect:
+            status, answer = 200, inspect()
+        else:
+            if fake.latency:
+                time.sleep(fake.latency)
+            status, answer = fake.route(self, body)
         data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -96,6 +102,10 @@ class FakeService:
             connection.shutdown(socket.SHUT_RDWR)
 
     def extra_headers(self, status: int) -> dict[str, str]:
+        return {}
+
+    def inspection(self) -> dict[str, Callable[[], Any]]:
+        """GET paths (/_fake/...) that show a person trying the service what the fake received."""
         return {}
 
     def route(self, request: _RequestHandler, body: Any) -> tuple[int, Any]:
@@ -191,6 +201,13 @@ class FakeMoyKlass(FakeService):
     def extra_headers(self, status: int) -> dict[str, str]:
         return {"Retry-After": "1"} if status == 429 else {}
 
+    def inspection(self) -> dict[str, Callable[[], Any]]:
+        return {"/_fake/stats": self._stats}
+
+    def _stats(self) -> dict[str, int]:
+        with self.lock:
+            return {"token_calls": self.token_calls, "user_calls": self.user_calls, "tokens": len(self.tokens)}
+
     def _over_rate_limit(self, now: float) -> bool:
         while self.request_times and self.request_times[0] <= now - 1.0:
             self.request_times.popleft()
@@ -264,6 +281,18 @@ class FakeOneClick(FakeService):
     def send_url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.SEND_PATH}"
 
+    def inspection(self) -> dict[str, Callable[[], Any]]:
+        return {"/_fake/messages": self._messages, "/_fake/stats": self._stats}
+
+    def _messages(self) -> list[dict[str, Any]]:
+        """Every SMS accepted, in full: a test tool on loopback, not a log."""
+        with self.lock:
+            return list(self.messages)
+
+    def _stats(self) -> dict[str, int]:
+        with self.lock:
+            return {"messages": len(self.messages), "report_calls": self.report_calls}
+
     def route(self, request: _RequestHandler, body: Any) -> tuple[int, Any]:
         with self.lock:
             if self.fail_next:
@@ -304,15 +333,13 @@ class FakeOneClick(FakeService):
         return {"Success": status == 0, "Message": message, "Reference": reference, "Status": status}
 
 
-def serve(service: str, port: int, latency: float = 0.0, numbered_users: int = 1000,
-          rate_limit: bool = True) -> None:
-    """Run one fake in the foreground until interrupted (a process of its own for benchmarks)."""
+def _new_fake(service: str, numbered_users: int, rate_limit: bool) -> FakeService:
     if service == "moyklass":
-        fake: FakeService = FakeMoyKlass(enforce_rate_limit=rate_limit, numbered_users=numbered_users)
-    else:
-        fake = FakeOneClick()
-    fake.latency = latency
-    fake.start(port)
+        return FakeMoyKlass(enforce_rate_limit=rate_limit, numbered_users=numbered_users)
+    return FakeOneClick()
+
+
+def _wait_for_interrupt() -> None:
     try:
         while True:
             time.sleep(3600)
@@ -320,19 +347,59 @@ def serve(service: str, port: int, latency: float = 0.0, numbered_users: int = 1
         pass
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Run a fake MoyKlass or OneClick on 127.0.0.1")
-    parser.add_argument("service", choices=["moyklass", "oneclick"])
-    parser.add_argument("--port", type=int, required=True)
+def serve(service: str, port: int, latency: float = 0.0, numbered_users: int = 1000,
+          rate_limit: bool = True) -> None:
+    """Run one fake in the foreground until interrupted (a process of its own for benchmarks)."""
+    fake = _new_fake(service, numbered_users, rate_limit)
+    fake.latency = latency
+    fake.start(port)
+    _wait_for_interrupt()
+
+
+NAMES = {"moyklass": "MoyKlass", "oneclick": "OneClick"}
+
+
+def _describe(service: str, port: int) -> str:
+    if service == "moyklass":
+        return (f"fake MoyKlass on http://127.0.0.1:{port}/v1 (API_KEY=test-api-key);"
+                f" what it was asked: GET http://127.0.0.1:{port}/_fake/stats")
+    return (f"fake OneClick on http://127.0.0.1:{port}{FakeOneClick.SEND_PATH} (smartlab / oneclick-pass);"
+            f" what it sent: GET http://127.0.0.1:{port}/_fake/messages and /_fake/stats")
+
+
+def main(argv: list[str]) -> int:
+    """Run both fakes, or the one named, until interrupted; 1 with one line if a port is taken."""
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes",
+                                     description="Run the fake MoyKlass and OneClick on 127.0.0.1")
+    parser.add_argument("service", nargs="?", choices=["both", *NAMES], default="both",
+                        help="which fake to run (default: both)")
+    parser.add_argument("--moyklass-port", type=int, default=8081, help="default 8081")
+    parser.add_argument("--oneclick-port", type=int, default=8082, help="default 8082")
     parser.add_argument("--users", type=int, default=100_000, help="MoyKlass users 1..N, each with a phone")
     parser.add_argument("--latency", type=float, default=0.0, help="delay of every answer, s")
     parser.add_argument("--no-rate-limit", action="store_true", help="MoyKlass: no 429 past 7 requests/s")
-    args = parser.parse_args()
-    print(f"fake {args.service} on http://127.0.0.1:{args.port}"
-          f" (MoyKlass: API_KEY=test-api-key, base /v1; OneClick: smartlab / oneclick-pass,"
-          f" {FakeOneClick.SEND_PATH})", flush=True)
-    serve(args.service, args.port, args.latency, args.users, not args.no_rate_limit)
+    args = parser.parse_args(argv)
+    ports = {"moyklass": args.moyklass_port, "oneclick": args.oneclick_port}
+    services = list(NAMES) if args.service == "both" else [args.service]
+    started: list[FakeService] = []
+    try:
+        for service in services:
+            fake = _new_fake(service, args.users, not args.no_rate_limit)
+            fake.latency = args.latency
+            try:
+                started.append(fake.start(ports[service]))
+            except OSError as error:
+                print(f"fake {NAMES[service]}: cannot listen on 127.0.0.1:{ports[service]}:"
+                      f" {os.strerror(error.errno)}", file=sys.stderr)
+                return 1
+        for service in services:
+            print(_describe(service, ports[service]), flush=True)
+        _wait_for_interrupt()
+    finally:
+        for fake in started:
+            fake.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))
