@@ -42,6 +42,7 @@ class Cause(enum.Enum):
 
     USER_NOT_FOUND = "user_not_found"
     NO_PHONE = "no_phone"
+    NO_TEXT = "no_text"  # the event has no text any more
     INVALID_PHONE = "invalid_phone"
     MOYKLASS = "moyklass"
     GATEWAY = "gateway"
@@ -103,8 +104,8 @@ class Dispatcher:
                                 "its deadline passed before it was sent")
         try:
             phone, text = self._resolve(message, give_up_at)
-        except (UserNotFound, _NoPhone, InvalidPhone) as error:
-            cause = {UserNotFound: Cause.USER_NOT_FOUND, _NoPhone: Cause.NO_PHONE,
+        except (UserNotFound, _NoPhone, _NoText, InvalidPhone) as error:
+            cause = {UserNotFound: Cause.USER_NOT_FOUND, _NoPhone: Cause.NO_PHONE, _NoText: Cause.NO_TEXT,
                      InvalidPhone: Cause.INVALID_PHONE}[type(error)]
             return self._finish(message, FAILED, cause, str(error), code=type(error).__name__)
         except WouldWait as error:
@@ -167,18 +168,19 @@ class Dispatcher:
         MoyKlass and rendered (webhooks)."""
         if message["phone"] and message["text"] is not None:
             return message["phone"], message["text"]
+        template = self.config.template_for(message["event"]) if message["text"] is None else None
+        if message["text"] is None and template is None:  # its SMS_TEXT_<EVENT> was removed while it waited
+            raise _NoText(self.config.ignored_because(message["event"]))
         if self.moyklass is None:
             raise MoyKlassError("MoyKlass is not configured: set API_KEY")
         user = self.moyklass.get_user(message["user_id"], give_up_at)
         if not user.get("phone"):
             raise _NoPhone(f"MoyKlass user {message['user_id']} has no phone")
         phone = to_e164(user["phone"], self.config.default_region)
-        text = message["text"]
-        if text is None:
-            text = self.config.template_for(message["event"]).render(template_fields(user))
-            if self.config.sms_transliterate:
-                text = transliterate(text)
-        return phone, text
+        if template is None:
+            return phone, message["text"]
+        text = template.render(template_fields(user))
+        return phone, transliterate(text) if self.config.sms_transliterate else text
 
     def _provider_pause(self) -> ProviderPause | None:
         """Whether sending through our provider is paused; read from the database once a second."""
@@ -283,6 +285,10 @@ class Dispatcher:
 
 
 class _NoPhone(Exception):
+    pass
+
+
+class _NoText(Exception):
     pass
 
 

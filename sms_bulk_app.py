@@ -65,6 +65,7 @@ CAUSE_STATUS_CODES = {
     Cause.EXPIRED: 500,
     Cause.OUTSIDE_WINDOW: 500,  # webhooks have no window or mailing: listed for completeness
     Cause.CANCELED: 500,
+    Cause.NO_TEXT: 500,  # the webhook ignores such an event before it queues anything
 }
 
 

@@ -37,6 +37,8 @@ def test_a_mailing_running_now_is_sent_and_counted(worker_settings, oneclick):
     with running_worker(worker_settings):
         wait_until(lambda: client.get(f"/api/v1/mailings/{mailing['id']}/stats", headers=headers)
                    .get_json()["counts"]["DELIVERED"] == 3, what="3 DELIVERED")
+        wait_until(lambda: client.get(f"/api/v1/mailings/{mailing['id']}", headers=headers)
+                   .get_json()["state"] == "finished", what="the mailing finished")
         single = client.post("/api/v1/messages", headers=headers, json={"phone": "+381 64 999 8877", "text": "Test"})
         assert single.status_code == 202 and single.get_json()["status"] == "queued"
         message_id = single.get_json()["id"]
@@ -46,7 +48,7 @@ def test_a_mailing_running_now_is_sent_and_counted(worker_settings, oneclick):
     assert sorted(m["message"] for m in oneclick.messages[:3]) == [
         "Zdravo Ana, upis počinje sutra.", "Zdravo Jelena, upis počinje sutra.", "Zdravo Marko, upis počinje sutra."]
     stats = client.get(f"/api/v1/mailings/{mailing['id']}/stats", headers=headers).get_json()
-    assert (stats["total"], stats["progress"], stats["segments"], stats["state"]) == (3, 1.0, 3, "started")
+    assert (stats["total"], stats["progress"], stats["segments"], stats["state"]) == (3, 1.0, 3, "finished")
     assert stats["first_sent_at"] <= stats["last_sent_at"]
     assert client.get("/api/v1/mailings/stats", headers=headers).get_json()["items"] == [stats]
     page = client.get(f"/api/v1/mailings/{mailing['id']}/messages?status=DELIVERED&limit=2", headers=headers)

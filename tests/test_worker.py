@@ -270,3 +270,15 @@ def test_a_locked_database_delays_the_worker_without_losing_or_repeating_a_send(
         assert worker.poll() is None  # it kept running
     texts = Counter(m["message"] for m in oneclick.messages)
     assert len(texts) == 300 and max(texts.values()) == 1
+
+
+def test_a_queued_event_whose_text_was_removed_fails_naming_the_setting(worker_settings, moyklass, oneclick):
+    """Queued with SMS_TEXT_USER_BIRTHDAY set, sent by a worker started without it."""
+    moyklass.add_user(1001, "381641000001")
+    store = open_store(worker_settings)
+    message_id = store.enqueue("webhook", 3600, user_id=1001, event="user_birthday")
+    with running_worker(worker_settings):
+        wait_until(lambda: store.message(message_id)["status"] == FAILED, what="FAILED")
+    message = store.message(message_id)
+    assert message["last_error"] == "no text for user_birthday: set SMS_TEXT_USER_BIRTHDAY to send an SMS for it"
+    assert oneclick.messages == [] and moyklass.user_calls == 0
