@@ -56,16 +56,6 @@ class _AccessLogRequestHandler(WSGIRequestHandler):
                                               self.log_date_time_string(), self.requestline, code, size)
 
 
-def _access_log_path() -> Path | None:
-    """ACCESS_LOG (environment or .env): a file for the request lines of `serve`, or `off` (the default).
-
-    Read here, not in config.py: only the development server has request lines of its own to
-    place (gunicorn has --access-logfile, nginx its access_log).
-    """
-    value = os.environ.get("ACCESS_LOG", "").strip()
-    return None if value.lower() in ("", "off") else Path(value).expanduser().resolve()
-
-
 def _serve(app_services: Services, app: Flask) -> int:
     """The embedded default: the web app and a worker in one process.
 
@@ -81,7 +71,7 @@ def _serve(app_services: Services, app: Flask) -> int:
     with listener:  # the server works on its own duplicate of the socket
         server = make_server(host, port, app, threaded=True, request_handler=_AccessLogRequestHandler,
                              fd=listener.fileno())
-    setup_access_log(_access_log_path())
+    setup_access_log(app_services.config.access_log_path)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _interrupt)
     stop = threading.Event()
@@ -353,8 +343,7 @@ def main(argv: list[str]) -> int:
             return _serve(services(app), app)
         app_services = build_services(config)
     except ConfigError as error:
-        print(f"SMSBulkApp cannot start: fix these settings (environment or .env): {'; '.join(error.problems)}",
-              file=sys.stderr)
+        print(error.report(), file=sys.stderr)
         return 2
     except (OSError, DatabaseUnavailable) as error:
         print(f"SMSBulkApp cannot start: {error}", file=sys.stderr)

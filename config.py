@@ -51,9 +51,8 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
 
     def report(self) -> str:
-        lines = ["SMSBulkApp cannot start: fix these settings (environment or .env):"]
-        lines += [f"  - {problem}" for problem in self.problems]
-        return "\n".join(lines)
+        """One line for the terminal or the journal, every problem in it."""
+        return f"SMSBulkApp cannot start: fix these settings (environment or .env): {'; '.join(self.problems)}"
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,7 @@ class Config:
     token_file_path: Path
     log_file_path: Path
     log_level: str
+    access_log_path: Path | None  # request lines of the development server; None: off
     api_key: str | None = field(repr=False)
     moyklass_api_url: str
     moyklass_rate_per_sec: float
@@ -249,6 +249,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         token_file_path=data_path("TOKEN_FILE_PATH", "token.json"),
         log_file_path=data_path("LOG_FILE_PATH", "sms_bulk_app.log"),
         log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+        access_log_path=None if (read.text("ACCESS_LOG") or "off").lower() == "off"
+        else Path(read.text("ACCESS_LOG")).expanduser().resolve(),
         api_key=read.text("API_KEY"),
         moyklass_api_url=read.url("MOYKLASS_API_URL", "https://api.moyklass.com/v1"),
         moyklass_rate_per_sec=read.number("MOYKLASS_RATE_PER_SEC", 6.0, 0.1),

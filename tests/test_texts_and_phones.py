@@ -67,3 +67,6 @@ def test_masking():
         "to 381*******67 at 2026-11-23 10:00, ip 127.0.0.1"
     assert mask_phones_in("2026-11-23 381641234567") == "2026-11-23 381*******67"
     assert mask_phones_in("+381 64 123-4567") == "+381*******67"
+    assert mask_phones_in("call 064.1234567 or 064/123.45.67") == "call 064*****67 or 064*****67"
+    assert mask_phones_in("took 0.125 s from 192.168.100.200 at 23.11.2026") == \
+        "took 0.125 s from 192.168.100.200 at 23.11.2026"
