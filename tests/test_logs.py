@@ -25,12 +25,13 @@ def log_text(settings) -> str:
 
 
 def test_log_file_has_no_phone_and_no_secret(settings, moyklass, oneclick):
-    settings.update(LOG_LEVEL="debug", WEBHOOK_SECRET="hook-secret-123")
+    settings.update(LOG_LEVEL="debug", WEBHOOK_SECRET="hook-secret-123", SMS_TEXT_USER_NEW="Dobrodošli, {name}!")
     app = create_app(settings)
     client = app.test_client()
     moyklass.add_user(1002, "381641000002")
     moyklass.add_user(1001, "381641000001")
-    assert client.post("/webhook?secret=hook-secret-123", json=load_fixture("user_new")).status_code == 200
+    sent = client.post("/webhook?secret=hook-secret-123", json=load_fixture("user_new"))
+    assert (sent.status_code, sent.get_json()["status"]) == (200, "success")
     oneclick.answer_status = -1
     assert client.post("/webhook?secret=hook-secret-123",
                        json=load_fixture("sub_lessons_left")).status_code == 500
