@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,19 @@ from mailings import next_opening
 from moyklass import MoyKlassClient, MoyKlassError, UserNotFound, template_fields
 from phones import InvalidPhone, mask, to_e164
 from providers import Delivery, Outcome, Provider, SendResult
-from store import CANCELED, DELIVERED, EXPIRED, FAILED, QUEUED, SENT, UNDELIVERED, Change, ProviderPause, Store
+from store import (
+    CANCELED,
+    DELIVERED,
+    EXPIRED,
+    FAILED,
+    QUEUED,
+    SENT,
+    UNDELIVERED,
+    Change,
+    DatabaseUnavailable,
+    ProviderPause,
+    Store,
+)
 from texts import measure, transliterate
 
 log = logging.getLogger(__name__)
@@ -80,13 +93,22 @@ class Dispatcher:
         self._slots = SharedSlots(state.with_suffix(".slots"), config.sms_concurrency)
         self._pause: ProviderPause | None = None
         self._pause_checked_at = -PAUSE_CHECK_SECONDS
+        self._late_results = LateResults(store)
 
     def attempt_and_record(self, message: dict[str, Any], owner: str, give_up_at: float | None) -> AttemptResult:
         """One attempt, written at once (the synchronous webhook), waiting for the MoyKlass rate
-        limit and a send slot only until `give_up_at` (monotonic)."""
+        limit and a send slot only until `give_up_at` (monotonic). A result the database refuses
+        now is written later in the background (LateResults): the send happened either way."""
         result = self.attempt(message, owner, give_up_at)
-        if result.change and self.store.apply([result.change], owner):
-            log.warning("%s was taken over before its result was written", describe(message).capitalize())
+        if result.change is None:
+            return result
+        try:
+            if self.store.apply([result.change], owner):
+                log.warning("%s was taken over before its result was written", describe(message).capitalize())
+        except DatabaseUnavailable as error:
+            log.error("%s: its result (%s) cannot be written now (%s); writing it in the background",
+                      describe(message).capitalize(), result.status, error)
+            self._late_results.add(result.change, owner, message["lease_until"])
         return result
 
     def attempt(self, message: dict[str, Any], owner: str, give_up_at: float | None = None) -> AttemptResult:
@@ -282,6 +304,53 @@ class Dispatcher:
     def _jittered(delay: float) -> float:
         """Spread retries so that messages failed together do not come back together."""
         return delay * random.uniform(0.8, 1.2)
+
+
+class LateResults:
+    """Results of synchronous attempts that the database refused when they were made.
+
+    A web process has no loop of its own to retry them (a worker keeps its results and writes
+    them on its next turn), so a thread started on demand writes them as soon as the database
+    takes them, until the message's lease runs out: past it another worker may have taken the
+    message over, and the result is dropped with an ERROR (the message may then be sent again).
+    """
+
+    RETRY_SECONDS = 0.5
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._pending: list[tuple[Change, str, float]] = []  # (change, owner, lease end)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, change: Change, owner: str, lease_until: float) -> None:
+        with self._lock:
+            self._pending.append((change, owner, lease_until))
+            if self._thread is None or not self._thread.is_alive():  # also a thread lost in a fork
+                self._thread = threading.Thread(target=self._write_until_done, name="late-results", daemon=True)
+                self._thread.start()
+
+    def _write_until_done(self) -> None:
+        while True:
+            time.sleep(self.RETRY_SECONDS)
+            with self._lock:
+                pending, self._pending = self._pending, []
+            waiting = []
+            for change, owner, lease_until in pending:
+                if time.time() >= lease_until:
+                    log.error("Message %d: its result (%s) could not be written before its lease ran out;"
+                              " it may be sent again", change.message_id, change.status)
+                    continue
+                try:
+                    self.store.apply([change], owner)
+                    log.info("Message %d: its result (%s) is written", change.message_id, change.status)
+                except DatabaseUnavailable:
+                    waiting.append((change, owner, lease_until))
+            with self._lock:
+                self._pending[:0] = waiting
+                if not self._pending:
+                    self._thread = None
+                    return
 
 
 class _NoPhone(Exception):

@@ -151,3 +151,32 @@ def test_database_timeout_bounds_every_writer_when_another_program_holds_the_dat
             locker.close()
     assert [status for status, _ in answers] == [503] * 8
     assert max(took for _, took in answers) < 1.8, answers
+
+
+def test_a_sync_send_whose_result_the_database_refuses_is_written_later_not_sent_again(settings, moyklass, oneclick):
+    """The gateway takes the SMS, then the database is held by another program past DATABASE_TIMEOUT.
+    Before, the webhook answered 503 "nothing was kept" and, its lease expired, the worker sent it again."""
+    settings.update(DATABASE_TIMEOUT="1", HTTP_TIMEOUT="2", WORKER_LEASE_SECONDS="6", SMS_RETRY_BASE_SECONDS="0.05",
+                    SMS_DLR_MAX_SECONDS="0")
+    moyklass.add_user(1001, "381641000001")
+    oneclick.latency = 1.5
+    client = create_app(settings).test_client()
+    database = Path(settings["DATA_DIR"]) / "sms_bulk_app.db"
+
+    def hold_the_database() -> None:
+        time.sleep(0.3)  # the webhook is committed and its send is on the wire
+        locker = sqlite3.connect(database, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        time.sleep(3.2)
+        locker.execute("ROLLBACK")
+        locker.close()
+
+    with running_worker(settings), ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(hold_the_database)
+        answer = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+        holder.result()
+        store = open_store(settings)
+        wait_until(lambda: store.message(1)["status"] == SENT, timeout=5, what="the late result")
+        time.sleep(7.0 - 3.5)  # past the lease: a worker that could take it over would have
+    assert (answer.status_code, answer.get_json()) == (200, {"status": "success", "id": 1})
+    assert len(oneclick.messages) == 1
