@@ -270,9 +270,13 @@ def delete_mailing(mailing_id: int):
 
 
 @endpoint("POST", "/mailings/{mailing_id}/cancel", summary="Cancel a mailing: what is still queued is not sent",
-          scope="mailings:write", responses={200: Mailing, 404: Error})
+          scope="mailings:write", responses={200: Mailing, 404: Error, 409: (Error, "It has finished")})
 def cancel_mailing(mailing_id: int):
-    return _answer(Mailing, _found(mailings.cancel(_services().store, mailing_id), "mailing", mailing_id))
+    try:
+        canceled = mailings.cancel(_services().store, mailing_id)
+    except MailingConflict as error:
+        raise ApiError(409, str(error))
+    return _answer(Mailing, _found(canceled, "mailing", mailing_id))
 
 
 @endpoint("POST", "/mailings/{mailing_id}/retry-failed", summary="Queue the mailing's FAILED and UNDELIVERED again",

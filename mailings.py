@@ -145,10 +145,13 @@ def delete(store: Store, mailing_id: int) -> bool:
 
 
 def cancel(store: Store, mailing_id: int) -> dict[str, Any] | None:
-    """Stop a mailing: it will not start, or its queued messages become CANCELED."""
-    if get(store, mailing_id) is None:
-        return None
-    store.cancel_mailing(mailing_id)
+    """Stop a mailing: it will not start, or its queued messages become CANCELED. Cancelling a
+    cancelled mailing changes nothing; a finished one cannot be cancelled (MailingConflict)."""
+    current = get(store, mailing_id)
+    if current is None or current["state"] == CANCELED_STATE:
+        return current
+    if not store.cancel_mailing(mailing_id):
+        raise MailingConflict(f"mailing {mailing_id} has finished: nothing of it is left to cancel")
     return get(store, mailing_id)
 
 
@@ -173,7 +176,8 @@ def start_due(store: Store, now: float) -> list[tuple[int, int]]:
     """Start every scheduled mailing whose start_at has come: (mailing id, messages queued)."""
     due = store.connection().execute(
         "SELECT * FROM mailings WHERE state = ? AND start_at <= ? ORDER BY start_at", (SCHEDULED, now)).fetchall()
-    return [(row["id"], store.start_mailing(row["id"], now, _messages(store, dict(row), now))) for row in due]
+    return [(row["id"], store.start_mailing(row["id"], row["updated_at"], now, _messages(store, dict(row), now)))
+            for row in due]
 
 
 def finish_done(store: Store, now: float) -> list[int]:

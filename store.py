@@ -512,16 +512,21 @@ class Store:
 
     # --- mailings: their state lives in `mailings`, their messages here ---
 
-    def start_mailing(self, mailing_id: int, now: float, messages: Iterable[dict[str, Any]]) -> int:
+    def start_mailing(self, mailing_id: int, read_at_update: float, now: float,
+                      messages: Iterable[dict[str, Any]]) -> int:
         """Mark a scheduled mailing started and queue its messages, all in one transaction: a
         crash leaves it either not started or started with every message. One message per client
-        per mailing, ever; a client whose window opens only after the end is EXPIRED at once."""
+        per mailing, ever; a client whose window opens only after the end is EXPIRED at once.
+
+        `messages` were made from the mailing as it was at `read_at_update` (its updated_at): if
+        it was changed since, nothing happens (0) and the next turn starts it as it is now."""
         columns = ("client_id", "phone", "timezone", "text", "next_attempt_at", "window_from", "window_to",
                    "deadline")
         count = 0
         with self.transaction() as db:
             started = db.execute("UPDATE mailings SET state = 'started', started_at = ?, updated_at = ?"
-                                 " WHERE id = ? AND state = 'scheduled'", (now, now, mailing_id))
+                                 " WHERE id = ? AND state = 'scheduled' AND updated_at = ?",
+                                 (now, now, mailing_id, read_at_update))
             if started.rowcount != 1:
                 return 0
             batch: list[tuple] = []
@@ -543,16 +548,19 @@ class Store:
                        f" VALUES ('mailing', {_placeholders(names)})", batch)
         return len(batch)
 
-    def cancel_mailing(self, mailing_id: int) -> int:
-        """The mailing will not start, or its QUEUED messages become CANCELED at once. Messages a
+    def cancel_mailing(self, mailing_id: int) -> bool:
+        """A scheduled or started mailing will not start, or its QUEUED messages become CANCELED at
+        once (False: it was neither, nothing changed). Messages a
         worker has leased (SENDING) become CANCELED by that worker, which reads the mailing's state
         just before each send (`lease_state`): only sends already on the wire finish."""
         now = time.time()
         with self.transaction() as db:
-            db.execute("UPDATE mailings SET state = 'canceled', updated_at = ? WHERE id = ?", (now, mailing_id))
-            return db.execute(
-                "UPDATE messages SET status = ?, done_at = ?, updated_at = ? WHERE mailing_id = ? AND status = ?",
-                (CANCELED, now, now, mailing_id, QUEUED)).rowcount
+            canceled = db.execute("UPDATE mailings SET state = 'canceled', updated_at = ? WHERE id = ?"
+                                  " AND state IN ('scheduled', 'started')", (now, mailing_id)).rowcount
+            if canceled:
+                db.execute("UPDATE messages SET status = ?, done_at = ?, updated_at = ? WHERE mailing_id = ?"
+                           " AND status = ?", (CANCELED, now, now, mailing_id, QUEUED))
+            return canceled == 1
 
     def counts(self) -> dict[str, int]:
         rows = self.connection().execute("SELECT status, count(*) FROM messages GROUP BY status")

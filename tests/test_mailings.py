@@ -140,7 +140,8 @@ def test_one_message_per_client_per_mailing_ever(store):
     client = add_client(store, "+381641000001", "UTC")
     mailing_id = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-10T20:00:00+00:00")
     mailings.start_due(store, at("2030-03-10T10:00:00+00:00"))
-    assert store.start_mailing(mailing_id, at("2030-03-10T10:00:05+00:00"), iter([])) == 0  # started once only
+    updated_at = store.connection().execute("SELECT updated_at FROM mailings WHERE id = ?", (mailing_id,)).fetchone()[0]
+    assert store.start_mailing(mailing_id, updated_at, at("2030-03-10T10:00:05+00:00"), iter([])) == 0  # once only
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
         with store.transaction() as db:
             db.execute("INSERT INTO messages (created_at, updated_at, source, status, next_attempt_at, deadline,"
@@ -226,3 +227,33 @@ def test_a_mailing_finishes_when_nothing_is_left_to_send_and_a_retry_restarts_it
     assert mailings.finish_done(store, at("2026-01-01T12:01:00+00:00")) == [mailing_id]
     with pytest.raises(mailings.MailingConflict):  # past its end_at nothing can be sent for it
         mailings.retry_failed(store, mailing_id, at("2026-01-01T20:00:00+00:00"))
+
+
+def test_a_mailing_changed_after_the_scheduler_read_it_starts_as_changed(store):
+    """The scheduler reads due mailings outside its write; a PATCH landing in between used to be
+    answered 200 while the old text went to the old filter's clients."""
+    add_client(store, "+381641000001", "UTC", tags=("old",))
+    new_client = add_client(store, "+381641000002", "UTC", tags=("new",))
+    mailing_id = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-10T20:00:00+00:00",
+                             selector={"tags": ["old"]}, text="OLD TEXT")
+    read = store.connection().execute("SELECT updated_at FROM mailings WHERE id = ?", (mailing_id,)).fetchone()[0]
+    mailings.update(store, mailing_id, {"text": "NEW TEXT", "filter": {"tags": ["new"]}}, {"now": CREATED_AT})
+    stale = [{"client_id": 1, "phone": "+381641000001", "timezone": "UTC", "text": "OLD TEXT",
+              "next_attempt_at": 0.0, "window_from": None, "window_to": None, "deadline": 1e10}]
+    assert store.start_mailing(mailing_id, read, at("2030-03-10T10:00:01+00:00"), stale) == 0
+    assert mailings.get(store, mailing_id)["state"] == "scheduled" and rows(store, mailing_id) == {}
+    mailings.start_due(store, at("2030-03-10T10:00:02+00:00"))
+    assert {client: row["text"] for client, row in rows(store, mailing_id).items()} == {new_client: "NEW TEXT"}
+
+
+def test_a_finished_mailing_cannot_be_cancelled_and_a_cancelled_one_stays_so(store):
+    mailing_id = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-10T20:00:00+00:00",
+                             selector={"tags": ["nobody"]})
+    mailings.start_due(store, at("2030-03-10T10:00:00+00:00"))
+    mailings.finish_done(store, at("2030-03-10T10:00:01+00:00"))
+    with pytest.raises(mailings.MailingConflict, match="has finished"):
+        mailings.cancel(store, mailing_id)
+    assert mailings.get(store, mailing_id)["state"] == "finished"
+    other = new_mailing(store, "2030-03-11T10:00:00+00:00", "2030-03-11T20:00:00+00:00")
+    assert mailings.cancel(store, other)["state"] == "canceled"
+    assert mailings.cancel(store, other)["state"] == "canceled"
