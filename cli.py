@@ -284,7 +284,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     send.add_argument("--event", type=_event, help="with --user-id: whose SMS_TEXT_<EVENT> to use")
     importer = commands.add_parser("import-clients", help="upsert clients from a CSV file (header row, phone column)",
                                    epilog=_csv_columns_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    importer.add_argument("file", type=Path, help="the CSV file, UTF-8")
+    importer.add_argument("file", type=Path,
+                          help="the CSV file: UTF-8 (with or without BOM), cp1250 or cp1251; delimiter , ; or tab")
     sync = commands.add_parser("sync-moyklass", help="upsert every MoyKlass student as a client")
     sync.add_argument("--client-state-id", type=_positive, action="append", dest="client_state_ids",
                       help="only students in this state (may be repeated)")
