@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,15 +85,20 @@ def test_through_nginx_the_secret_stays_out_of_its_log_and_errors_are_json(setti
                                  json=load_fixture("sub_lessons_left"), timeout=10)
             too_large = requests.post(f"{front}/webhook?secret=url-secret-4242",
                                       data=b"x" * 100_000, timeout=10)
+            buffered = requests.post(f"{front}/webhook?secret=url-secret-4242",  # past nginx's 16k buffer
+                                     json={"object": {"userId": 1001}, "pad": "x" * 40_000}, timeout=10)
             no_secret = requests.post(f"{front}/webhook", json={"object": {"userId": 1}}, timeout=10)
     assert sent.status_code == 200 and sent.json()["status"] == "success"
     assert too_large.status_code == 413
     assert too_large.json() == {"status": "error", "message": "the body is larger than 64 KiB"}
     assert no_secret.status_code == 401 and no_secret.json()["status"] == "error"
     access_log = (tmp_path / "sms_bulk_app.access.log").read_text()
-    assert access_log.count("POST /webhook HTTP/1.1") == 3
+    assert access_log.count("POST /webhook HTTP/1.1") == 4
     assert "url-secret-4242" not in access_log
-    assert len(oneclick.messages) == 1
+    error_log = (tmp_path / "sms_bulk_app.error.log").read_text()  # the 413 was logged with the URL
+    assert "url-secret-4242" not in error_log
+    assert buffered.status_code == 200
+    assert len(oneclick.messages) == 2
 
 
 @needs_systemd
@@ -141,3 +147,23 @@ def test_through_nginx_an_import_of_50000_rows_arrives_whole(settings, tmp_path)
     assert store.connection().execute("SELECT count(*) FROM clients").fetchone()[0] == rows
     assert too_large.status_code == 413
     assert too_large.json() == {"status": "error", "message": "the body is larger than 10240 KiB"}
+
+
+@needs_nginx
+def test_through_nginx_a_webhook_burst_is_passed_on_at_once_not_spaced_to_the_rate(settings, moyklass, tmp_path):
+    """limit_req without nodelay spaced a burst to 30/s: the 300th webhook waited 10 s in nginx."""
+    settings["WEBHOOK_MODE"] = "async"
+    with running_gunicorn(settings, workers=1) as base_url:
+        main, port = nginx_site(tmp_path, int(base_url.rsplit(":", 1)[1]))
+        with running_nginx(main, port) as front:
+
+            def fire(user_id: int) -> tuple[int, float]:
+                started = time.monotonic()
+                answer = requests.post(f"{front}/webhook", json={"event": "sub_lessons_left",
+                                                                 "object": {"userId": user_id}}, timeout=30)
+                return answer.status_code, time.monotonic() - started
+
+            with ThreadPoolExecutor(60) as pool:
+                answers = list(pool.map(fire, range(1, 61)))
+    assert [status for status, _ in answers] == [202] * 60
+    assert max(took for _, took in answers) < 1.0, sorted(took for _, took in answers)[-5:]

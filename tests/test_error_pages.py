@@ -61,11 +61,15 @@ def test_nginx_answers_requests_it_cannot_parse_and_a_missing_app_with_json(tmp_
         big_header = exchange(port, MALFORMED_REQUESTS["header past the header limit"])
         no_app = exchange(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         error_location = exchange(port, b"GET /_sms_bulk_app_error/failed HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        gzip_body = exchange(port, b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n")
+        http_9 = exchange(port, b"GET /health HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n")
     assert_json_error(garbage, 400, "the request is not valid HTTP")
     assert_json_error(long_url, 414, "the URL is too long")
     assert_json_error(big_header, 400, "the request headers are too large")
     assert_json_error(no_app, 503, "SMSBulkApp is not running; try again later")
     assert_json_error(error_location, 404, "not found")  # nginx's internal error locations stay internal
+    assert_json_error(gzip_body, 501, "this transfer encoding or method is not supported")
+    assert_json_error(http_9, 505, "this HTTP version is not supported")
 
 
 # More than the webhook's burst of 300 (nginx.conf), all in flight at once: 2 connections each.
