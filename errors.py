@@ -5,6 +5,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
@@ -42,6 +43,8 @@ def read_body(limit: int) -> bytes:
             body += chunk
     except RequestEntityTooLarge:  # a Content-Length over the limit: nothing is read
         raise ApiError(413, too_large(limit))
+    except (ParseException, OSError, ValueError) as error:  # a broken chunked body, a client gone
+        raise ApiError(400, f"the body could not be read ({type(error).__name__})")
     if len(body) > limit:
         raise ApiError(413, too_large(limit))
     return bytes(body)

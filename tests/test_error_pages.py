@@ -52,6 +52,16 @@ def test_gunicorn_answers_requests_it_cannot_parse_with_json(settings, case, sta
     assert_json_error(response, status, reason)
 
 
+def test_a_broken_chunked_body_is_a_json_400_not_a_500(settings):
+    """gunicorn raises its own InvalidChunkSize while the app reads the body; it was answered 500
+    with a traceback in the log."""
+    broken = (b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+    with running_gunicorn(settings, workers=1, threads=2) as base_url:
+        response = exchange(int(base_url.rsplit(":", 1)[1]), broken)
+    assert_json_error(response, 400, "the body could not be read (InvalidChunkSize)")
+
+
 @needs_nginx
 def test_nginx_answers_requests_it_cannot_parse_and_a_missing_app_with_json(tmp_path):
     main, port = nginx_site(tmp_path, upstream_port=free_port())  # nothing listens there
