@@ -90,12 +90,13 @@ def endpoint(method: str, path: str, *, summary: str, scope: str, responses: dic
 
         @functools.wraps(view)
         def handle(**path_args: Any):
-            _authorize(scope)
+            key = _authorize(scope)
             arguments = dict(path_args)
             if query is not None:
                 arguments["query"] = _validated(query, request.args.to_dict())
             if body is not None:
                 arguments["body"] = _validated(body, _json_body())
+            _count_request(key)
             return view(**arguments)
 
         bp.add_url_rule(re.sub(r"\{(\w+)\}", rf"<int(min=1, max={MAX_ID}):\1>", path), endpoint=view.__name__,
@@ -105,8 +106,8 @@ def endpoint(method: str, path: str, *, summary: str, scope: str, responses: dic
     return declare
 
 
-def _authorize(scope: str) -> None:
-    """Only a request that will be served counts against the key's daily quota: 401 and 403 do not."""
+def _authorize(scope: str) -> api_keys.ApiKey:
+    """The request's key, if it is known and has `scope` (401, 403 otherwise)."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer ") or not header[7:].strip():
         raise ApiError(401, "send an API key as Authorization: Bearer <key> (create one: sms_bulk_app.py keys create)",
@@ -117,7 +118,13 @@ def _authorize(scope: str) -> None:
         raise ApiError(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     if scope not in key.scopes:
         raise ApiError(403, f"this key lacks the scope {scope!r}")
-    retry_after = api_keys.count_request(store, key.id)
+    return key
+
+
+def _count_request(key: api_keys.ApiKey) -> None:
+    """Only a request that will be served counts against the key's daily quota: one refused
+    (401, 403) or invalid (400, 413) does not."""
+    retry_after = api_keys.count_request(_services().store, key.id)
     if retry_after is not None:
         raise ApiError(429, "this key's daily quota is used up", headers={"Retry-After": str(int(retry_after))})
 

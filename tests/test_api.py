@@ -77,6 +77,8 @@ def test_refused_requests_do_not_use_the_daily_quota(api):
     _, key = api_keys.create(api.store, "reader", ["read"], 3)
     refused = [api.call("POST", "/clients", key=key, json={"phone": "0641234567"}).status_code for _ in range(10)]
     assert refused == [403] * 10
+    invalid = [api.call("GET", "/clients?limit=abc", key=key).status_code for _ in range(5)]
+    assert invalid == [400] * 5
     assert [api.call("GET", "/clients", key=key).status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
