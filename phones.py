@@ -69,10 +69,16 @@ def mask(phone: str) -> str:
     return ("+" if phone.lstrip().startswith("+") else "") + masked
 
 
-# A run of 7 or more digits, possibly broken by single spaces, dashes, parentheses, dots or
-# slashes ("+381 64 123-4567", "(064) 1234567", "064.123.4567", "064/123-4567"): anything shaped
-# like a phone number in free text. `_phone_shaped` then lets through the ordinary things among them.
-PHONE_IN_TEXT = re.compile(r"\+?\(?\d(?:[ \-()./]{0,2}\d){6,}")
+# What people put between a phone's digit groups: spaces and tabs, dashes (ASCII and U+2010-2014),
+# parentheses, dots, slashes, underscores, commas, and `+` (a space in a query string).
+PHONE_SEPARATORS = " \t\\-\u2010-\u2014()./_,+"
+# A run of 7 or more digits broken by up to 3 separators at a time ("+381 64 123-4567",
+# "(064) (123) (4567)", "064 - 123 - 4567", "064+123+4567", "064_123_4567"): anything shaped like a
+# phone number in free text. `_phone_shaped` then lets through the ordinary things among them.
+PHONE_IN_TEXT = re.compile(rf"\+?\(?\d(?:[{PHONE_SEPARATORS}]{{0,3}}\d){{6,}}")
+# Separators that also write dates, decimals, paths, addresses and lists of figures. `+` is not one
+# of them: in a URL it is a space.
+ORDINARY_SEPARATORS = frozenset("\t./_,")
 # A date at the start of a match: ISO (2026-11-23), or day.month.year / year/month/day forms.
 LEADING_DATE = re.compile(r"^(?:\d{4}-\d{2}-\d{2}|\d{1,2}([./])\d{1,2}\1\d{4}|\d{4}([./])\d{1,2}\2\d{1,2})(?!\d)")
 IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)")
@@ -81,12 +87,12 @@ IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4
 def _phone_shaped(found: str) -> bool:
     """Whether a PHONE_IN_TEXT match is a phone rather than a short figure or an IP address.
 
-    Dots and slashes also write dates, versions, decimals and addresses, so a number that uses
-    them must have the 9 digits of the shortest national number, and not be an IP address. A
+    A number written with ORDINARY_SEPARATORS must have the 9 digits of the shortest national
+    number, and not be an IP address: `23.11.2026`, `0.125`, `1,2,3,4,5,6,7` stay readable. A
     long decimal (a Unix time such as 1795000000.25) is masked too: `064.1234567` is written the
     same way, and a masked figure costs less than a phone in a log.
     """
-    if "." not in found and "/" not in found:
+    if ORDINARY_SEPARATORS.isdisjoint(found):
         return True
     if sum(char.isdigit() for char in found) < 9:
         return False

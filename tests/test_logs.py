@@ -134,7 +134,8 @@ def test_access_log_holds_the_request_lines_when_set(settings, tmp_path):
 def test_phones_in_urls_and_odd_forms_are_masked_and_control_characters_escaped(settings, tmp_path):
     settings.update(ACCESS_LOG=str(tmp_path / "access.log"), LOG_LEVEL="debug")
     queries = ["phone=064%20987%206543", "phone=%2B381%2064%20987%206543", "phone=064.123.4567",
-               "phone=064/123/4567", "phone=064%252F123%252F4567",
+               "phone=064/123/4567", "phone=064%252F123%252F4567", "phone=064+123+4567",
+               "phone=%2B381+(0)+64+123+4567", "phone=064%E2%80%91123%E2%80%914567", "phone=064_123_4567",
                "since=2026-11-23T08:00:00&amount=1234.5678&ip=192.168.100.200&day=23.11.2026",
                "note=%0D%0A2026-01-01%2000:00:00,000%20INFO:%20forged%00%C2%85"]
     with serving(settings, tmp_path) as base_url:
@@ -146,6 +147,7 @@ def test_phones_in_urls_and_odd_forms_are_masked_and_control_characters_escaped(
                     if "/api/" in line]
     assert access_lines == [f"GET /api/v1/mailings/12/messages?{query} HTTP/1.1" for query in [
         "phone=064*****43", "phone=+381*******43", "phone=064*****67", "phone=064*****67", "phone=064*****67",
+        "phone=064*****67", "phone=+381********67", "phone=064*****67", "phone=064*****67",
         "since=2026-11-23T08:00:00&amount=1234.5678&ip=192.168.100.200&day=23.11.2026",
         "note=\\r\\n2026-01-01 00:00:00,000 INFO: forged\\x00\\x85"]]
     app_log = log_text(settings)
@@ -156,5 +158,6 @@ def test_phones_in_urls_and_odd_forms_are_masked_and_control_characters_escaped(
     for text in (app_log, (tmp_path / "access.log").read_text()):
         assert "forged" not in "".join(line for line in text.splitlines() if line.startswith("2026-01-01"))
         assert "\x00" not in text and "\r" not in text
-        for phone in ["987 6543", "9876543", "123.4567", "123/4567", "123-4567", "1234567"]:
+        for phone in ["987 6543", "9876543", "123.4567", "123/4567", "123-4567", "1234567", "123+4567",
+                      "123\u20114567", "123_4567"]:
             assert phone not in text
