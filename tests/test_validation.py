@@ -109,6 +109,32 @@ def test_webhook_largest_user_id_and_31_levels_are_accepted(app, moyklass):
     assert response.get_json()["message"] == "MoyKlass has no user 9223372036854775807"
 
 
+# --- numbers JSON does not have ---
+
+@pytest.mark.parametrize("number, message", [
+    (b"NaN", "the body holds NaN: JSON has no such number"),
+    (b"Infinity", "the body holds Infinity: JSON has no such number"),
+    (b"-Infinity", "the body holds -Infinity: JSON has no such number"),
+    (b"1e999", "the body holds a number too large to keep (such as 1e999)"),
+    (b"-1e999", "the body holds a number too large to keep (such as 1e999)"),
+])
+def test_bodies_with_a_number_that_is_not_finite_answer_400(app, call, oneclick, number, message):
+    webhook = post_webhook(app, b'{"event": "user_new", "object": {"userId": 1, "x": [' + number + b"]}}")
+    assert (webhook.status_code, webhook.get_json()) == (400, {"status": "error", "message": message})
+    api = call("POST", "/messages", data=b'{"phone": "0641234567", "text": "x", "x": ' + number + b"}",
+               content_type="application/json")
+    assert (api.status_code, api.get_json()) == (400, {"status": "error", "message": message})
+    assert message_count(app) == 0
+    assert oneclick.messages == []
+
+
+def test_bodies_with_the_largest_finite_number_are_read(app, call):
+    answer = call("POST", "/messages", data=b'{"phone": "0641234567", "text": "x", "extra": 1.7e308}',
+                  content_type="application/json")
+    assert answer.status_code == 400  # read as JSON, then refused by the schema for its unknown field
+    assert "extra" in answer.get_json()["errors"]
+
+
 # --- lone surrogates in API bodies ---
 
 @pytest.mark.parametrize("path, body", [
