@@ -24,7 +24,8 @@ from werkzeug.serving import WSGIRequestHandler, make_server, select_address_fam
 
 import api_keys
 import clients
-from config import MOYKLASS_EVENTS, ConfigError
+from config import ConfigError
+from events import MOYKLASS_EVENTS
 from logs import ACCESS_LOGGER, setup_access_log
 from moyklass import MoyKlassError
 from phones import InvalidPhone, to_e164

@@ -14,23 +14,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
+from events import MOYKLASS_EVENTS
 from providers import PROVIDERS
 from texts import Template, TemplateError
-
-# Every event MoyKlass can send (external-apis.md); SMS_TEXT_<EVENT> must name one of them.
-MOYKLASS_EVENTS = frozenset(
-    """
-    user_new user_changed user_changed_state user_birthday
-    join_new join_changed join_changed_state join_deleted
-    payment_new debit_new
-    sub_new sub_lessons_left sub_lesson_in_debt sub_days_next_payment sub_end_days
-    lesson_new lesson_changed lesson_deleted lesson_start_days lesson_start_hours
-    lesson_record_new lesson_record_changed lesson_record_deleted
-    class_new class_changed class_deleted task_new task_changed task_deleted
-    lesson_mark_new lesson_mark_changed lesson_mark_deleted
-    user_consecutive_visit_missed_2
-    """.split()
-)
 
 DEFAULT_SMS_TEXT = (
     "Poštovani {name}, na Vašoj pretplati su ostala još dva plaćena časa. SmartLab"

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from events import EVENT_NAME, MOYKLASS_EVENTS
 from phones import InvalidPhone, to_e164
 from texts import Template, TemplateError, measure
 
@@ -242,12 +243,18 @@ def check_mailing_text(value: str, info: ValidationInfo) -> str:
         template = Template(value, MAILING_FIELDS)
     except TemplateError as error:
         raise ValueError(str(error))
-    max_segments = (info.context or {}).get("max_segments")
-    parts = measure(template.render(dict.fromkeys(MAILING_FIELDS, ""))).segments
-    if max_segments is not None and parts > max_segments:
-        raise ValueError(f"the text needs {parts} SMS parts, counted with {{name}} and {{first_name}} empty"
-                         f" (the least it can be); the SMS provider takes at most {max_segments}")
+    check_parts(template.render(dict.fromkeys(MAILING_FIELDS, "")), info,
+                ", counted with {name} and {first_name} empty (the least it can be)")
     return value
+
+
+def check_parts(text: str, info: ValidationInfo, counted: str = "") -> None:
+    """The text fits the provider's longest text, when the validation context gives `max_segments`."""
+    max_segments = (info.context or {}).get("max_segments")
+    parts = measure(text).segments
+    if max_segments is not None and parts > max_segments:
+        raise ValueError(f"the text needs {parts} SMS parts{counted}; the SMS provider takes at most"
+                         f" {max_segments}")
 
 
 class MailingCreate(Strict):
@@ -338,12 +345,30 @@ class MessageCreate(Strict):
     def _phone(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else check_phone(value, info)
 
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            check_parts(value, info)
+        return value
+
+    @field_validator("event")
+    @classmethod
+    def _event(cls, value: str | None) -> str | None:
+        if value is not None and not EVENT_NAME.fullmatch(value):
+            raise ValueError("not an event name (1-64 of A-Z a-z 0-9 _ . : -)")
+        if value is not None and value not in MOYKLASS_EVENTS:
+            raise ValueError(f"MoyKlass has no event {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _target(self) -> MessageCreate:
         if (self.phone is None) == (self.moyklass_user_id is None):
             raise ValueError("give exactly one of phone and moyklass_user_id")
         if self.phone is not None and self.text is None:
             raise ValueError("text is required with phone")
+        if self.phone is not None and self.event is not None:
+            raise ValueError("event goes with moyklass_user_id, not with phone")
         return self
 
 

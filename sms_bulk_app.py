@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import api
 from config import Config, load_config
 from delivery import Cause, Dispatcher
 from errors import ApiError, read_body, register_error_handlers
+from events import EVENT_NAME
 from locks import SharedRateLimiter
 from logs import setup_logging
 from moyklass import MoyKlassClient, new_session
@@ -38,7 +38,6 @@ from worker import Worker, worker_id
 log = logging.getLogger("sms_bulk_app")
 
 MAX_BODY_BYTES = 64 * 1024  # webhooks and API requests; CSV imports may be larger (api.py)
-EVENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # MoyKlass' events are snake_case names
 
 bp = Blueprint("sms_bulk_app", __name__)
 

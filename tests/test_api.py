@@ -270,6 +270,20 @@ def test_a_mailing_text_longer_than_the_provider_takes_is_refused(api):
     assert api.call("GET", f"/mailings/{fits.get_json()['id']}").get_json()["text"] == "{first_name}" + "Ж" * 402
 
 
+def test_a_single_message_is_checked_like_a_mailing(api):
+    """Before, a text of 15 parts was queued and then FAILED, and any event string was stored."""
+    too_long = api.call("POST", "/messages", json={"phone": "0641234500", "text": "ж" * 1000})
+    assert too_long.status_code == 400
+    assert too_long.get_json()["errors"] == {"text": "the text needs 15 SMS parts; the SMS provider takes at most 6"}
+    assert api.call("POST", "/messages", json={"phone": "0641234500", "text": "ж" * 402}).status_code == 202
+    with_event = api.call("POST", "/messages", json={"phone": "0641234500", "text": "hi", "event": "user_new"})
+    assert with_event.get_json()["errors"] == {"body": "event goes with moyklass_user_id, not with phone"}
+    unknown = api.call("POST", "/messages", json={"moyklass_user_id": 5, "text": "hi", "event": "x\u0000" + "A" * 5000})
+    assert unknown.get_json()["errors"] == {"event": "not an event name (1-64 of A-Z a-z 0-9 _ . : -)"}
+    named = api.call("POST", "/messages", json={"moyklass_user_id": 5, "text": "hi", "event": "not_an_event"})
+    assert named.get_json()["errors"] == {"event": "MoyKlass has no event 'not_an_event'"}
+
+
 def test_a_mailing_matching_no_client_finishes_under_a_worker(api, worker_settings):
     mailing = api.call("POST", "/mailings", json=mailing_body(start_at=iso(soon(-1)),
                                                               filter={"tags": ["nobody"]})).get_json()
