@@ -276,7 +276,8 @@ def _client_fields(row: dict[str, str]) -> dict[str, Any]:
     if data.get("timezone"):
         fields["timezone"] = data["timezone"]
     if data.get("moyklass_user_id"):
-        fields["moyklass_user_id"] = data["moyklass_user_id"]
+        given = data["moyklass_user_id"]  # a CSV cell is text; the schema takes integers only
+        fields["moyklass_user_id"] = int(given) if given.isascii() and given.isdigit() else given
     return fields
 
 

@@ -6,11 +6,12 @@ context as `region`; time zones against the IANA database.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from datetime import UTC, datetime, time
 from typing import Annotated, Any, Literal, NoReturn
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -31,7 +32,7 @@ MAILING_FIELDS = frozenset({"name", "first_name"})  # what a mailing's text may 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^;,\s][^;,]*$")]
 OperatorCode = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^\d+$")]
 MAX_ID = 2**63 - 1  # SQLite's largest integer
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]  # JSON's integers only: not "12", 12.0 or true
 EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
 MAX_JSON_DEPTH = 32  # MoyKlass envelopes nest 4 deep, API bodies 3
 
@@ -103,12 +104,23 @@ def check_phone(value: str, info: ValidationInfo) -> str:
         raise ValueError(str(error))
 
 
+@functools.cache
+def _iana_time_zones() -> frozenset[str]:
+    """The IANA zone names this system knows, found once per process: finding them scans the disk.
+
+    ZoneInfo opens any file of the tz directory, so `localtime` (this machine's zone, whatever it
+    is), `Factory` and `posixrules` would pass it; none of them is a zone a client lives in.
+    """
+    return frozenset(available_timezones() - {"Factory", "localtime", "posixrules"})
+
+
+def is_iana_time_zone(name: str) -> bool:
+    """The one rule for a time zone name, for the API's fields and DEFAULT_TIMEZONE alike."""
+    return name in _iana_time_zones()
+
+
 def check_timezone(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    if value is not None and not is_iana_time_zone(value):
         raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Belgrade")
     return value
 
@@ -204,7 +216,7 @@ class ImportReport(BaseModel):
 class MailingFilter(Strict):
     tags: list[Tag] = Field(default_factory=list, description="Any of these tags")
     operator_codes: list[OperatorCode] = Field(default_factory=list, description="Any of these codes")
-    all: bool = Field(False, description="Every client; required when both lists are empty")
+    all: bool = Field(False, strict=True, description="Every client; required when both lists are empty")
 
     @model_validator(mode="after")
     def _not_empty(self) -> MailingFilter:

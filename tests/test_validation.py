@@ -135,6 +135,23 @@ def test_bodies_with_the_largest_finite_number_are_read(app, call):
     assert "extra" in answer.get_json()["errors"]
 
 
+# --- time zones ---
+
+@pytest.mark.parametrize("name", ["localtime", "Factory", "posixrules", "Mars/Base", "europe/belgrade",
+                                  "posix/Europe/Belgrade", "../zoneinfo/UTC", ""])
+def test_time_zones_outside_the_iana_list_are_refused(call, name):
+    answer = call("POST", "/clients", json={"phone": "0641234567", "timezone": name})
+    assert answer.status_code == 400
+    assert answer.get_json()["errors"] == {"timezone": f"{name!r} is not an IANA time zone such as Europe/Belgrade"}
+    assert call("GET", "/clients").get_json()["total"] == 0
+
+
+@pytest.mark.parametrize("name", ["Europe/Belgrade", "UTC", "Etc/GMT-14", "America/Argentina/Buenos_Aires"])
+def test_iana_time_zones_are_accepted(call, name):
+    answer = call("POST", "/clients", json={"phone": "0641234567", "timezone": name})
+    assert (answer.status_code, answer.get_json()["timezone"]) == (201, name)
+
+
 # --- lone surrogates in API bodies ---
 
 @pytest.mark.parametrize("path, body", [
@@ -194,3 +211,16 @@ def test_webhook_for_a_user_with_a_landline_answers_422(app, moyklass, oneclick)
     assert body["message"] == "+381*******67 is a landline number: it cannot receive SMS"
     assert app.extensions["sms_bulk_app"].store.message(body["id"])["status"] == FAILED
     assert oneclick.messages == []
+
+
+def test_ids_and_flags_are_json_integers_and_booleans_not_lookalikes(call):
+    """Before, "12", 12.0 and true were taken as ids and "yes" or 1 as true."""
+    for lookalike in ("12", 12.0, True):
+        answer = call("POST", "/clients", json={"phone": "0641234500", "moyklass_user_id": lookalike})
+        assert answer.status_code == 400 and set(answer.get_json()["errors"]) == {"moyklass_user_id"}, lookalike
+    for lookalike in ("yes", 1):
+        answer = call("POST", "/mailings", json={
+            "start_at": "2099-01-01T09:00:00+01:00", "end_at": "2099-01-02T09:00:00+01:00", "text": "Zdravo",
+            "filter": {"all": lookalike}})
+        assert answer.status_code == 400 and set(answer.get_json()["errors"]) == {"filter.all"}, lookalike
+    assert call("POST", "/clients", json={"phone": "0641234500", "moyklass_user_id": 12}).status_code == 201
