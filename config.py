@@ -10,12 +10,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
 from events import MOYKLASS_EVENTS
 from providers import PROVIDERS
+from schemas import is_iana_time_zone
 from texts import Template, TemplateError
 
 DEFAULT_SMS_TEXT = (
@@ -172,9 +172,7 @@ class _Reader:
 
     def timezone(self, name: str, default: str) -> str:
         value = self.text(name, default) or default
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        if not is_iana_time_zone(value):
             self.problems.append(f"{name}={value!r} is not an IANA time zone such as Europe/Belgrade")
         return value
 

@@ -94,6 +94,14 @@ def test_a_settings_error_is_one_line(run_cli, monkeypatch):
     assert "PORT='abc' is not a whole number" in stderr and "{nme}" in stderr
 
 
+@pytest.mark.parametrize("name", ["localtime", "Factory", "posixrules"])
+def test_a_default_timezone_that_is_no_iana_zone_is_a_settings_error(run_cli, monkeypatch, name):
+    monkeypatch.setenv("DEFAULT_TIMEZONE", name)
+    status, stdout, stderr = run_cli("status")
+    assert (status, stdout) == (2, "")
+    assert f"DEFAULT_TIMEZONE={name!r} is not an IANA time zone such as Europe/Belgrade" in stderr
+
+
 def test_import_clients_help_lists_the_csv_columns(run_cli):
     status, stdout, _ = run_cli("import-clients", "--help")
     assert status == 0
