@@ -5,6 +5,7 @@ configuration in one round instead of one restart per typo.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -141,6 +142,8 @@ class _Reader:
         try:
             value = float(raw)
         except ValueError:
+            value = math.nan
+        if not math.isfinite(value):  # float() also takes "nan" and "inf"
             self.problems.append(f"{name}={raw!r} is not a number")
             return default
         if value < minimum:

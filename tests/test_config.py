@@ -31,6 +31,17 @@ def test_every_bad_setting_is_named_at_once():
     assert len(caught.value.problems) == 10
 
 
+def test_nan_and_infinity_are_not_numbers():
+    """float() takes them: DATABASE_TIMEOUT=nan crashed the CLI, HTTP_TIMEOUT=nan passed the lease check."""
+    with pytest.raises(ConfigError) as caught:
+        load_config({"DATABASE_TIMEOUT": "nan", "HTTP_TIMEOUT": "NaN", "WORKER_LEASE_SECONDS": "inf",
+                     "WEBHOOK_SYNC_WAIT_SECONDS": "-inf", "SMS_RETRY_BASE_SECONDS": "Infinity"})
+    assert sorted(caught.value.problems) == [
+        "DATABASE_TIMEOUT='nan' is not a number", "HTTP_TIMEOUT='NaN' is not a number",
+        "SMS_RETRY_BASE_SECONDS='Infinity' is not a number", "WEBHOOK_SYNC_WAIT_SECONDS='-inf' is not a number",
+        "WORKER_LEASE_SECONDS='inf' is not a number"]
+
+
 def test_secrets_stay_out_of_the_config_repr():
     config = load_config({"API_KEY": "key-123456", "SMS_PASSWORD": "pw-123456",
                           "WEBHOOK_SECRET": "hook-123456"})
