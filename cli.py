@@ -101,7 +101,8 @@ def _status(app_services: Services) -> int:
     if pause:
         print(f"sending through {pause.provider} is paused: {pause.reason}")
     ignored = store.ignored_webhooks()
-    print("ignored webhooks (their event has no text):" if ignored else "ignored webhooks: none")
+    print("ignored webhooks (no text for their event, or no such MoyKlass event):" if ignored
+          else "ignored webhooks: none")
     for event, count in ignored.items():
         print(f"  {event:<22} {count}")
     return 0
