@@ -180,21 +180,31 @@ def decode_csv(raw: bytes) -> tuple[str, str]:
     0x80 up): in Cyrillic every letter of a word is such a byte (А-я are 0xC0-0xFF, Ђ Ј Љ Њ Ћ Џ
     below them), while a Serbian/Croatian Latin word with č ć ž š đ has ASCII letters too, its
     vowels at least. So the file is cp1251 when most words with a byte from 0x80 up have only such
-    bytes, and cp1250 otherwise. Raises NotText for bytes that are none of these.
+    bytes, and cp1250 otherwise. Raises NotText for bytes that are none of these: UTF-16 (Excel's
+    "Unicode Text", told by its BOM), which the other encodings would read as garbage, and any
+    text with NUL in it, which no text has (UTF-16 without its BOM passes as UTF-8 or cp1250 with
+    a NUL after each letter).
     """
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise NotText('the CSV is UTF-16 (Excel\'s "Unicode Text"): save it from Excel as'
+                      ' "CSV UTF-8 (Comma delimited)" and import that')
     if raw.startswith(codecs.BOM_UTF8):
         encoding = "utf-8-sig"  # the codec drops the BOM
     else:
         try:
-            return raw.decode("utf-8"), "utf-8"
+            raw.decode("utf-8")
+            encoding = "utf-8"
         except UnicodeDecodeError:
             words = [word for word in re.findall(rb"[A-Za-z\x80-\xff]+", raw) if max(word) >= 0x80]
             only_high = sum(1 for word in words if min(word) >= 0x80)
             encoding = "cp1251" if only_high * 2 > len(words) else "cp1250"
     try:
-        return raw.decode(encoding), encoding
+        text = raw.decode(encoding)
     except UnicodeDecodeError as error:
         raise NotText(f"the CSV is not text in UTF-8, cp1250 or cp1251 (read as {encoding}: {error})")
+    if "\x00" in text:
+        raise NotText("the CSV holds NUL characters, which text never has (UTF-16 without its BOM?)")
+    return text, encoding
 
 
 def sniff_delimiter(header_line: str) -> str:
