@@ -120,10 +120,9 @@ def _send(app_services: Services, args: argparse.Namespace) -> int:
     if args.phone:
         try:
             phone = to_e164(args.phone, config.default_region)
-        except InvalidPhone:
+        except InvalidPhone as error:
             # The operator's own input, on their own terminal: shown as typed, not masked.
-            print(f"send: {args.phone!r} is not a valid phone number (default region {config.default_region})",
-                  file=sys.stderr)
+            print(f"send: {args.phone!r} {error.reason}", file=sys.stderr)
             return 1
         message_id = store.enqueue("cli", config.sms_valid_seconds, phone=phone, text=args.text)
     else:
@@ -176,6 +175,12 @@ def _import_clients(app_services: Services, path: Path) -> int:
         return 1
     finally:
         progress.close()
+    # Rows are refused one by one and the rest imported; a refused header (line 1) means the file
+    # is no client CSV at all, and nothing was imported.
+    header_refused = [rejected["reason"] for rejected in report["rejected"] if rejected["row"] == 1]
+    if header_refused:
+        print(f"import-clients: {path}: {header_refused[0]}", file=sys.stderr)
+        return 1
     print(f"{report['created']} created, {report['updated']} updated, {len(report['rejected'])} rejected")
     print(f"  read as {report['encoding']}, delimiter {report['delimiter']!r}")
     if report["ignored_columns"]:

@@ -8,7 +8,15 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 
 class InvalidPhone(ValueError):
-    pass
+    """A number refused. Its text shows the number masked (it may reach a log); `reason` is what is
+    wrong with it, for whoever shows the number as it was typed."""
+
+    def __init__(self, shown: str, reason: str) -> None:
+        super().__init__(shown, reason)
+        self.shown, self.reason = shown, reason
+
+    def __str__(self) -> str:
+        return f"{self.shown} {self.reason}"
 
 
 # The number types libphonenumber says can receive SMS. FIXED_LINE_OR_MOBILE is where a
@@ -47,11 +55,11 @@ def to_e164(raw: str, default_region: str) -> str:
             e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
             kind = phonenumbers.number_type(number)
             if kind not in SMS_NUMBER_TYPES:
-                raise InvalidPhone(f"{mask(e164)} is a {NUMBER_TYPE_NAMES.get(kind, 'non-mobile')} number:"
-                                   " it cannot receive SMS")
+                raise InvalidPhone(mask(e164), f"is a {NUMBER_TYPE_NAMES.get(kind, 'non-mobile')} number:"
+                                               " it cannot receive SMS")
             return e164
     shown = mask(text) if digits else repr(text[:20])
-    raise InvalidPhone(f"{shown} is not a valid phone number (default region {default_region})")
+    raise InvalidPhone(shown, f"is not a valid phone number (default region {default_region})")
 
 
 def international_digits(e164: str) -> str:

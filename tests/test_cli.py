@@ -73,6 +73,36 @@ def test_an_invalid_phone_is_shown_as_the_operator_typed_it(run_cli):
         (1, "", "send: '12345' is not a valid phone number (default region RS)\n")
 
 
+@pytest.mark.parametrize("phone, reason", [
+    ("011-123-4567", "is a landline number: it cannot receive SMS"),
+    ("0800 123456", "is a toll-free number: it cannot receive SMS"),
+])
+def test_a_number_that_cannot_receive_sms_is_refused_with_its_reason_as_typed(run_cli, phone, reason):
+    assert run_cli("send", "--phone", phone, "--text", "x") == (1, "", f"send: {phone!r} {reason}\n")
+    assert run_cli("status")[1].splitlines()[0] == "QUEUED       0"
+
+
+@pytest.mark.parametrize("content, reason", [
+    (None, "the header has no phone column"),  # /dev/null
+    (b"", "the header has no phone column"),
+    (b"name,tags\nAna,a\n", "the header has no phone column"),
+    (b'phone,"name\n0641000001,Ana\n', "malformed CSV: a quote is not closed on this line (a row is one line)"),
+])
+def test_import_clients_exits_1_when_the_file_is_no_client_csv(run_cli, tmp_path, content, reason):
+    path = Path("/dev/null") if content is None else tmp_path / "clients.csv"
+    if content is not None:
+        path.write_bytes(content)
+    assert run_cli("import-clients", str(path)) == (1, "", f"import-clients: {path}: {reason}\n")
+
+
+def test_import_clients_exits_0_when_only_some_rows_are_rejected(run_cli, tmp_path):
+    path = tmp_path / "clients.csv"
+    path.write_bytes(b"phone,name\n0641000001,Ana\n12,Broj\n")
+    status, stdout, _ = run_cli("import-clients", str(path))
+    assert (status, stdout.splitlines()[0], stdout.splitlines()[-1]) == (
+        0, "1 created, 0 updated, 1 rejected", "  line 3: phone: ** is not a valid phone number (default region RS)")
+
+
 @pytest.mark.parametrize("value", ["99999999999999999999999", "0", "-3", "²", "9223372036854775808"])
 def test_ids_are_bounded_to_what_the_database_holds(run_cli, value):
     status, stdout, stderr = run_cli("send", "--user-id", value)
