@@ -185,6 +185,14 @@ class ClientQuery(Strict):
     limit: int = Field(50, ge=1, le=500)
     offset: int = Field(0, ge=0, le=MAX_ID)
 
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        """Empty is no filter, like an empty tag; a filter without a digit would match every client."""
+        if value and not any(char in "0123456789" for char in value):
+            raise ValueError("give a whole number or some of its digits: this has no digit 0-9")
+        return value
+
 
 class Paging(BaseModel):
     total: int = Field(description="Items matching, on all pages")

@@ -151,6 +151,20 @@ def test_client_list_filters_and_pages(api):
     assert api.call("GET", "/clients?phone=1000003").get_json()["items"][0]["name"] == "Klijent 3"
 
 
+@pytest.mark.parametrize("query", ["abc", "%25", "_", "%25%25", "+", "%20", "(-)", "%C2%B2", "%D9%A3"])
+def test_a_phone_filter_without_digits_is_a_400_naming_the_field(api, query):
+    api.add_client("0641000001")
+    answer = api.call("GET", f"/clients?phone={query}")
+    assert (answer.status_code, answer.get_json()["errors"]) == (
+        400, {"phone": "give a whole number or some of its digits: this has no digit 0-9"})
+
+
+def test_an_empty_phone_filter_is_no_filter_like_an_empty_tag(api):
+    for i in range(3):
+        api.add_client(f"064100000{i}")
+    assert [api.call("GET", f"/clients?{query}").get_json()["total"] for query in ("phone=", "tag=")] == [3, 3]
+
+
 def test_client_update_and_delete(api):
     client = api.add_client("0641234567", tags=["x"])
     changed = api.call("PATCH", f"/clients/{client['id']}", json={"phone": "+79001234567", "tags": ["y", "z"]})
