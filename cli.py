@@ -29,7 +29,7 @@ from events import MOYKLASS_EVENTS
 from logs import ACCESS_LOGGER, setup_access_log
 from moyklass import MoyKlassError
 from phones import InvalidPhone, to_e164
-from schemas import MAX_ID
+from schemas import MAX_ID, too_many_parts
 from sms_bulk_app import Services, _load_config, build_services, create_app, new_worker, services
 from store import DatabaseUnavailable
 from worker import run_until_signalled
@@ -117,6 +117,10 @@ def _retry_failed(app_services: Services, since: datetime | None) -> int:
 
 def _send(app_services: Services, args: argparse.Namespace) -> int:
     config, store = app_services.config, app_services.store
+    too_long = args.text and too_many_parts(args.text, app_services.dispatcher.provider.max_segments)
+    if too_long:
+        print(f"send: {too_long}", file=sys.stderr)
+        return 1
     if args.phone:
         try:
             phone = to_e164(args.phone, config.default_region)

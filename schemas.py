@@ -271,10 +271,17 @@ def check_mailing_text(value: str, info: ValidationInfo) -> str:
 def check_parts(text: str, info: ValidationInfo, counted: str = "") -> None:
     """The text fits the provider's longest text, when the validation context gives `max_segments`."""
     max_segments = (info.context or {}).get("max_segments")
+    problem = too_many_parts(text, max_segments, counted) if max_segments is not None else None
+    if problem:
+        raise ValueError(problem)
+
+
+def too_many_parts(text: str, max_segments: int, counted: str = "") -> str | None:
+    """Why `text` cannot be sent by a provider taking at most `max_segments` parts; None if it can."""
     parts = measure(text).segments
-    if max_segments is not None and parts > max_segments:
-        raise ValueError(f"the text needs {parts} SMS parts{counted}; the SMS provider takes at most"
-                         f" {max_segments}")
+    if parts <= max_segments:
+        return None
+    return f"the text needs {parts} SMS parts{counted}; the SMS provider takes at most {max_segments}"
 
 
 class MailingCreate(Strict):

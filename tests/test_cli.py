@@ -73,6 +73,13 @@ def test_an_invalid_phone_is_shown_as_the_operator_typed_it(run_cli):
         (1, "", "send: '12345' is not a valid phone number (default region RS)\n")
 
 
+def test_a_text_longer_than_the_provider_takes_is_refused(run_cli):
+    """Before, it was queued and then FAILED in the worker."""
+    assert run_cli("send", "--phone", "0641234567", "--text", "ж" * 1000) == \
+        (1, "", "send: the text needs 15 SMS parts; the SMS provider takes at most 6\n")
+    assert run_cli("status")[1].splitlines()[0] == "QUEUED       0"
+
+
 @pytest.mark.parametrize("phone, reason", [
     ("011-123-4567", "is a landline number: it cannot receive SMS"),
     ("0800 123456", "is a toll-free number: it cannot receive SMS"),
