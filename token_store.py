@@ -3,6 +3,8 @@
 A token lives 7 days, so all gunicorn workers and the worker process share one: it is read
 from TOKEN_FILE_PATH, fetched only when missing or near expiry, and the fetch happens under an
 exclusive file lock so that processes starting together fetch one token between them.
+A token MoyKlass issues already expired by this host's clock (the clock is ahead of MoyKlass',
+or MoyKlass sent an odd expiry) is kept until MoyKlass answers 401, or every call would fetch one.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,9 +29,10 @@ EXPIRY_MARGIN = timedelta(minutes=10)
 class Token:
     value: str
     expires_at: datetime
+    until_rejected: bool = False  # issued already past its expiry here: used until MoyKlass answers 401
 
     def usable(self, now: datetime | None = None) -> bool:
-        return (now or datetime.now(UTC)) < self.expires_at - EXPIRY_MARGIN
+        return self.until_rejected or (now or datetime.now(UTC)) < self.expires_at - EXPIRY_MARGIN
 
 
 def parse_expires_at(raw: str) -> datetime:
@@ -57,11 +60,24 @@ class TokenStore:
         with self._thread_lock, self._file_lock():
             token = self._read()
             if token is None or not token.usable():
-                token = self._fetch()
+                token = self._fetch_new()
                 self._write(token)
-                log.info("Fetched a new MoyKlass token, valid until %s", token.expires_at.isoformat())
             self._cached = token
             return token
+
+    def _fetch_new(self) -> Token:
+        """A new token; one that is not usable already when issued is marked `until_rejected`,
+        with one warning per such token, since expiry cannot tell when it ends."""
+        token = self._fetch()
+        now = datetime.now(UTC)
+        if token.usable(now):
+            log.info("Fetched a new MoyKlass token, valid until %s", token.expires_at.isoformat())
+            return token
+        behind = (now - token.expires_at).total_seconds()
+        log.warning("MoyKlass issued a token that expires at %s, %s this host's clock: the host's clock"
+                    " seems to be ahead; using the token until MoyKlass refuses it", token.expires_at.isoformat(),
+                    f"{behind:.0f} s before" if behind >= 0 else f"only {-behind:.0f} s after")
+        return replace(token, until_rejected=True)
 
     def invalidate(self, rejected: Token) -> None:
         """Forget `rejected` (MoyKlass answered 401 to it) unless another process already replaced it."""
@@ -79,7 +95,8 @@ class TokenStore:
     def _read(self) -> Token | None:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            return Token(str(data["accessToken"]), parse_expires_at(data["expiresAt"]))
+            return Token(str(data["accessToken"]), parse_expires_at(data["expiresAt"]),
+                         data.get("untilRejected") is True)
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as error:
@@ -87,7 +104,8 @@ class TokenStore:
             return None
 
     def _write(self, token: Token) -> None:
-        data = {"accessToken": token.value, "expiresAt": token.expires_at.isoformat()}
+        data = {"accessToken": token.value, "expiresAt": token.expires_at.isoformat(),
+                "untilRejected": token.until_rejected}
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".token-")
         try:
             os.fchmod(fd, 0o600)

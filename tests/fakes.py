@@ -162,6 +162,7 @@ class FakeMoyKlass(FakeService):
         self.api_key = api_key
         self.enforce_rate_limit = enforce_rate_limit
         self.expires_form = expires_form  # "z": 2026-11-30T07:00:00.000Z, "offset": +03:00
+        self.token_lifetime = timedelta(days=7)  # negative: tokens issued already expired (clock skew)
         self.users: dict[int, dict[str, Any]] = {}
         self.tokens: set[str] = set()
         self.token_calls = 0
@@ -216,7 +217,7 @@ class FakeMoyKlass(FakeService):
     def _new_token(self) -> dict[str, Any]:
         token = f"mk-token-{next(self._token_numbers)}-{time.time_ns()}"
         self.tokens.add(token)
-        expires = datetime.now(UTC) + timedelta(days=7)
+        expires = datetime.now(UTC) + self.token_lifetime
         if self.expires_form == "z":
             expires_at = expires.strftime("%Y-%m-%dT%H:%M:%S.000Z")
         else:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,3 +71,31 @@ def test_rejected_token_is_dropped_and_the_call_retried_once(settings, moyklass,
     assert send_one(app, moyklass).status_code == 200
     assert moyklass.token_calls == 1
     assert moyklass.user_calls == 2
+
+
+def moyklass_warnings(settings) -> list[str]:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    log_text = (Path(settings["DATA_DIR"]) / "sms_bulk_app.log").read_text(encoding="utf-8")
+    return [line for line in log_text.splitlines() if " WARNING: " in line and "MoyKlass" in line]
+
+
+def test_token_issued_already_expired_is_used_until_rejected_with_one_warning(settings, moyklass, oneclick):
+    """The host's clock an hour ahead of MoyKlass': one getToken and one warning, not one per webhook."""
+    moyklass.token_lifetime = timedelta(hours=-1)
+    moyklass.enforce_rate_limit = False  # nine calls within a second
+    app, other_process_app = create_app(settings), create_app(settings)
+    for user_id in range(1001, 1004):
+        assert send_one(app, moyklass, user_id).status_code == 200
+    for user_id in range(1004, 1006):
+        assert send_one(other_process_app, moyklass, user_id).status_code == 200
+    assert (moyklass.token_calls, moyklass.user_calls) == (1, 5)
+    [warning] = moyklass_warnings(settings)
+    assert re.search(r"MoyKlass issued a token that expires at \S+, 360[01] s before this host's clock: "
+                     r"the host's clock seems to be ahead; using the token until MoyKlass refuses it", warning)
+
+    moyklass.revoke_all_tokens()
+    assert send_one(app, moyklass, 1006).status_code == 200
+    assert (moyklass.token_calls, moyklass.user_calls) == (2, 7)  # the 401, then the retry with a new token
+    assert json.loads(token_file(settings).read_text())["accessToken"] in moyklass.tokens
+    assert sum("host's clock seems to be ahead" in line for line in moyklass_warnings(settings)) == 2
