@@ -79,6 +79,7 @@ class Config:
     webhook_sync_wait_seconds: float = 2.0
     database_timeout: float = 5.0
     default_timezone: str = "Europe/Belgrade"
+    user_cache_seconds: int = 300  # MoyKlass users kept per process; 0: every lookup asks MoyKlass
 
     @property
     def http_timeouts(self) -> tuple[float, float]:
@@ -265,6 +266,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         webhook_sync_wait_seconds=read.number("WEBHOOK_SYNC_WAIT_SECONDS", 2.0, 0.0),
         database_timeout=read.number("DATABASE_TIMEOUT", 5.0, 0.1),
         default_timezone=read.timezone("DEFAULT_TIMEZONE", "Europe/Belgrade"),
+        user_cache_seconds=read.integer("USER_CACHE_SECONDS", 300, 0, 86400),
     )
     # A lease is renewed every quarter of its length, and a send starts only while more than
     # HTTP_TIMEOUT (its whole deadline) + 1 s of the lease is left: twice that always is.

@@ -1,9 +1,12 @@
 """The MoyKlass CRM API client: one keep-alive session, timeouts, bounded retries, a shared rate limit."""
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +24,11 @@ ATTEMPTS = 3
 BACKOFF_SECONDS = 0.25
 MAX_RETRY_AFTER_SECONDS = 5.0
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The spec's userIds: at most 100 ids (maxItems) of int32, in one query parameter as a comma
+# list (style form, explode false); limit defaults to 100 but is sent, so that all come back.
+USER_IDS_PER_CALL = 100
+MAX_ID = 2_147_483_647
+USER_CACHE_MAX_USERS = 10_000
 
 
 class MoyKlassError(Exception):
@@ -33,6 +41,47 @@ class MoyKlassUnavailable(MoyKlassError):
 
 class UserNotFound(MoyKlassError):
     pass
+
+
+class LessonNotFound(MoyKlassError):
+    pass
+
+
+class UserCache:
+    """Users looked up in the last `seconds` (0: none kept), at most `max_users`, in this process.
+
+    A lesson reminder or a burst of webhooks names the same students again within minutes, and
+    every lookup spends one of the 7 requests a second MoyKlass allows the whole company. Users
+    not found are not kept: a student may be added a moment later. Copies go in and out, so a
+    caller changing its user changes no one else's.
+    """
+
+    def __init__(self, seconds: float, max_users: int = USER_CACHE_MAX_USERS):
+        self.seconds = seconds
+        self.max_users = max_users
+        self._users: OrderedDict[int, tuple[float, dict[str, Any]]] = OrderedDict()  # oldest first
+        self._lock = threading.Lock()
+
+    def get(self, user_id: int) -> dict[str, Any] | None:
+        """The user if it was looked up less than `seconds` ago, else None."""
+        with self._lock:
+            entry = self._users.get(user_id)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._users[user_id]
+                return None
+            return copy.deepcopy(entry[1])
+
+    def put(self, user_id: int, user: dict[str, Any]) -> None:
+        """Keep `user` for `seconds`; past `max_users`, the oldest entries (the first to expire) go."""
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            self._users[user_id] = (time.monotonic() + self.seconds, copy.deepcopy(user))
+            self._users.move_to_end(user_id)
+            while len(self._users) > self.max_users:
+                self._users.popitem(last=False)
 
 
 def new_session(urls: list[str], pool_size: int = 32) -> requests.Session:
@@ -67,20 +116,66 @@ def _error_text(response: requests.Response) -> str:
 
 class MoyKlassClient:
     def __init__(self, base_url: str, api_key: str, token_store_path, rate_limiter: SharedRateLimiter,
-                 timeouts: tuple[float, float], session: requests.Session):
+                 timeouts: tuple[float, float], session: requests.Session, user_cache_seconds: float = 300):
         self.base_url = base_url
         self._api_key = api_key
         self._limiter = rate_limiter
         self._timeout = timeouts
         self._session = session
         self.tokens = TokenStore(token_store_path, self._fetch_token)
+        self.user_cache = UserCache(user_cache_seconds)
 
     def get_user(self, user_id: int, give_up_at: float | None = None) -> dict[str, Any]:
         """The MoyKlass User object; UserNotFound on 404. With `give_up_at` (monotonic), a wait
-        for the rate limit or a retry that would end past it raises WouldWait instead."""
+        for the rate limit or a retry that would end past it raises WouldWait instead. A user
+        looked up within USER_CACHE_SECONDS is answered from the cache."""
+        user = self.user_cache.get(user_id)
+        if user is not None:
+            return user
         response = self._call_with_token("GET", f"/company/users/{user_id}", give_up_at=give_up_at)
         if response.status_code == 404:
             raise UserNotFound(f"MoyKlass has no user {user_id}")
+        user = _normalised_user(self._json(response))
+        self.user_cache.put(user_id, user)
+        return user
+
+    def get_users(self, user_ids: list[int], give_up_at: float | None = None) -> dict[int, dict[str, Any]]:
+        """The users found, by id; ids MoyKlass does not know are absent. Cached users first, the
+        rest in one `GET /company/users?userIds=…` per 100 ids: 700 students a second at most,
+        where one call per student would take 100 s for 700. `give_up_at` as in get_user."""
+        found: dict[int, dict[str, Any]] = {}
+        wanted: list[int] = []
+        for user_id in dict.fromkeys(user_ids):
+            if not 0 <= user_id <= MAX_ID:  # MoyKlass' ids are int32: it cannot have it
+                continue
+            user = self.user_cache.get(user_id)
+            if user is not None:
+                found[user_id] = user
+            else:
+                wanted.append(user_id)
+        for start in range(0, len(wanted), USER_IDS_PER_CALL):
+            batch = wanted[start:start + USER_IDS_PER_CALL]
+            # A string, so that the commas go as they are: requests would send them as %2C.
+            query = f"userIds={','.join(map(str, batch))}&limit={len(batch)}"
+            page = self._json(self._call_with_token("GET", "/company/users", give_up_at=give_up_at, params=query))
+            users = page.get("users")
+            if not isinstance(users, list):
+                raise MoyKlassUnavailable("MoyKlass answered a users list without `users`")
+            asked = set(batch)
+            for user in users:
+                if isinstance(user, dict) and user.get("id") in asked:
+                    user = _normalised_user(user)
+                    found[user["id"]] = user
+                    self.user_cache.put(user["id"], user)
+        return found
+
+    def get_lesson(self, lesson_id: int, give_up_at: float | None = None) -> dict[str, Any]:
+        """The MoyKlass Lesson with its `records` (the students booked on it); LessonNotFound on
+        404. `give_up_at` as in get_user."""
+        response = self._call_with_token("GET", f"/company/lessons/{lesson_id}", give_up_at=give_up_at,
+                                         params={"includeRecords": "true"})
+        if response.status_code == 404:
+            raise LessonNotFound(f"MoyKlass has no lesson {lesson_id}")
         return self._json(response)
 
     def list_users(self, offset: int, limit: int, client_state_ids: list[int] | None = None) -> dict[str, Any]:
@@ -161,6 +256,15 @@ def _retry_after(response: requests.Response) -> float | None:
         return min(float(response.headers["Retry-After"]), MAX_RETRY_AFTER_SECONDS)
     except (KeyError, ValueError):
         return None
+
+
+def _normalised_user(user: dict[str, Any]) -> dict[str, Any]:
+    """The user with its phone as a digit string: the spec's schema says string, but its own
+    example (and so perhaps MoyKlass) gives a JSON number such as 79001234567."""
+    phone = user.get("phone")
+    if isinstance(phone, int) and not isinstance(phone, bool):
+        return {**user, "phone": str(phone)}
+    return user
 
 
 def template_fields(user: dict[str, Any]) -> dict[str, object]:

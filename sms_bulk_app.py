@@ -197,7 +197,8 @@ def build_services(config: Config) -> Services:
     if config.api_key:
         limiter = SharedRateLimiter(config.data_dir / "moyklass.rate", config.moyklass_rate_per_sec)
         moyklass = MoyKlassClient(config.moyklass_api_url, config.api_key, config.token_file_path,
-                                  limiter, config.http_timeouts, new_session([config.moyklass_api_url]))
+                                  limiter, config.http_timeouts, new_session([config.moyklass_api_url]),
+                                  config.user_cache_seconds)
     return Services(config, store, Dispatcher(config, store, moyklass, create_provider(config)))
 
 

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -144,16 +144,36 @@ def moyklass_user(user_id: int, phone: str | None, name: str = "Marko Petrović"
     }
 
 
+def moyklass_lesson(lesson_id: int, date: str, begin_time: str, topic: str | None = None,
+                    records: Iterable[dict[str, Any]] = (), **fields: Any) -> dict[str, Any]:
+    """A Lesson shaped like MoyKlass' GET /v1/company/lessons/{lessonId}?includeRecords=true answer,
+    45 minutes long; each of `records` (a LessonRecord: userId, and visit, free, test, skip... which
+    default to the spec's defaults) gets an id and the lesson's id. `fields` override the rest."""
+    end = int(begin_time[:2]) * 60 + int(begin_time[3:5]) + 45
+    lesson = {
+        "id": lesson_id, "date": date, "beginTime": begin_time, "endTime": f"{end // 60 % 24:02d}:{end % 60:02d}",
+        "createdAt": "2025-09-01T10:00:00.000Z", "filialId": 1, "roomId": 1, "classId": 1, "status": 0,
+        "comment": None, "maxStudents": None, "topic": topic, "description": None, "teacherIds": [],
+        "records": [{"id": lesson_id * 1000 + number, "lessonId": lesson_id, "visit": False, "free": False,
+                     "goodReason": False, "test": False, "skip": False, "paid": True,
+                     "createdAt": "2025-09-01T10:00:00.000Z", **record}
+                    for number, record in enumerate(records, 1)],
+    }
+    return {**lesson, **fields}
+
+
 def numbered_phone(user_id: int) -> str:
     """A valid Serbian mobile number, different for every user id below nine million."""
     return f"38164{1_000_000 + user_id:07d}"
 
 
 class FakeMoyKlass(FakeService):
-    """getToken, users/{id} with x-access-token, 401 on a bad token, 429 past 7 requests/s."""
+    """getToken; users/{id}, users (a page, or a batch by userIds) and lessons/{id} with x-access-token;
+    401 on a bad token, 429 past 7 requests/s. Every request is kept in `received`."""
 
     RATE_LIMIT = 7
     USER_PATH = re.compile(r"^/v1/company/users/(\d+)$")
+    LESSON_PATH = re.compile(r"^/v1/company/lessons/(\d+)$")
 
     def __init__(self, api_key: str = "test-api-key", enforce_rate_limit: bool = True,
                  expires_form: str = "z", numbered_users: int = 0) -> None:
@@ -164,6 +184,10 @@ class FakeMoyKlass(FakeService):
         self.expires_form = expires_form  # "z": 2026-11-30T07:00:00.000Z, "offset": +03:00
         self.token_lifetime = timedelta(days=7)  # negative: tokens issued already expired (clock skew)
         self.users: dict[int, dict[str, Any]] = {}
+        self.lessons: dict[int, dict[str, Any]] = {}
+        self.lesson_calls = 0
+        # Every request: {"method", "path", "query" (raw), "headers", "body", "status"}, for spec checks.
+        self.received: list[dict[str, Any]] = []
         self.tokens: set[str] = set()
         self.token_calls = 0
         self.user_calls = 0
@@ -173,8 +197,17 @@ class FakeMoyKlass(FakeService):
         self.page_requests: list[tuple[int, int]] = []  # (offset, limit) of each users page asked for
         self._token_numbers = itertools.count(1)
 
-    def add_user(self, user_id: int, phone: str | None, name: str = "Marko Petrović", state: int = 1) -> None:
+    def add_user(self, user_id: int, phone: str | None, name: str = "Marko Petrović", state: int = 1,
+                 phone_as_number: bool = False) -> None:
+        """`phone_as_number`: the phone as a JSON number (79001234567), as the spec's own example has it."""
         self.users[user_id] = moyklass_user(user_id, phone, name, state)
+        if phone_as_number and phone is not None:
+            self.users[user_id]["phone"] = int(phone)
+
+    def add_lesson(self, lesson_id: int, date: str, begin_time: str, topic: str | None = None,
+                   records: Iterable[dict[str, Any]] = (), **fields: Any) -> None:
+        """A lesson with its records, e.g. records=[{"userId": 5, "visit": True}] (see moyklass_lesson)."""
+        self.lessons[lesson_id] = moyklass_lesson(lesson_id, date, begin_time, topic, records, **fields)
 
     def _user(self, user_id: int) -> dict[str, Any] | None:
         if user_id in self.users:
@@ -184,11 +217,18 @@ class FakeMoyKlass(FakeService):
         return None
 
     def _user_page(self, query: dict[str, list[str]]) -> tuple[int, Any]:
-        """GET /v1/company/users: offset, limit (at most 500), clientStateId (comma list)."""
+        """GET /v1/company/users: offset, limit (at most 500), clientStateId and userIds (comma lists)."""
         offset, limit = int(query.get("offset", ["0"])[0]), int(query.get("limit", ["100"])[0])
         if limit > 500:
             return 400, {"code": "ValidationError", "message": "limit must be at most 500"}
-        users = [self.users[user_id] for user_id in sorted(self.users)]
+        if "userIds" in query:
+            try:
+                user_ids = _user_ids(query["userIds"])
+            except ValueError as error:
+                return 400, {"code": "RequestValidationError", "message": str(error)}
+            users = [user for user in map(self._user, sorted(user_ids)) if user is not None]
+        else:
+            users = [self.users[user_id] for user_id in sorted(self.users)]
         if "clientStateId" in query:
             states = {int(s) for s in query["clientStateId"][0].split(",")}
             users = [user for user in users if user["clientStateId"] in states]
@@ -224,7 +264,27 @@ class FakeMoyKlass(FakeService):
             expires_at = expires.astimezone(timezone(timedelta(hours=3))).isoformat(timespec="seconds")
         return {"accessToken": token, "expiresAt": expires_at, "level": "company"}
 
+    def _lesson(self, lesson_id: int, query: dict[str, list[str]]) -> tuple[int, Any]:
+        """GET /v1/company/lessons/{lessonId}: its records only with includeRecords=true."""
+        include_records = query.get("includeRecords", ["false"])
+        if include_records not in (["true"], ["false"]):
+            return 400, {"code": "RequestValidationError", "message": "includeRecords must be true or false"}
+        lesson = self.lessons.get(lesson_id)
+        if lesson is None:
+            return 404, {"code": "NotFound", "message": "Lesson not found"}
+        if include_records == ["false"]:
+            return 200, {key: value for key, value in lesson.items() if key != "records"}
+        return 200, lesson
+
     def route(self, request: _RequestHandler, body: Any) -> tuple[int, Any]:
+        status, answer = self._route(request, body)
+        path, _, query = request.path.partition("?")
+        with self.lock:
+            self.received.append({"method": request.command, "path": path, "query": query,
+                                  "headers": dict(request.headers), "body": body, "status": status})
+        return status, answer
+
+    def _route(self, request: _RequestHandler, body: Any) -> tuple[int, Any]:
         now = time.monotonic()
         with self.lock:
             self.request_times.append(now)
@@ -253,7 +313,26 @@ class FakeMoyKlass(FakeService):
                 if user is None:
                     return 404, {"code": "NotFound", "message": "User not found"}
                 return 200, user
+            match = self.LESSON_PATH.match(path)
+            if request.command == "GET" and match:
+                self.lesson_calls += 1
+                if request.headers.get("x-access-token") not in self.tokens:
+                    return 401, {"code": "Unauthorized", "message": "Invalid token"}
+                return self._lesson(int(match.group(1)), parse_qs(query))
         return 404, {"code": "NotFound", "message": f"No route {request.command} {request.path}"}
+
+
+def _user_ids(values: list[str]) -> list[int]:
+    """userIds as the spec declares it (style form, explode false): given once, a comma list of at most
+    100 int32 ids; a repeated userIds=1&userIds=2 is refused as MoyKlass' validator would."""
+    if len(values) > 1:
+        raise ValueError("userIds must be given once, as a comma list: userIds=1,2,3")
+    items = values[0].split(",")
+    if len(items) > 100:
+        raise ValueError("userIds must hold at most 100 ids")
+    if not all(re.fullmatch(r"\d{1,10}", item) and int(item) <= 2_147_483_647 for item in items):
+        raise ValueError("userIds must be integers from 0 to 2147483647")
+    return [int(item) for item in items]
 
 
 class FakeOneClick(FakeService):
