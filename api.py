@@ -27,7 +27,6 @@ from clients import Conflict, NotText, field_path
 from errors import ApiError, read_body
 from mailings import MailingConflict
 from schemas import (
-    MAX_ID,
     Client,
     ClientCreate,
     ClientPage,
@@ -49,6 +48,7 @@ from schemas import (
     Queued,
     parse_json,
 )
+from store import MAX_ID
 
 MAX_IMPORT_BYTES = 10 * 1024 * 1024
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import phonenumbers
 
-from events import MOYKLASS_EVENTS
+from events import MOYKLASS_EVENTS, family_of
 from providers import PROVIDERS
 from schemas import is_iana_time_zone
-from texts import Template, TemplateError
+from texts import TEMPLATE_FIELDS, Template, TemplateError
 
 DEFAULT_SMS_TEXT = (
     "Poštovani {name}, na Vašoj pretplati su ostala još dva plaćena časa. SmartLab"
@@ -99,6 +99,8 @@ class Config:
             return None
         if event not in MOYKLASS_EVENTS:
             return f"MoyKlass has no event {event!r}: nothing is sent for it"
+        if family_of(event) is None:
+            return f"{event} names no student in its object: SMSBulkApp sends nothing for it"
         return f"no text for {event}: set SMS_TEXT_{event.upper()} to send an SMS for it"
 
     def sending_events(self) -> dict[str, str]:
@@ -180,11 +182,12 @@ class _Reader:
             self.problems.append(f"{name}={value!r} is not an IANA time zone such as Europe/Belgrade")
         return value
 
-    def template(self, name: str, default: str) -> Template:
+    def template(self, name: str, default: str, event_fields: frozenset[str] = frozenset()) -> Template:
+        """A text whose placeholders are the student's fields and `event_fields` of its event's object."""
         raw = self.env.get(name)
         source = raw if raw is not None and raw.strip() else default
         try:
-            return Template(source)
+            return Template(source, TEMPLATE_FIELDS | event_fields)
         except TemplateError as error:
             self.problems.append(f"{name}: {error}")
             return Template("")
@@ -222,9 +225,14 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
             if event not in MOYKLASS_EVENTS:
                 read.problems.append(f"{name}: MoyKlass has no event {event!r}")
                 continue
-            sms_text_by_event[event] = read.template(name, "")
-            if not sms_text_by_event[event].source:
+            family = family_of(event)
+            if family is None:
+                read.problems.append(f"{name}: {event} names no student in its object, so no SMS can be sent for it")
+                continue
+            if not env[name].strip():
                 read.problems.append(f"{name} is empty")
+                continue
+            sms_text_by_event[event] = read.template(name, "", family.placeholders)
 
     def data_path(name: str, filename: str) -> Path:
         return Path(read.text(name) or data_dir / filename).expanduser().resolve()

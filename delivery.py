@@ -11,6 +11,7 @@ outlives the send's whole deadline (HTTP_TIMEOUT), so it can never be re-claimed
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import random
 import threading
@@ -201,7 +202,7 @@ class Dispatcher:
         phone = to_e164(user["phone"], self.config.default_region)
         if template is None:
             return phone, message["text"]
-        text = template.render(template_fields(user))
+        text = template.render(template_fields(user) | json.loads(message["event_fields"] or "{}"))
         return phone, transliterate(text) if self.config.sms_transliterate else text
 
     def _provider_pause(self) -> ProviderPause | None:

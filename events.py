@@ -1,7 +1,12 @@
-"""MoyKlass' webhook events: which exist, and what an event name may look like."""
+"""MoyKlass' webhook events: which exist, which SMSBulkApp sends for, and what each one's object carries."""
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
+from typing import Any
+
+from store import MAX_ID
 
 # Every event MoyKlass can send (its CRM's webhook settings); SMS_TEXT_<EVENT> must name one of them.
 MOYKLASS_EVENTS = frozenset(
@@ -21,3 +26,70 @@ MOYKLASS_EVENTS = frozenset(
 # What any event name given to the service may be (MoyKlass' are snake_case): bounded, printable,
 # so that an unknown one can be answered, counted and logged as it is.
 EVENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+class MalformedObject(ValueError):
+    """A known event whose object lacks a field it must carry, or carries it in the wrong form."""
+
+
+@dataclass(frozen=True)
+class ObjectField:
+    """A field the event's object must carry, and the template placeholder it fills, if any."""
+
+    name: str
+    kind: str  # "id": a positive integer; "number": an amount; "date": YYYY-MM-DD
+    placeholder: str | None = None
+
+    def read(self, obj: dict[str, Any]) -> Any:
+        value = obj.get(self.name)
+        if value is None:
+            raise MalformedObject(f"object.{self.name} is missing")
+        if self.kind == "id" and not (type(value) is int and 1 <= value <= MAX_ID):
+            raise MalformedObject(f"object.{self.name} must be a positive integer up to {MAX_ID}")
+        if self.kind == "number" and not (type(value) in (int, float) and math.isfinite(value)):
+            raise MalformedObject(f"object.{self.name} must be a number")
+        if self.kind == "date" and not (isinstance(value, str) and DATE.fullmatch(value)):
+            raise MalformedObject(f"object.{self.name} must be a date such as 2026-11-23")
+        return value
+
+
+@dataclass(frozen=True)
+class EventFamily:
+    """Events whose objects have the same shape: what they must carry, and what their texts may use."""
+
+    name: str
+    events: frozenset[str]
+    fields: tuple[ObjectField, ...]
+
+    @property
+    def placeholders(self) -> frozenset[str]:
+        return frozenset(f.placeholder for f in self.fields if f.placeholder)
+
+    def read(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The object's fields by name, checked (MalformedObject names the first one wrong)."""
+        return {f.name: f.read(obj) for f in self.fields}
+
+
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+STUDENT = ObjectField("userId", "id")
+
+# The events SMSBulkApp sends for, one entry per family (MoyKlass' webhook objects differ by event).
+# An event of MOYKLASS_EVENTS in no family names no student in its object: nothing can be sent for it.
+FAMILIES = (
+    EventFamily("user", frozenset({"user_new", "user_changed", "user_changed_state", "user_birthday"}), (STUDENT,)),
+    EventFamily("join", frozenset({"join_new", "join_changed", "join_changed_state", "join_deleted"}), (STUDENT,)),
+    EventFamily("payment", frozenset({"payment_new", "debit_new"}),
+                (STUDENT, ObjectField("summa", "number", "summa"), ObjectField("date", "date", "date"))),
+    EventFamily("subscription", frozenset({"sub_new", "sub_lessons_left", "sub_lesson_in_debt",
+                                           "sub_days_next_payment", "sub_end_days"}), (STUDENT,)),
+    EventFamily("lesson_record", frozenset({"lesson_record_new", "lesson_record_changed", "lesson_record_deleted"}),
+                (STUDENT, ObjectField("lessonId", "id"))),
+)
+# A body with no event at all is the original service's contract: a student, the default text.
+NO_EVENT = EventFamily("no event", frozenset(), (STUDENT,))
+FAMILY_OF = {event: family for family in FAMILIES for event in family.events}
+
+
+def family_of(event: str | None) -> EventFamily | None:
+    """The family of `event` (NO_EVENT for None); None: SMSBulkApp cannot send for it."""
+    return NO_EVENT if event is None else FAMILY_OF.get(event)

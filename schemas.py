@@ -26,12 +26,12 @@ from pydantic import (
 
 from events import EVENT_NAME, MOYKLASS_EVENTS
 from phones import InvalidPhone, to_e164
+from store import MAX_ID
 from texts import Template, TemplateError, measure
 
 MAILING_FIELDS = frozenset({"name", "first_name"})  # what a mailing's text may use, per client
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^;,\s][^;,]*$")]
 OperatorCode = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^\d+$")]
-MAX_ID = 2**63 - 1  # SQLite's largest integer
 Id = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]  # JSON's integers only: not "12", 12.0 or true
 EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
 MAX_JSON_DEPTH = 32  # MoyKlass envelopes nest 4 deep, API bodies 3

@@ -26,12 +26,12 @@ import api
 from config import Config, load_config
 from delivery import Cause, Dispatcher
 from errors import ApiError, read_body, register_error_handlers
-from events import EVENT_NAME
+from events import EVENT_NAME, MalformedObject, family_of
 from locks import SharedRateLimiter
 from logs import setup_logging
 from moyklass import MoyKlassClient, new_session
 from providers import create_provider
-from schemas import MAX_ID, InvalidJson, parse_json
+from schemas import InvalidJson, parse_json
 from store import SENT, Store
 from worker import Worker, worker_id
 
@@ -76,8 +76,8 @@ def _check_webhook_secret(secret: str | None) -> None:
         raise ApiError(401, "missing or wrong webhook secret")
 
 
-def _parse_webhook(body: bytes) -> tuple[dict[str, Any], str | None, int]:
-    """The MoyKlass envelope `{"event", "companyId", "object": {"userId", ...}}`, checked."""
+def _parse_envelope(body: bytes) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """The MoyKlass envelope `{"event", "companyId", "object": {...}}`: (payload, event, object)."""
     try:
         payload = parse_json(body)
     except InvalidJson as error:
@@ -91,12 +91,7 @@ def _parse_webhook(body: bytes) -> tuple[dict[str, Any], str | None, int]:
     obj = payload.get("object")
     if not isinstance(obj, dict):
         raise ApiError(400, "object is missing or not a JSON object")
-    user_id = obj.get("userId")
-    if user_id is None:
-        raise ApiError(400, "object.userId is missing")
-    if isinstance(user_id, bool) or not isinstance(user_id, int) or not 1 <= user_id <= MAX_ID:
-        raise ApiError(400, f"object.userId must be a positive integer up to {MAX_ID}")
-    return payload, event, user_id
+    return payload, event, obj
 
 
 @bp.post("/webhook")
@@ -107,17 +102,22 @@ def webhook():
     _check_webhook_secret(config.webhook_secret)
     body = read_body(MAX_BODY_BYTES)
     log.debug("Webhook body from %s: %s", request.remote_addr, body.decode("utf-8", "replace"))
-    payload, event, user_id = _parse_webhook(body)
+    payload, event, obj = _parse_envelope(body)
     ignored_because = config.ignored_because(event)
     if ignored_because:  # nothing to send: counted, not journaled
         app.store.count_ignored_webhook(event, time.time())
-        log.info("Webhook %s for user %d ignored: %s", event, user_id, ignored_because)
+        log.info("Webhook %s ignored: %s", event, ignored_because)
         return jsonify({"status": "ignored", "reason": ignored_because})
+    try:
+        fields = family_of(event).read(obj)
+    except MalformedObject as error:
+        raise ApiError(400, f"{error} (in a {event} webhook)" if event else str(error))
+    user_id = fields.pop("userId")
     if app.dispatcher.moyklass is None:
         raise ApiError(503, "MoyKlass is not configured: set API_KEY")
     synchronous = config.webhook_mode == "sync"
     owner = f"web:{worker_id()}"
-    accepted = app.store.accept_webhook(payload, event, user_id, config.dedup_seconds,
+    accepted = app.store.accept_webhook(payload, event, user_id, fields, config.dedup_seconds,
                                         config.sms_valid_seconds,
                                         lease=(owner, config.worker_lease_seconds) if synchronous else None)
     status_code, status = (200, "success") if synchronous else (202, "queued")

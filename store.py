@@ -29,6 +29,8 @@ from typing import Any
 
 from locks import FileLock, WouldWait
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer: no id, and no MoyKlass id kept here, is larger
+
 QUEUED, SENDING, SENT = "QUEUED", "SENDING", "SENT"
 DELIVERED, UNDELIVERED = "DELIVERED", "UNDELIVERED"
 FAILED, EXPIRED, CANCELED = "FAILED", "EXPIRED", "CANCELED"
@@ -152,6 +154,8 @@ MIGRATIONS = [
         last_at REAL NOT NULL
     );
     """,
+    # The fields of a webhook's object its event's text may use ({summa}, {date}, ...), as JSON.
+    "ALTER TABLE messages ADD COLUMN event_fields TEXT",
 ]
 
 
@@ -323,10 +327,11 @@ class Store:
 
     # --- putting messages in ---
 
-    def accept_webhook(self, payload: dict[str, Any], event: str | None, user_id: int,
+    def accept_webhook(self, payload: dict[str, Any], event: str | None, user_id: int, fields: dict[str, Any],
                        dedup_seconds: int, valid_seconds: int, lease: tuple[str, float] | None = None
                        ) -> Accepted:
-        """Journal a webhook, unless the same one is already journaled and has not FAILED.
+        """Journal a webhook, with the fields of its object its text may use, unless the same one is
+        already journaled and has not FAILED.
 
         With `lease` (owner, seconds) the caller sends it itself right away: the message
         starts SENDING under that lease, and the worker takes it over only if the lease expires.
@@ -344,10 +349,11 @@ class Store:
                     return Accepted(earlier["id"], True, earlier["status"])
             status, owner, until = (SENDING, lease[0], now + lease[1]) if lease else (QUEUED, None, None)
             cursor = db.execute(
-                "INSERT INTO messages (created_at, updated_at, source, event, dedup_key, user_id,"
+                "INSERT INTO messages (created_at, updated_at, source, event, event_fields, dedup_key, user_id,"
                 " status, next_attempt_at, deadline, lease_owner, lease_until)"
-                " VALUES (?, ?, 'webhook', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now, now, event, key, user_id, status, now, now + valid_seconds, owner, until),
+                " VALUES (?, ?, 'webhook', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now, now, event, json.dumps(fields, ensure_ascii=False) if fields else None, key, user_id,
+                 status, now, now + valid_seconds, owner, until),
             )
             return Accepted(cursor.lastrowid, False, status)
 

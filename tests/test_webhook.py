@@ -9,6 +9,7 @@ import pytest
 import api_keys
 from sms_bulk_app import create_app
 from store import FAILED, QUEUED, SENT
+from texts import measure
 from tests.conftest import load_fixture, run_command
 
 
@@ -16,15 +17,30 @@ def message_row(app, message_id: int) -> dict:
     return app.extensions["sms_bulk_app"].store.message(message_id)
 
 
-# event: (its SMS_TEXT_<EVENT>, the text sent to "Ana Ilić", SMS parts). sub_lessons_left has
-# none: SMS_TEXT's default reminder is written for it.
+# Every event SMSBulkApp sends for, one fixture each (tests/fixtures/moyklass/<event>.json):
+# (its SMS_TEXT_<EVENT>, the exact text sent to "Ana Ilić", SMS parts). sub_lessons_left has none:
+# SMS_TEXT's default reminder is written for it. Payments' texts use their object's {summa} and {date}.
 EVENT_TEXTS = {
     "sub_lessons_left": (None, "Poštovani Ana Ilić, na Vašoj pretplati su ostala još dva plaćena časa. SmartLab", 2),
     "user_new": ("Dobro došli u SmartLab, {first_name}!", "Dobro došli u SmartLab, Ana!", 1),
-    "payment_new": ("Hvala, {name}: Vaša uplata je primljena. SmartLab",
-                    "Hvala, Ana Ilić: Vaša uplata je primljena. SmartLab", 1),
+    "user_changed": ("{name}, Vaši podaci su izmenjeni.", "Ana Ilić, Vaši podaci su izmenjeni.", 1),
+    "user_changed_state": ("{first_name}, Vaš status je promenjen.", "Ana, Vaš status je promenjen.", 1),
     "user_birthday": ("Srećan rođendan, {first_name}! SmartLab", "Srećan rođendan, Ana! SmartLab", 1),
+    "join_new": ("{first_name}, upisani ste u grupu.", "Ana, upisani ste u grupu.", 1),
+    "join_changed": ("{first_name}, izmenjen je Vaš upis.", "Ana, izmenjen je Vaš upis.", 1),
+    "join_changed_state": ("{first_name}, promenjen je status upisa.", "Ana, promenjen je status upisa.", 1),
+    "join_deleted": ("{first_name}, ispisani ste iz grupe.", "Ana, ispisani ste iz grupe.", 1),
+    "payment_new": ("Hvala, {name}: uplata od {summa} din. ({date}) je primljena. SmartLab",
+                    "Hvala, Ana Ilić: uplata od 6000 din. (2026-11-23) je primljena. SmartLab", 2),
+    "debit_new": ("{first_name}, otpisano {summa} din. {date}; stanje {balans}.",
+                  "Ana, otpisano 2400.5 din. 2026-11-22; stanje 2400.", 1),
+    "sub_new": ("{first_name}, Vaša pretplata je aktivna.", "Ana, Vaša pretplata je aktivna.", 1),
+    "sub_lesson_in_debt": ("{first_name}, imate čas na dug.", "Ana, imate čas na dug.", 1),
+    "sub_days_next_payment": ("{first_name}, uskoro je rok za uplatu.", "Ana, uskoro je rok za uplatu.", 1),
+    "sub_end_days": ("{first_name}, pretplata uskoro ističe.", "Ana, pretplata uskoro ističe.", 1),
     "lesson_record_new": ("{name}, upisani ste na čas. SmartLab", "Ana Ilić, upisani ste na čas. SmartLab", 1),
+    "lesson_record_changed": ("{first_name}, izmenjen je Vaš dolazak.", "Ana, izmenjen je Vaš dolazak.", 1),
+    "lesson_record_deleted": ("{first_name}, odjavljeni ste sa časa.", "Ana, odjavljeni ste sa časa.", 1),
 }
 
 
@@ -51,11 +67,11 @@ def test_each_moyklass_event_with_its_text_sends_one_sms(event, settings, moykla
     assert row["user_id"] == user_id
     assert row["phone"] == f"+38164100{user_id:04d}"
     assert row["gateway_ref"] == sent["reference"]
-    assert (row["encoding"], row["segments"]) == ("UCS-2", parts)
+    assert (row["encoding"], row["segments"]) == (measure(expected).name, parts)
     assert row["provider"] == "oneclick"
 
 
-@pytest.mark.parametrize("event", ["user_new", "payment_new", "user_birthday", "lesson_record_new"])
+@pytest.mark.parametrize("event", [event for event in EVENT_TEXTS if event != "sub_lessons_left"])
 def test_each_moyklass_event_without_its_text_is_ignored(event, app, client, moyklass, oneclick):
     response = client.post("/webhook", json=load_fixture(event))
 
@@ -346,3 +362,37 @@ def test_moyklass_failing_on_every_try_answers_502_after_three(client, moyklass)
     assert response.status_code == 502
     assert response.get_json()["message"].startswith("MoyKlass kept failing (503 Fault: injected fault)")
     assert moyklass.fail_next == [] and len(moyklass.request_log) == 3  # three tries, then no more
+
+
+@pytest.mark.parametrize("event, obj, error", [
+    ("payment_new", {"userId": 1004, "date": "2026-11-23"}, "object.summa is missing (in a payment_new webhook)"),
+    ("payment_new", {"userId": 1004, "summa": "6000", "date": "2026-11-23"},
+     "object.summa must be a number (in a payment_new webhook)"),
+    ("debit_new", {"userId": 1004, "summa": 10, "date": "23.11.2026"},
+     "object.date must be a date such as 2026-11-23 (in a debit_new webhook)"),
+    ("lesson_record_new", {"userId": 1005, "lessonId": "610882"},
+     "object.lessonId must be a positive integer up to 9223372036854775807 (in a lesson_record_new webhook)"),
+    ("join_new", {"joinId": 77120}, "object.userId is missing (in a join_new webhook)"),
+])
+def test_a_known_event_with_a_malformed_object_is_a_400_naming_the_field(event, obj, error, settings, oneclick):
+    settings[f"SMS_TEXT_{event.upper()}"] = "Zdravo {first_name}"
+    app = create_app(settings)
+    response = app.test_client().post("/webhook", json={"event": event, "object": obj})
+    assert (response.status_code, response.get_json()) == (400, {"status": "error", "message": error})
+    assert sum(app.extensions["sms_bulk_app"].store.counts().values()) == 0 and oneclick.messages == []
+
+
+def test_an_event_whose_object_names_no_student_is_ignored_and_cannot_have_a_text(app, client):
+    response = client.post("/webhook", json={"event": "class_new", "object": {"classId": 3302}})
+    assert response.get_json() == {"status": "ignored",
+                                   "reason": "class_new names no student in its object: SMSBulkApp sends nothing for it"}
+    from config import ConfigError, load_config
+    with pytest.raises(ConfigError) as caught:
+        load_config({"SMS_TEXT_CLASS_NEW": "x", "SMS_TEXT_PAYMENT_NEW": "{summa} {lesson_date}",
+                     "SMS_TEXT_USER_NEW": "{summa}"})
+    assert caught.value.problems == [
+        "SMS_TEXT_CLASS_NEW: class_new names no student in its object, so no SMS can be sent for it",
+        "SMS_TEXT_PAYMENT_NEW: unknown placeholder {lesson_date}; use one of {balans}, {date}, {email},"
+        " {first_name}, {name}, {summa}, {user_id}",
+        "SMS_TEXT_USER_NEW: unknown placeholder {summa}; use one of {balans}, {email}, {first_name}, {name},"
+        " {user_id}"]
