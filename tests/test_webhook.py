@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 import api_keys
+from config import ConfigError, load_config
 from sms_bulk_app import create_app
 from store import FAILED, QUEUED, SENT
-from texts import measure
 from tests.conftest import load_fixture, run_command
+from texts import measure
 
 
 def message_row(app, message_id: int) -> dict:
@@ -278,9 +279,10 @@ def test_no_api_key_answers_503_naming_it(settings, oneclick):
 
 def test_expired_token_is_replaced_once(client, moyklass, oneclick):
     moyklass.add_user(1001, "381641000001")
+    moyklass.add_user(1002, "381641000002")  # another student: 1001 would now come from the user cache
     assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 200
     moyklass.revoke_all_tokens()
-    payload = load_fixture("sub_lessons_left") | {"object": {"userId": 1001, "lessonsLeft": 1}}
+    payload = load_fixture("sub_lessons_left") | {"object": {"userId": 1002, "lessonsLeft": 1}}
     assert client.post("/webhook", json=payload).status_code == 200
     assert moyklass.token_calls == 2
     assert len(oneclick.messages) == 2
@@ -386,7 +388,6 @@ def test_an_event_whose_object_names_no_student_is_ignored_and_cannot_have_a_tex
     response = client.post("/webhook", json={"event": "class_new", "object": {"classId": 3302}})
     assert response.get_json() == {"status": "ignored",
                                    "reason": "class_new names no student in its object: SMSBulkApp sends nothing for it"}
-    from config import ConfigError, load_config
     with pytest.raises(ConfigError) as caught:
         load_config({"SMS_TEXT_CLASS_NEW": "x", "SMS_TEXT_PAYMENT_NEW": "{summa} {lesson_date}",
                      "SMS_TEXT_USER_NEW": "{summa}"})
