@@ -386,8 +386,8 @@ def test_a_known_event_with_a_malformed_object_is_a_400_naming_the_field(event, 
 
 def test_an_event_whose_object_names_no_student_is_ignored_and_cannot_have_a_text(app, client):
     response = client.post("/webhook", json={"event": "class_new", "object": {"classId": 3302}})
-    assert response.get_json() == {"status": "ignored",
-                                   "reason": "class_new names no student in its object: SMSBulkApp sends nothing for it"}
+    reason = "class_new names no student in its object: SMSBulkApp sends nothing for it"
+    assert response.get_json() == {"status": "ignored", "reason": reason}
     with pytest.raises(ConfigError) as caught:
         load_config({"SMS_TEXT_CLASS_NEW": "x", "SMS_TEXT_PAYMENT_NEW": "{summa} {lesson_date}",
                      "SMS_TEXT_USER_NEW": "{summa}"})
