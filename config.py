@@ -80,6 +80,8 @@ class Config:
     database_timeout: float = 5.0
     default_timezone: str = "Europe/Belgrade"
     user_cache_seconds: int = 300  # MoyKlass users kept per process; 0: every lookup asks MoyKlass
+    sms_recipients: str = "student"  # student | parent | both
+    sms_parent_phone_attribute: str | None = None  # alias of the students' phone attribute for a parent
 
     @property
     def http_timeouts(self) -> tuple[float, float]:
@@ -275,6 +277,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         database_timeout=read.number("DATABASE_TIMEOUT", 5.0, 0.1),
         default_timezone=read.timezone("DEFAULT_TIMEZONE", "Europe/Belgrade"),
         user_cache_seconds=read.integer("USER_CACHE_SECONDS", 300, 0, 86400),
+        sms_recipients=read.choice("SMS_RECIPIENTS", "student", ("student", "parent", "both")),
+        sms_parent_phone_attribute=read.text("SMS_PARENT_PHONE_ATTRIBUTE"),
     )
     # A lease is renewed every quarter of its length, and a send starts only while more than
     # HTTP_TIMEOUT (its whole deadline) + 1 s of the lease is left: twice that always is.
@@ -283,6 +287,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         read.problems.append(
             f"WORKER_LEASE_SECONDS={config.worker_lease_seconds:g} must be at least 2 x (HTTP_TIMEOUT + 1)"
             f" = {lease_floor:g} s, so that a lease always outlives the send it covers")
+    if config.sms_recipients != "student" and not config.sms_parent_phone_attribute:
+        read.problems.append(f"SMS_RECIPIENTS={config.sms_recipients} needs SMS_PARENT_PHONE_ATTRIBUTE: the alias of"
+                             " the students' attribute that holds a parent's phone")
     if read.problems:
         raise ConfigError(read.problems)
     return config

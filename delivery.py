@@ -11,18 +11,22 @@ outlives the send's whole deadline (HTTP_TIMEOUT), so it can never be re-claimed
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
+import math
 import random
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from config import Config
 from locks import SharedRateLimiter, SharedSlots, WouldWait
 from mailings import next_opening
-from moyklass import MoyKlassClient, MoyKlassError, UserNotFound, template_fields
+from moyklass import LessonNotFound, MoyKlassClient, MoyKlassError, UserNotFound, template_fields
 from phones import InvalidPhone, mask, to_e164
 from providers import Delivery, Outcome, Provider, SendResult
 from store import (
@@ -38,7 +42,7 @@ from store import (
     ProviderPause,
     Store,
 )
-from texts import measure, transliterate
+from texts import Template, measure, transliterate
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,8 @@ class Dispatcher:
             cause = {UserNotFound: Cause.USER_NOT_FOUND, _NoPhone: Cause.NO_PHONE, _NoText: Cause.NO_TEXT,
                      InvalidPhone: Cause.INVALID_PHONE}[type(error)]
             return self._finish(message, FAILED, cause, str(error), code=type(error).__name__)
+        except _SameNumber as error:
+            return self._finish(message, CANCELED, Cause.CANCELED, str(error), code="same-number")
         except WouldWait as error:
             return self._hand_over(message, f"MoyKlass' rate limit: {error}")
         except MoyKlassError as error:  # unreachable, failing, or refusing our key: try again later
@@ -197,13 +203,95 @@ class Dispatcher:
         if self.moyklass is None:
             raise MoyKlassError("MoyKlass is not configured: set API_KEY")
         user = self.moyklass.get_user(message["user_id"], give_up_at)
-        if not user.get("phone"):
-            raise _NoPhone(f"MoyKlass user {message['user_id']} has no phone")
-        phone = to_e164(user["phone"], self.config.default_region)
+        recipient = message["recipient"] or STUDENT
+        phone = self._number(user, recipient)
+        if recipient == PARENT and self.config.sms_recipients == "both" and user.get("phone") \
+                and _same_number(user["phone"], phone, self.config.default_region):
+            raise _SameNumber("the parent's number is the student's: the student's SMS reaches it")
         if template is None:
             return phone, message["text"]
         text = template.render(template_fields(user) | json.loads(message["event_fields"] or "{}"))
         return phone, transliterate(text) if self.config.sms_transliterate else text
+
+    def _number(self, user: dict[str, Any], recipient: str) -> str:
+        """The E.164 number of the student, or of the parent (the students' phone attribute
+        SMS_PARENT_PHONE_ATTRIBUTE): _NoPhone or InvalidPhone if there is none that can take an SMS."""
+        if recipient == PARENT:
+            alias = self.config.sms_parent_phone_attribute
+            raw = next((a.get("value") for a in user.get("attributes") or []
+                        if isinstance(a, dict) and a.get("attributeAlias") == alias), None)
+            missing = f"MoyKlass user {user.get('id')} has no parent phone (attribute {alias})"
+        else:
+            raw, missing = user.get("phone"), f"MoyKlass user {user.get('id')} has no phone"
+        if raw in (None, ""):
+            raise _NoPhone(missing)
+        return to_e164(str(raw), self.config.default_region)
+
+    def expand_lesson_reminder(self, reminder: dict[str, Any], owner: str) -> None:
+        """Read a reminder's lesson and queue one message per recipient of each student booked on it.
+
+        The students are the lesson's records, less those the school marked absent with a good
+        reason (`goodReason`), looked up 100 at a time; a student MoyKlass does not know, or
+        without a number that takes an SMS, gets a FAILED message saying so. Messages are due at
+        once and expire when the lesson starts. MoyKlass unreachable: tried again later.
+        """
+        event, lesson_id = reminder["event"], reminder["lesson_id"]
+        where = f"Lesson reminder {reminder['id']} ({event}, lesson {lesson_id})"
+        template = self.config.template_for(event)
+        if template is None or self.moyklass is None:
+            reason = self.config.ignored_because(event) or "MoyKlass is not configured: set API_KEY"
+            self.store.postpone_lesson_reminder(reminder["id"], owner, None, reason)
+            log.warning("%s failed: %s", where, reason)
+            return
+        try:
+            lesson = self.moyklass.get_lesson(lesson_id)
+            records = lesson.get("records") or []
+            students = list(dict.fromkeys(r["userId"] for r in records if isinstance(r, dict)
+                                          and type(r.get("userId")) is int and not r.get("goodReason")))
+            users = self.moyklass.get_users(students)
+        except LessonNotFound as error:
+            self.store.postpone_lesson_reminder(reminder["id"], owner, None, str(error))
+            log.warning("%s failed: %s", where, error)
+            return
+        except (MoyKlassError, WouldWait) as error:
+            delay = self._jittered(min(self.config.sms_retry_base_seconds * 2 ** reminder["attempts"],
+                                       MAX_RETRY_DELAY))
+            self.store.postpone_lesson_reminder(reminder["id"], owner, time.time() + delay, str(error))
+            log.warning("%s: %s; trying again in %.1f s", where, error, delay)
+            return
+        fields = {"lesson_date": str(lesson.get("date") or ""), "lesson_time": str(lesson.get("beginTime") or ""),
+                  "topic": str(lesson.get("topic") or "")}
+        deadline = min(reminder["deadline"], _lesson_start(fields, self.config.default_timezone))
+        messages = [message for user_id in students
+                    for message in self._reminder_messages(event, lesson_id, user_id, users.get(user_id),
+                                                           template, fields, deadline)]
+        queued = self.store.fan_out_lesson_reminder(reminder["id"], owner, messages)
+        log.info("%s on %s %s: %d students booked, %d messages, %d new", where, fields["lesson_date"],
+                 fields["lesson_time"], len(students), len(messages), queued)
+
+    def _reminder_messages(self, event: str, lesson_id: int, user_id: int, user: dict[str, Any] | None,
+                           template: Template, fields: dict[str, str], deadline: float) -> list[dict[str, Any]]:
+        """One message per recipient of one student: QUEUED with its number and text, or FAILED saying why."""
+        messages, numbers = [], set()
+        for recipient in RECIPIENTS[self.config.sms_recipients]:
+            key = hashlib.sha256(json.dumps([event, lesson_id, user_id, fields["lesson_date"], recipient])
+                                 .encode()).hexdigest()
+            message = {"event": event, "dedup_key": key, "user_id": user_id, "recipient": recipient, "phone": None,
+                       "text": None, "status": QUEUED, "last_error": None, "next_attempt_at": time.time(),
+                       "deadline": deadline, "event_fields": json.dumps(fields, ensure_ascii=False)}
+            try:
+                if user is None:
+                    raise UserNotFound(f"MoyKlass has no user {user_id}")
+                message["phone"] = self._number(user, recipient)
+            except (UserNotFound, _NoPhone, InvalidPhone) as error:
+                messages.append(message | {"status": FAILED, "last_error": str(error)})
+                continue
+            if message["phone"] in numbers:
+                continue  # the parent's number is the student's: one SMS
+            numbers.add(message["phone"])
+            text = template.render(template_fields(user) | fields)
+            messages.append(message | {"text": transliterate(text) if self.config.sms_transliterate else text})
+        return messages
 
     def _provider_pause(self) -> ProviderPause | None:
         """Whether sending through our provider is paused; read from the database once a second."""
@@ -360,6 +448,30 @@ class _NoPhone(Exception):
 
 class _NoText(Exception):
     pass
+
+
+class _SameNumber(Exception):
+    pass
+
+
+STUDENT, PARENT = "student", "parent"  # whom a message goes to
+RECIPIENTS = {"student": (STUDENT,), "parent": (PARENT,), "both": (STUDENT, PARENT)}  # by SMS_RECIPIENTS
+
+
+def _same_number(raw: Any, e164: str, region: str) -> bool:
+    try:
+        return to_e164(str(raw), region) == e164
+    except InvalidPhone:
+        return False
+
+
+def _lesson_start(fields: dict[str, str], timezone: str) -> float:
+    """When the lesson starts, in the school's time zone; infinity if MoyKlass' date or time is unreadable."""
+    try:
+        start = datetime.fromisoformat(f"{fields['lesson_date']}T{fields['lesson_time']}")
+    except ValueError:
+        return math.inf
+    return start.replace(tzinfo=ZoneInfo(timezone)).timestamp()
 
 
 def describe(message: dict[str, Any]) -> str:

@@ -19,9 +19,9 @@ MOYKLASS_EVENTS = frozenset(
     lesson_record_new lesson_record_changed lesson_record_deleted
     class_new class_changed class_deleted task_new task_changed task_deleted
     lesson_mark_new lesson_mark_changed lesson_mark_deleted
-    user_consecutive_visit_missed_2
+    user_consecutive_visit_missed_2 lesson_start
     """.split()
-)
+)  # lesson_start: some accounts send it instead of lesson_start_hours
 
 # What any event name given to the service may be (MoyKlass' are snake_case): bounded, printable,
 # so that an unknown one can be answered, counted and logged as it is.
@@ -60,10 +60,12 @@ class EventFamily:
     name: str
     events: frozenset[str]
     fields: tuple[ObjectField, ...]
+    reads_lesson: bool = False  # a reminder: its students are the lesson's records, read from MoyKlass
 
     @property
     def placeholders(self) -> frozenset[str]:
-        return frozenset(f.placeholder for f in self.fields if f.placeholder)
+        given = frozenset(f.placeholder for f in self.fields if f.placeholder)
+        return given | LESSON_PLACEHOLDERS if self.reads_lesson else given
 
     def read(self, obj: dict[str, Any]) -> dict[str, Any]:
         """The object's fields by name, checked (MalformedObject names the first one wrong)."""
@@ -72,6 +74,7 @@ class EventFamily:
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 STUDENT = ObjectField("userId", "id")
+LESSON_PLACEHOLDERS = frozenset({"lesson_date", "lesson_time", "topic"})  # from the lesson MoyKlass gives
 
 # The events SMSBulkApp sends for, one entry per family (MoyKlass' webhook objects differ by event).
 # An event of MOYKLASS_EVENTS in no family names no student in its object: nothing can be sent for it.
@@ -84,6 +87,10 @@ FAMILIES = (
                                            "sub_days_next_payment", "sub_end_days"}), (STUDENT,)),
     EventFamily("lesson_record", frozenset({"lesson_record_new", "lesson_record_changed", "lesson_record_deleted"}),
                 (STUDENT, ObjectField("lessonId", "id"))),
+    # lesson_new and lesson_changed only send when the school gives them a text (SMS_TEXT_LESSON_NEW, ...).
+    EventFamily("lesson reminder", frozenset({"lesson_start_hours", "lesson_start_days", "lesson_start",
+                                              "lesson_new", "lesson_changed"}),
+                (ObjectField("lessonId", "id"),), reads_lesson=True),
 )
 # A body with no event at all is the original service's contract: a student, the default text.
 NO_EVENT = EventFamily("no event", frozenset(), (STUDENT,))

@@ -24,7 +24,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import api
 from config import Config, load_config
-from delivery import Cause, Dispatcher
+from delivery import RECIPIENTS, Cause, Dispatcher
 from errors import ApiError, read_body, register_error_handlers
 from events import EVENT_NAME, MalformedObject, family_of
 from locks import SharedRateLimiter
@@ -108,33 +108,42 @@ def webhook():
         app.store.count_ignored_webhook(event, time.time())
         log.info("Webhook %s ignored: %s", event, ignored_because)
         return jsonify({"status": "ignored", "reason": ignored_because})
+    family = family_of(event)
     try:
-        fields = family_of(event).read(obj)
+        fields = family.read(obj)
     except MalformedObject as error:
         raise ApiError(400, f"{error} (in a {event} webhook)" if event else str(error))
-    user_id = fields.pop("userId")
     if app.dispatcher.moyklass is None:
         raise ApiError(503, "MoyKlass is not configured: set API_KEY")
+    if family.reads_lesson:  # its students come from the lesson: the worker reads it and queues theirs
+        reminder = app.store.accept_lesson_reminder(payload, event, fields["lessonId"], config.dedup_seconds,
+                                                    config.sms_valid_seconds)
+        log.info("Webhook %s for lesson %d: lesson reminder %d%s", event, fields["lessonId"], reminder.message_id,
+                 " (a repeat: not queued again)" if reminder.duplicate else "")
+        return jsonify({"status": "queued", "reminder": reminder.message_id,
+                        **({"duplicate": True} if reminder.duplicate else {})}), 202
+    user_id = fields.pop("userId")
     synchronous = config.webhook_mode == "sync"
     owner = f"web:{worker_id()}"
-    accepted = app.store.accept_webhook(payload, event, user_id, fields, config.dedup_seconds,
-                                        config.sms_valid_seconds,
+    accepted = app.store.accept_webhook(payload, event, user_id, fields, RECIPIENTS[config.sms_recipients],
+                                        config.dedup_seconds, config.sms_valid_seconds,
                                         lease=(owner, config.worker_lease_seconds) if synchronous else None)
     status_code, status = (200, "success") if synchronous else (202, "queued")
     if accepted.duplicate:
         log.info("Webhook %s for user %d repeats message %d (%s); not sent again",
                  event or "-", user_id, accepted.message_id, accepted.status)
         return jsonify({"status": status, "id": accepted.message_id, "duplicate": True}), status_code
+    others = {"also_queued": list(accepted.also_queued)} if accepted.also_queued else {}
     if not synchronous:
-        return jsonify({"status": status, "id": accepted.message_id}), status_code
+        return jsonify({"status": status, "id": accepted.message_id, **others}), status_code
     result = app.dispatcher.attempt_and_record(app.store.message(accepted.message_id), owner,
                                                give_up_at=received + config.webhook_sync_wait_seconds)
     if result.status == SENT:
-        return jsonify({"status": status, "id": accepted.message_id})
+        return jsonify({"status": status, "id": accepted.message_id, **others})
     if result.cause in (Cause.HANDED_OVER, Cause.LEASE_LOST):
         log.info("Webhook %s for user %d: %s; message %d is queued for the worker",
                  event or "-", user_id, result.error, accepted.message_id)
-        return jsonify({"status": "queued", "id": accepted.message_id}), 202
+        return jsonify({"status": "queued", "id": accepted.message_id, **others}), 202
     message = result.error
     if result.will_retry:
         message += f"; message {accepted.message_id} stays queued and will be retried"

@@ -156,6 +156,30 @@ MIGRATIONS = [
     """,
     # The fields of a webhook's object its event's text may use ({summa}, {date}, ...), as JSON.
     "ALTER TABLE messages ADD COLUMN event_fields TEXT",
+    # Lesson reminders: a webhook names a lesson; the worker reads its students and queues their messages.
+    """
+    CREATE TABLE lesson_reminders (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        event TEXT NOT NULL,
+        lesson_id INTEGER NOT NULL,
+        dedup_key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        deadline REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        messages INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX lesson_reminders_due ON lesson_reminders (state, next_attempt_at);
+    CREATE INDEX lesson_reminders_dedup ON lesson_reminders (dedup_key, created_at);
+    ALTER TABLE messages ADD COLUMN recipient TEXT;
+    ALTER TABLE messages ADD COLUMN reminder_id INTEGER REFERENCES lesson_reminders (id);
+    CREATE UNIQUE INDEX messages_reminder_key ON messages (dedup_key) WHERE source = 'reminder';
+    """,
 ]
 
 
@@ -192,6 +216,7 @@ class Accepted:
     message_id: int
     duplicate: bool  # an identical webhook was accepted within the dedup window
     status: str
+    also_queued: tuple[int, ...] = ()  # the messages to its other recipients (a parent)
 
 
 @dataclass(frozen=True)
@@ -328,13 +353,14 @@ class Store:
     # --- putting messages in ---
 
     def accept_webhook(self, payload: dict[str, Any], event: str | None, user_id: int, fields: dict[str, Any],
-                       dedup_seconds: int, valid_seconds: int, lease: tuple[str, float] | None = None
-                       ) -> Accepted:
-        """Journal a webhook, with the fields of its object its text may use, unless the same one is
-        already journaled and has not FAILED.
+                       recipients: tuple[str, ...], dedup_seconds: int, valid_seconds: int,
+                       lease: tuple[str, float] | None = None) -> Accepted:
+        """Journal a webhook as one message per recipient (student, parent), with the fields of its
+        object its text may use, unless the same one is already journaled and has not FAILED.
 
-        With `lease` (owner, seconds) the caller sends it itself right away: the message
+        With `lease` (owner, seconds) the caller sends the first message itself right away: it
         starts SENDING under that lease, and the worker takes it over only if the lease expires.
+        The others are QUEUED for the worker. The Accepted names the first.
         """
         key = webhook_dedup_key(payload)
         now = time.time()
@@ -347,15 +373,85 @@ class Store:
                 ).fetchone()
                 if earlier:
                     return Accepted(earlier["id"], True, earlier["status"])
-            status, owner, until = (SENDING, lease[0], now + lease[1]) if lease else (QUEUED, None, None)
-            cursor = db.execute(
-                "INSERT INTO messages (created_at, updated_at, source, event, event_fields, dedup_key, user_id,"
-                " status, next_attempt_at, deadline, lease_owner, lease_until)"
-                " VALUES (?, ?, 'webhook', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now, now, event, json.dumps(fields, ensure_ascii=False) if fields else None, key, user_id,
-                 status, now, now + valid_seconds, owner, until),
-            )
-            return Accepted(cursor.lastrowid, False, status)
+            ids = []
+            for recipient in recipients:
+                leased = lease is not None and not ids
+                status, owner, until = (SENDING, lease[0], now + lease[1]) if leased else (QUEUED, None, None)
+                ids.append(db.execute(
+                    "INSERT INTO messages (created_at, updated_at, source, event, event_fields, dedup_key, user_id,"
+                    " recipient, status, next_attempt_at, deadline, lease_owner, lease_until)"
+                    " VALUES (?, ?, 'webhook', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (now, now, event, json.dumps(fields, ensure_ascii=False) if fields else None, key, user_id,
+                     recipient, status, now, now + valid_seconds, owner, until)).fetchone()[0])
+            return Accepted(ids[0], False, SENDING if lease else QUEUED, tuple(ids[1:]))
+
+    # --- lesson reminders: states pending -> done | failed ---
+
+    def accept_lesson_reminder(self, payload: dict[str, Any], event: str, lesson_id: int, dedup_seconds: int,
+                               valid_seconds: int) -> Accepted:
+        """Journal a lesson reminder webhook, unless the same one was journaled within `dedup_seconds`
+        (and did not fail); the worker reads the lesson and queues one message per recipient."""
+        key = webhook_dedup_key(payload)
+        now = time.time()
+        with self.transaction() as db:
+            if dedup_seconds:
+                earlier = db.execute(
+                    "SELECT id, state FROM lesson_reminders WHERE dedup_key = ? AND created_at >= ?"
+                    " AND state != 'failed' ORDER BY id DESC LIMIT 1", (key, now - dedup_seconds)).fetchone()
+                if earlier:
+                    return Accepted(earlier["id"], True, earlier["state"])
+            reminder_id = db.execute(
+                "INSERT INTO lesson_reminders (created_at, updated_at, event, lesson_id, dedup_key, state,"
+                " next_attempt_at, deadline) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+                (now, now, event, lesson_id, key, now, now + valid_seconds)).fetchone()[0]
+            return Accepted(reminder_id, False, "pending")
+
+    def claim_lesson_reminders(self, owner: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+        """Lease pending reminders that are due (and not leased, or whose lease expired) to `owner`."""
+        now = time.time()
+        with self.transaction() as db:
+            return [dict(row) for row in db.execute(
+                "UPDATE lesson_reminders SET lease_owner = ?, lease_until = ?, updated_at = ? WHERE id IN"
+                " (SELECT id FROM lesson_reminders WHERE state = 'pending' AND next_attempt_at <= ?"
+                " AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?) RETURNING *",
+                (owner, now + lease_seconds, now, now, now, limit))]
+
+    def fan_out_lesson_reminder(self, reminder_id: int, owner: str, messages: list[dict[str, Any]]) -> int:
+        """Queue a reminder's messages and mark it done, in one transaction; how many are new.
+
+        Each message's `dedup_key` names (event, lesson, student, lesson date, recipient): a message
+        already queued by a repeated or overlapping reminder is not queued again.
+        """
+        now = time.time()
+        columns = ("event", "dedup_key", "user_id", "recipient", "phone", "text", "status", "last_error",
+                   "next_attempt_at", "deadline", "event_fields")
+        with self.transaction() as db:
+            new = 0
+            for message in messages:
+                new += db.execute(
+                    f"INSERT OR IGNORE INTO messages (created_at, updated_at, source, reminder_id,"
+                    f" {', '.join(columns)}, done_at) VALUES (?, ?, 'reminder', ?, {_placeholders(columns)}, ?)",
+                    (now, now, reminder_id, *(message[column] for column in columns),
+                     now if message["status"] == FAILED else None)).rowcount
+            db.execute("UPDATE lesson_reminders SET state = 'done', messages = ?, lease_owner = NULL,"
+                       " lease_until = NULL, updated_at = ? WHERE id = ? AND lease_owner = ?",
+                       (len(messages), now, reminder_id, owner))
+        return new
+
+    def postpone_lesson_reminder(self, reminder_id: int, owner: str, next_at: float | None, error: str) -> None:
+        """Try the reminder again at `next_at`, or (None, or past its deadline) mark it failed."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE lesson_reminders SET state = CASE WHEN ? IS NULL OR ? > deadline THEN 'failed'"
+                " ELSE 'pending' END, next_attempt_at = coalesce(?, next_attempt_at), attempts = attempts + 1,"
+                " last_error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND lease_owner = ?",
+                (next_at, next_at, next_at, error, now, reminder_id, owner))
+
+    def lesson_reminder(self, reminder_id: int) -> dict[str, Any] | None:
+        row = self.connection().execute("SELECT * FROM lesson_reminders WHERE id = ?", (reminder_id,)).fetchone()
+        return dict(row) if row else None
 
     def enqueue(self, source: str, valid_seconds: int, *, phone: str | None = None,
                 text: str | None = None, user_id: int | None = None, event: str | None = None) -> int:

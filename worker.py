@@ -25,6 +25,7 @@ SCHEDULE_SECONDS = 1.0  # how often mailings are checked for their start, and de
 CLAIM_AHEAD = 4  # messages leased per sender thread: enough to keep them busy between claims
 SHUTDOWN_GRACE_SECONDS = 8.0  # in-flight sends get this long after SIGTERM (the unit allows 10)
 REPORT_BATCH = 50
+REMINDER_BATCH = 2  # lesson reminders expanded at once: each reads a lesson and up to 100 students a call
 LOOP_RETRY_SECONDS = 1.0  # the pause after a failed turn of the loop (database unavailable, a bug)
 
 
@@ -45,7 +46,8 @@ class Worker:
         """Work until `stop` is set; then release what has not started and let sends in flight finish.
 
         Sender threads talk to MoyKlass and the gateway, read a message's lease just before
-        sending it, and write only a provider pause (bad credentials). This thread claims,
+        sending it, and write only a provider pause (bad credentials) or the messages of a lesson
+        reminder they expanded (one transaction each). This thread claims,
         renews the leases of every message in flight, and writes the results of all sends that
         finished, together in one transaction.
         """
@@ -68,6 +70,9 @@ class Worker:
                     if room >= self.concurrency and not self._unwritten:
                         for message in self.store.claim(self.owner, room, self.lease_seconds):
                             in_flight[pool.submit(self.dispatcher.attempt, message, self.owner)] = message["id"]
+                        for reminder in self.store.claim_lesson_reminders(self.owner, REMINDER_BATCH,
+                                                                          self.lease_seconds):
+                            in_flight[pool.submit(self._expand, reminder)] = None
                         if len(in_flight) < self.concurrency:
                             for message in self.store.claim_reports(self.dispatcher.provider.name, REPORT_BATCH,
                                                                     self.lease_seconds):
@@ -137,6 +142,12 @@ class Worker:
         log.info("Worker %s stopped: %d messages released, %d sends finished, %d still in flight"
                  " (their leases expire and another worker takes them over)",
                  self.owner, released, len(finished), len(unfinished))
+
+    def _expand(self, reminder: dict) -> None:
+        try:
+            self.dispatcher.expand_lesson_reminder(reminder, self.owner)
+        except Exception:  # its lease expires and it is expanded again: idempotent
+            log.exception("Unexpected error expanding lesson reminder %d", reminder["id"])
 
     def _poll_report(self, message: dict) -> None:
         try:
