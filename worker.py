@@ -68,8 +68,11 @@ class Worker:
                     self._write_results()
                     room = CLAIM_AHEAD * self.concurrency - len(in_flight)
                     if room >= self.concurrency and not self._unwritten:
-                        for message in self.store.claim(self.owner, room, self.lease_seconds):
-                            in_flight[pool.submit(self.dispatcher.attempt, message, self.owner)] = message["id"]
+                        claimed = self.store.claim(self.owner, room, self.lease_seconds)
+                        users = self.dispatcher.users_for(claimed)
+                        for message in claimed:
+                            in_flight[pool.submit(self.dispatcher.attempt, message, self.owner, None,
+                                                  users.get(message["user_id"]))] = message["id"]
                         for reminder in self.store.claim_lesson_reminders(self.owner, REMINDER_BATCH,
                                                                           self.lease_seconds):
                             in_flight[pool.submit(self._expand, reminder)] = None
