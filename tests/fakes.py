@@ -191,6 +191,7 @@ class FakeMoyKlass(FakeService):
         self.tokens: set[str] = set()
         self.token_calls = 0
         self.user_calls = 0
+        self.rate_limited = 0  # requests answered 429 for passing RATE_LIMIT
         self.request_times: deque[float] = deque()  # the last second, for the rate limit
         self.request_log: list[float] = []  # every request's time.monotonic()
         self.fail_next: list[int] = []  # HTTP statuses to answer the next requests with
@@ -292,6 +293,7 @@ class FakeMoyKlass(FakeService):
             if self.fail_next:
                 return self.fail_next.pop(0), {"code": "Fault", "message": "injected fault"}
             if self._over_rate_limit(now):
+                self.rate_limited += 1
                 return 429, {"code": "TooManyRequests", "message": "Rate limit exceeded"}
             if request.command == "POST" and request.path == "/v1/company/auth/getToken":
                 self.token_calls += 1
