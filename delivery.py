@@ -190,7 +190,16 @@ class Dispatcher:
         return self._record(message, where, result, details, resumes=pause is not None)
 
     def _may_not_send(self, message: dict[str, Any], owner: str) -> AttemptResult | None:
-        """Why this message must not be sent now, read from its row just before the send; None if it may."""
+        """Why this message must not be sent now, read from its row just before the send; None if it may.
+
+        No read is needed for a message of no mailing whose lease, as this holder took it, still
+        outlives the send: only an expired lease can be taken over (its holder only ever extends
+        it), and only a mailing can be cancelled. That spares most sends a read of the database.
+        """
+        margin = self.config.http_timeout + LEASE_MARGIN_SECONDS
+        if not message["mailing_id"] and message["lease_owner"] == owner \
+                and (message["lease_until"] or 0) - time.time() > margin:
+            return None
         lease = self.store.lease_state(message["id"], owner)
         if not lease.ours:
             log.warning("%s was taken over by another worker before it was sent; not sent here",
@@ -198,7 +207,7 @@ class Dispatcher:
             return AttemptResult(None, Cause.LEASE_LOST, "another worker holds it now")
         if lease.canceled:
             return self._finish(message, CANCELED, Cause.CANCELED, "its mailing was cancelled before it was sent")
-        if lease.seconds_left < self.config.http_timeout + LEASE_MARGIN_SECONDS:
+        if lease.seconds_left < margin:
             return self._hand_over(message, f"its lease has {lease.seconds_left:.1f} s left, less than a send may take")
         return None
 

@@ -136,7 +136,7 @@ def webhook():
     others = {"also_queued": list(accepted.also_queued)} if accepted.also_queued else {}
     if not synchronous:
         return jsonify({"status": status, "id": accepted.message_id, **others}), status_code
-    result = app.dispatcher.attempt_and_record(app.store.message(accepted.message_id), owner,
+    result = app.dispatcher.attempt_and_record(accepted.row, owner,
                                                give_up_at=received + config.webhook_sync_wait_seconds)
     if result.status == SENT:
         return jsonify({"status": status, "id": accepted.message_id, **others})

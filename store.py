@@ -217,6 +217,7 @@ class Accepted:
     duplicate: bool  # an identical webhook was accepted within the dedup window
     status: str
     also_queued: tuple[int, ...] = ()  # the messages to its other recipients (a parent)
+    row: dict[str, Any] | None = None  # the first message as written (None for a duplicate)
 
 
 @dataclass(frozen=True)
@@ -373,17 +374,17 @@ class Store:
                 ).fetchone()
                 if earlier:
                     return Accepted(earlier["id"], True, earlier["status"])
-            ids = []
+            rows = []
             for recipient in recipients:
-                leased = lease is not None and not ids
+                leased = lease is not None and not rows
                 status, owner, until = (SENDING, lease[0], now + lease[1]) if leased else (QUEUED, None, None)
-                ids.append(db.execute(
+                rows.append(dict(db.execute(
                     "INSERT INTO messages (created_at, updated_at, source, event, event_fields, dedup_key, user_id,"
                     " recipient, status, next_attempt_at, deadline, lease_owner, lease_until)"
-                    " VALUES (?, ?, 'webhook', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    " VALUES (?, ?, 'webhook', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                     (now, now, event, json.dumps(fields, ensure_ascii=False) if fields else None, key, user_id,
-                     recipient, status, now, now + valid_seconds, owner, until)).fetchone()[0])
-            return Accepted(ids[0], False, SENDING if lease else QUEUED, tuple(ids[1:]))
+                     recipient, status, now, now + valid_seconds, owner, until)).fetchone()))
+            return Accepted(rows[0]["id"], False, rows[0]["status"], tuple(row["id"] for row in rows[1:]), rows[0])
 
     # --- lesson reminders: states pending -> done | failed ---
 
