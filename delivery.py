@@ -14,19 +14,21 @@ import enum
 import hashlib
 import json
 import logging
-import math
 import random
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from config import Config
+from events import family_of
 from locks import SharedRateLimiter, SharedSlots, WouldWait
 from mailings import next_opening
-from moyklass import LessonNotFound, MoyKlassClient, MoyKlassError, UserNotFound, template_fields
+from moyklass import MOYKLASS_MAX_ID, LessonNotFound, MoyKlassClient, MoyKlassError, UserNotFound, template_fields
 from phones import InvalidPhone, mask, to_e164
 from providers import Delivery, Outcome, Provider, SendResult
 from store import (
@@ -100,6 +102,8 @@ class Dispatcher:
         self._pause: ProviderPause | None = None
         self._pause_checked_at = -PAUSE_CHECK_SECONDS
         self._late_results = LateResults(store)
+        self._lookups = ThreadPoolExecutor(1, thread_name_prefix="lookup")  # see users_for
+        self._lookup: Future | None = None
 
     def attempt_and_record(self, message: dict[str, Any], owner: str, give_up_at: float | None) -> AttemptResult:
         """One attempt, written at once (the synchronous webhook), waiting for the MoyKlass rate
@@ -121,13 +125,20 @@ class Dispatcher:
         """The MoyKlass users these messages wait for, looked up together, 100 in one call, where one
         call each would spend MoyKlass' 7 requests a second on one student each. Best effort: a
         user not found here, or all of them when MoyKlass is slow, is looked up by its own attempt."""
-        user_ids = [m["user_id"] for m in messages if m["user_id"] and not (m["phone"] and m["text"] is not None)]
-        if len(user_ids) < 2 or self.moyklass is None:
+        user_ids = [m["user_id"] for m in messages if m["user_id"] and not (m["phone"] and m["text"] is not None)
+                    and not _wants_fresh_user(m)]
+        if len(user_ids) < 2 or self.moyklass is None or (self._lookup and not self._lookup.done()):
             return {}
+        # The whole lookup is bounded, not each wait or read: the worker's loop waits for it. One
+        # that takes longer goes on in the background (no other starts meanwhile) and fills the
+        # user cache for the attempts.
+        self._lookup = self._lookups.submit(self.moyklass.get_users, user_ids,
+                                            time.monotonic() + BATCH_LOOKUP_WAIT_SECONDS)
         try:
-            return self.moyklass.get_users(user_ids, give_up_at=time.monotonic() + BATCH_LOOKUP_WAIT_SECONDS)
-        except (MoyKlassError, WouldWait) as error:
-            log.info("Looking up %d students together failed (%s); each is looked up on its own", len(user_ids), error)
+            return self._lookup.result(timeout=BATCH_LOOKUP_WAIT_SECONDS + 1)
+        except (MoyKlassError, WouldWait, FutureTimeout) as error:
+            log.info("Looking up %d students together failed (%s); each is looked up on its own",
+                     len(user_ids), type(error).__name__)
             return {}
 
     def attempt(self, message: dict[str, Any], owner: str, give_up_at: float | None = None,
@@ -227,7 +238,7 @@ class Dispatcher:
             raise _NoText(self.config.ignored_because(message["event"]))
         if self.moyklass is None:
             raise MoyKlassError("MoyKlass is not configured: set API_KEY")
-        user = user or self.moyklass.get_user(message["user_id"], give_up_at)
+        user = user or self.moyklass.get_user(message["user_id"], give_up_at, fresh=_wants_fresh_user(message))
         recipient = message["recipient"] or STUDENT
         phone = self._number(user, recipient)
         if recipient == PARENT and self.config.sms_recipients == "both" and user.get("phone") \
@@ -269,12 +280,12 @@ class Dispatcher:
             log.warning("%s failed: %s", where, reason)
             return
         try:
-            lesson = self.moyklass.get_lesson(lesson_id)
-            records = lesson.get("records") or []
-            students = list(dict.fromkeys(r["userId"] for r in records if isinstance(r, dict)
-                                          and type(r.get("userId")) is int and not r.get("goodReason")))
-            users = self.moyklass.get_users(students)
-        except LessonNotFound as error:
+            lesson = _ReadLesson(self.moyklass.get_lesson(lesson_id), self.config.default_timezone)
+            if lesson.starts_at <= time.time():
+                raise LessonNotFound(f"lesson {lesson_id} started at {lesson.fields['lesson_date']}"
+                                     f" {lesson.fields['lesson_time']}: too late to remind anyone")
+            users = self.moyklass.get_users(lesson.students)
+        except (LessonNotFound, MalformedLesson) as error:  # asking again will not help
             self.store.postpone_lesson_reminder(reminder["id"], owner, None, str(error))
             log.warning("%s failed: %s", where, error)
             return
@@ -284,23 +295,23 @@ class Dispatcher:
             self.store.postpone_lesson_reminder(reminder["id"], owner, time.time() + delay, str(error))
             log.warning("%s: %s; trying again in %.1f s", where, error, delay)
             return
-        fields = {"lesson_date": str(lesson.get("date") or ""), "lesson_time": str(lesson.get("beginTime") or ""),
-                  "topic": str(lesson.get("topic") or "")}
-        deadline = min(reminder["deadline"], _lesson_start(fields, self.config.default_timezone))
-        messages = [message for user_id in students
+        if lesson.dropped:
+            log.warning("%s: %d records of the lesson name no student id and are left out", where, lesson.dropped)
+        deadline = min(reminder["deadline"], lesson.starts_at)
+        messages = [message for user_id in lesson.students
                     for message in self._reminder_messages(event, lesson_id, user_id, users.get(user_id),
-                                                           template, fields, deadline)]
-        queued = self.store.fan_out_lesson_reminder(reminder["id"], owner, messages)
-        log.info("%s on %s %s: %d students booked, %d messages, %d new", where, fields["lesson_date"],
-                 fields["lesson_time"], len(students), len(messages), queued)
+                                                           template, lesson.fields, deadline)]
+        queued = self.store.fan_out_lesson_reminder(reminder["id"], messages)
+        log.info("%s on %s %s: %d students booked, %d messages, %d new", where, lesson.fields["lesson_date"],
+                 lesson.fields["lesson_time"], len(lesson.students), len(messages), queued)
 
     def _reminder_messages(self, event: str, lesson_id: int, user_id: int, user: dict[str, Any] | None,
                            template: Template, fields: dict[str, str], deadline: float) -> list[dict[str, Any]]:
         """One message per recipient of one student: QUEUED with its number and text, or FAILED saying why."""
         messages, numbers = [], set()
         for recipient in RECIPIENTS[self.config.sms_recipients]:
-            key = hashlib.sha256(json.dumps([event, lesson_id, user_id, fields["lesson_date"], recipient])
-                                 .encode()).hexdigest()
+            key = hashlib.sha256(json.dumps([event, lesson_id, user_id, fields["lesson_date"], fields["lesson_time"],
+                                             recipient]).encode()).hexdigest()
             message = {"event": event, "dedup_key": key, "user_id": user_id, "recipient": recipient, "phone": None,
                        "text": None, "status": QUEUED, "last_error": None, "next_attempt_at": time.time(),
                        "deadline": deadline, "event_fields": json.dumps(fields, ensure_ascii=False)}
@@ -490,13 +501,48 @@ def _same_number(raw: Any, e164: str, region: str) -> bool:
         return False
 
 
-def _lesson_start(fields: dict[str, str], timezone: str) -> float:
-    """When the lesson starts, in the school's time zone; infinity if MoyKlass' date or time is unreadable."""
-    try:
-        start = datetime.fromisoformat(f"{fields['lesson_date']}T{fields['lesson_time']}")
-    except ValueError:
-        return math.inf
-    return start.replace(tzinfo=ZoneInfo(timezone)).timestamp()
+def _wants_fresh_user(message: dict[str, Any]) -> bool:
+    """Whether the student must be read from MoyKlass, not from the user cache: a user_* event
+    says the student changed (a new phone), and a message retried after its lookup failed
+    (no phone, not found) waits for a fix made in MoyKlass."""
+    family = family_of(message["event"])
+    return (family is not None and family.name == "user") or message["error_code"] in LOOKUP_ERRORS
+
+
+LOOKUP_ERRORS = frozenset({"UserNotFound", "_NoPhone", "InvalidPhone"})  # error_code of a failed lookup
+
+
+class MalformedLesson(ValueError):
+    """MoyKlass' lesson answer lacks what a reminder needs (its date and time) or is not a lesson."""
+
+
+class _ReadLesson:
+    """What a reminder needs of a MoyKlass Lesson, checked: its students and its text fields.
+
+    The students are the records' userIds (MoyKlass' ids are int32), once each, less those the
+    school marked absent with a good reason (`goodReason`); a record without a usable id is
+    counted in `dropped`. The lesson starts at its date and beginTime in DEFAULT_TIMEZONE, the
+    school's time zone.
+    """
+
+    def __init__(self, lesson: dict[str, Any], timezone: str):
+        records = lesson.get("records")
+        if not isinstance(records, list):
+            raise MalformedLesson("MoyKlass' lesson has no list of records")
+        date, begin = lesson.get("date"), lesson.get("beginTime")
+        try:
+            start = datetime.fromisoformat(f"{date}T{begin}")
+            if not (isinstance(date, str) and isinstance(begin, str) and len(begin) == 5):
+                raise ValueError
+        except ValueError:
+            raise MalformedLesson(f"MoyKlass' lesson has no readable date and time ({date!r}, {begin!r})")
+        self.starts_at = start.replace(tzinfo=ZoneInfo(timezone)).timestamp()
+        topic = lesson.get("topic")
+        self.fields = {"lesson_date": date, "lesson_time": begin, "topic": topic if isinstance(topic, str) else ""}
+        usable = [r for r in records if isinstance(r, dict) and type(r.get("userId")) is int
+                  and 1 <= r["userId"] <= MOYKLASS_MAX_ID]
+        self.dropped = len(records) - len(usable)
+        self.students = list(dict.fromkeys(r["userId"] for r in usable if not r.get("goodReason")))
 
 
 def describe(message: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from store import MAX_ID
@@ -46,10 +47,17 @@ class ObjectField:
             raise MalformedObject(f"object.{self.name} is missing")
         if self.kind == "id" and not (type(value) is int and 1 <= value <= MAX_ID):
             raise MalformedObject(f"object.{self.name} must be a positive integer up to {MAX_ID}")
-        if self.kind == "number" and not (type(value) in (int, float) and math.isfinite(value)):
-            raise MalformedObject(f"object.{self.name} must be a number")
-        if self.kind == "date" and not (isinstance(value, str) and DATE.fullmatch(value)):
-            raise MalformedObject(f"object.{self.name} must be a date such as 2026-11-23")
+        if self.kind == "number":
+            if not (type(value) in (int, float) and math.isfinite(value)):
+                raise MalformedObject(f"object.{self.name} must be a number")
+            return f"{value:.2f}".removesuffix(".00")  # an amount as people write it: 6000, 2400.50
+        if self.kind == "date":
+            try:
+                if not (isinstance(value, str) and DATE.fullmatch(value)):
+                    raise ValueError
+                date.fromisoformat(value)
+            except ValueError:
+                raise MalformedObject(f"object.{self.name} must be a date such as 2026-11-23")
         return value
 
 

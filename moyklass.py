@@ -27,7 +27,7 @@ RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 # The spec's userIds: at most 100 ids (maxItems) of int32, in one query parameter as a comma
 # list (style form, explode false); limit defaults to 100 but is sent, so that all come back.
 USER_IDS_PER_CALL = 100
-MAX_ID = 2_147_483_647
+MOYKLASS_MAX_ID = 2_147_483_647  # its ids are int32 (the spec)
 USER_CACHE_MAX_USERS = 10_000
 
 
@@ -125,11 +125,11 @@ class MoyKlassClient:
         self.tokens = TokenStore(token_store_path, self._fetch_token)
         self.user_cache = UserCache(user_cache_seconds)
 
-    def get_user(self, user_id: int, give_up_at: float | None = None) -> dict[str, Any]:
+    def get_user(self, user_id: int, give_up_at: float | None = None, fresh: bool = False) -> dict[str, Any]:
         """The MoyKlass User object; UserNotFound on 404. With `give_up_at` (monotonic), a wait
         for the rate limit or a retry that would end past it raises WouldWait instead. A user
-        looked up within USER_CACHE_SECONDS is answered from the cache."""
-        user = self.user_cache.get(user_id)
+        looked up within USER_CACHE_SECONDS is answered from the cache, unless `fresh`."""
+        user = None if fresh else self.user_cache.get(user_id)
         if user is not None:
             return user
         response = self._call_with_token("GET", f"/company/users/{user_id}", give_up_at=give_up_at)
@@ -146,7 +146,7 @@ class MoyKlassClient:
         found: dict[int, dict[str, Any]] = {}
         wanted: list[int] = []
         for user_id in dict.fromkeys(user_ids):
-            if not 0 <= user_id <= MAX_ID:  # MoyKlass' ids are int32: it cannot have it
+            if not 1 <= user_id <= MOYKLASS_MAX_ID:  # MoyKlass cannot have it
                 continue
             user = self.user_cache.get(user_id)
             if user is not None:

@@ -367,10 +367,10 @@ class Store:
         now = time.time()
         with self.transaction() as db:
             if dedup_seconds:
-                earlier = db.execute(
+                earlier = db.execute(  # the first recipient's message stands for the webhook
                     "SELECT id, status FROM messages WHERE dedup_key = ? AND created_at >= ?"
-                    " AND status NOT IN (?, ?) ORDER BY id DESC LIMIT 1",
-                    (key, now - dedup_seconds, FAILED, EXPIRED),
+                    " AND status NOT IN (?, ?) AND coalesce(recipient, ?) = ? ORDER BY id DESC LIMIT 1",
+                    (key, now - dedup_seconds, FAILED, EXPIRED, recipients[0], recipients[0]),
                 ).fetchone()
                 if earlier:
                     return Accepted(earlier["id"], True, earlier["status"])
@@ -411,17 +411,23 @@ class Store:
         """Lease pending reminders that are due (and not leased, or whose lease expired) to `owner`."""
         now = time.time()
         with self.transaction() as db:
+            db.execute("UPDATE lesson_reminders SET state = 'failed', updated_at = ?, last_error ="
+                       " coalesce(last_error, 'its deadline passed before it was done') WHERE state = 'pending'"
+                       " AND deadline < ?", (now, now))
             return [dict(row) for row in db.execute(
                 "UPDATE lesson_reminders SET lease_owner = ?, lease_until = ?, updated_at = ? WHERE id IN"
                 " (SELECT id FROM lesson_reminders WHERE state = 'pending' AND next_attempt_at <= ?"
-                " AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?) RETURNING *",
-                (owner, now + lease_seconds, now, now, now, limit))]
+                " AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?)"
+                " AND state = 'pending' AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
+                (owner, now + lease_seconds, now, now, now, limit, now))]
 
-    def fan_out_lesson_reminder(self, reminder_id: int, owner: str, messages: list[dict[str, Any]]) -> int:
+    def fan_out_lesson_reminder(self, reminder_id: int, messages: list[dict[str, Any]]) -> int:
         """Queue a reminder's messages and mark it done, in one transaction; how many are new.
 
-        Each message's `dedup_key` names (event, lesson, student, lesson date, recipient): a message
-        already queued by a repeated or overlapping reminder is not queued again.
+        Each message's `dedup_key` names (event, lesson, student, lesson date and time, recipient):
+        a message already queued by a repeated or overlapping reminder is not queued again, but one
+        that FAILED (the student had no phone then) is queued again when it now can be sent. Two
+        workers expanding the same reminder (a lease ran out) so queue nothing twice.
         """
         now = time.time()
         columns = ("event", "dedup_key", "user_id", "recipient", "phone", "text", "status", "last_error",
@@ -430,13 +436,18 @@ class Store:
             new = 0
             for message in messages:
                 new += db.execute(
-                    f"INSERT OR IGNORE INTO messages (created_at, updated_at, source, reminder_id,"
-                    f" {', '.join(columns)}, done_at) VALUES (?, ?, 'reminder', ?, {_placeholders(columns)}, ?)",
+                    f"INSERT INTO messages (created_at, updated_at, source, reminder_id, {', '.join(columns)},"
+                    f" done_at) VALUES (?, ?, 'reminder', ?, {_placeholders(columns)}, ?)"
+                    f" ON CONFLICT (dedup_key) WHERE source = 'reminder' DO UPDATE SET status = excluded.status,"
+                    f" phone = excluded.phone, text = excluded.text, last_error = NULL, attempts = 0,"
+                    f" next_attempt_at = excluded.next_attempt_at, deadline = excluded.deadline, done_at = NULL,"
+                    f" reminder_id = excluded.reminder_id, updated_at = excluded.updated_at"
+                    f" WHERE messages.status = '{FAILED}' AND excluded.status = '{QUEUED}'",
                     (now, now, reminder_id, *(message[column] for column in columns),
                      now if message["status"] == FAILED else None)).rowcount
             db.execute("UPDATE lesson_reminders SET state = 'done', messages = ?, lease_owner = NULL,"
-                       " lease_until = NULL, updated_at = ? WHERE id = ? AND lease_owner = ?",
-                       (len(messages), now, reminder_id, owner))
+                       " lease_until = NULL, updated_at = ? WHERE id = ? AND state = 'pending'",
+                       (len(messages), now, reminder_id))
         return new
 
     def postpone_lesson_reminder(self, reminder_id: int, owner: str, next_at: float | None, error: str) -> None:
@@ -593,7 +604,7 @@ class Store:
 
     def retry_failed(self, deadline: float, since: float | None = None, mailing_id: int | None = None) -> int:
         """Re-queue FAILED and UNDELIVERED messages (created since `since`, of one mailing),
-        with fresh attempts, to be sent before `deadline`."""
+        with fresh attempts, to be sent before `deadline` (a lesson reminder's: before its lesson, still)."""
         now = time.time()
         allowed = sorted(TRANSITIONS[QUEUED] - {SENDING})
         where, params = f"status IN ({_placeholders(allowed)}) AND created_at >= ?", [*allowed, since or 0]
@@ -601,9 +612,10 @@ class Store:
             where, params = where + " AND mailing_id = ?", params + [mailing_id]
         with self.transaction() as db:
             return db.execute(
-                f"UPDATE messages SET status = ?, attempts = 0, next_attempt_at = ?, deadline = ?,"
+                f"UPDATE messages SET status = ?, attempts = 0, next_attempt_at = ?,"
+                f" deadline = CASE WHEN source = 'reminder' THEN min(deadline, ?) ELSE ? END,"
                 f" lease_owner = NULL, lease_until = NULL, done_at = NULL, updated_at = ? WHERE {where}",
-                (QUEUED, now, deadline, now, *params)).rowcount
+                (QUEUED, now, deadline, deadline, now, *params)).rowcount
 
     def expire_overdue(self, now: float) -> int:
         """QUEUED messages whose deadline has passed become EXPIRED (a mailing's end_at, SMS_VALID_SECONDS)."""

@@ -161,3 +161,97 @@ def test_parents_as_recipients_need_the_attribute_setting():
         load_config({"SMS_RECIPIENTS": "parent"})
     assert caught.value.problems == ["SMS_RECIPIENTS=parent needs SMS_PARENT_PHONE_ATTRIBUTE: the alias of the"
                                      " students' attribute that holds a parent's phone"]
+
+
+def remind(worker_settings, moyklass, event: str = "lesson_start_hours") -> Store:
+    """Post one reminder of LESSON and let a worker expand it; its store."""
+    client = create_app(worker_settings).test_client()
+    assert client.post("/webhook", json=load_fixture(event)).status_code == 202
+    return open_store(worker_settings)
+
+
+@pytest.mark.parametrize("lesson, error", [
+    ({"records": 5}, "MoyKlass' lesson has no list of records"),
+    ({"beginTime": None}, f"MoyKlass' lesson has no readable date and time ('{TOMORROW}', None)"),
+    ({"date": "24.11.2026"}, "MoyKlass' lesson has no readable date and time ('24.11.2026', '17:00')"),
+    ({"date": "2020-01-01"}, f"lesson {LESSON} started at 2020-01-01 17:00: too late to remind anyone"),
+])
+def test_a_lesson_a_reminder_cannot_use_fails_it_once_and_sends_nothing(lesson, error, worker_settings, moyklass,
+                                                                         oneclick):
+    """Before, a malformed lesson left the reminder pending forever, re-read every lease."""
+    worker_settings.update(SMS_TEXT_LESSON_START_HOURS=REMINDER_TEXT)
+    book(moyklass, {2001: "Ana Ilić"})
+    moyklass.lessons[LESSON].update(lesson)
+    store = remind(worker_settings, moyklass)
+    with running_worker(worker_settings):
+        wait_until(lambda: store.lesson_reminder(1)["state"] == "failed", what="failed")
+    assert store.lesson_reminder(1)["last_error"] == error
+    assert oneclick.messages == [] and sum(store.counts().values()) == 0
+
+
+def test_records_without_a_usable_student_id_are_left_out_and_the_others_reminded(worker_settings, moyklass,
+                                                                                    oneclick):
+    worker_settings.update(SMS_TEXT_LESSON_START_HOURS=REMINDER_TEXT, SMS_DLR_MAX_SECONDS="0")
+    book(moyklass, {2001: "Ana Ilić"})
+    moyklass.lessons[LESSON]["records"] += [{"userId": 2**64}, {"userId": "2002"}, "x", {"userId": 2001}]
+    store = remind(worker_settings, moyklass)
+    with running_worker(worker_settings):
+        wait_until(lambda: store.counts()[SENT] == 1 and store.lesson_reminder(1)["state"] == "done", what="done")
+    assert [m["phone"] for m in oneclick.messages] == [numbered_phone(2001)]
+
+
+def test_a_lesson_moved_again_the_same_day_is_announced_again(worker_settings, moyklass, oneclick):
+    """The key holds the lesson's time: a second lesson_changed on the same date used to send nothing."""
+    worker_settings.update(SMS_TEXT_LESSON_CHANGED="{first_name}: čas je sada u {lesson_time}.",
+                           SMS_DLR_MAX_SECONDS="0", DEDUP_SECONDS="0")
+    book(moyklass, {2001: "Ana Ilić"})
+    client = create_app(worker_settings).test_client()
+    with running_worker(worker_settings):
+        for sent, time_of_day in enumerate(("18:00", "19:00"), start=1):
+            moyklass.lessons[LESSON]["beginTime"] = time_of_day
+            assert client.post("/webhook", json=load_fixture("lesson_changed")).status_code == 202
+            wait_until(lambda count=sent: len(oneclick.messages) == count, what="sent")
+    assert [m["message"] for m in oneclick.messages] == ["Ana: čas je sada u 18:00.", "Ana: čas je sada u 19:00."]
+
+
+def test_a_student_without_a_phone_gets_the_next_reminder_once_the_phone_is_fixed(worker_settings, moyklass,
+                                                                                   oneclick):
+    worker_settings.update(SMS_TEXT_LESSON_START_HOURS=REMINDER_TEXT, SMS_DLR_MAX_SECONDS="0", DEDUP_SECONDS="0",
+                           USER_CACHE_SECONDS="0")
+    book(moyklass, {2001: "Ana Ilić"})
+    moyklass.users[2001]["phone"] = None
+    client = create_app(worker_settings).test_client()
+    store = open_store(worker_settings)
+    with running_worker(worker_settings):
+        assert client.post("/webhook", json=load_fixture("lesson_start_hours")).status_code == 202
+        wait_until(lambda: store.counts()[FAILED] == 1, what="FAILED: no phone")
+        moyklass.users[2001]["phone"] = numbered_phone(2001)
+        assert client.post("/webhook", json=load_fixture("lesson_start_hours")).status_code == 202
+        wait_until(lambda: store.counts()[SENT] == 1, what="SENT")
+    assert [m["phone"] for m in oneclick.messages] == [numbered_phone(2001)]
+
+
+def test_a_changed_student_is_read_afresh_not_from_the_user_cache(settings, moyklass, oneclick):
+    """A user_* event says the student changed: before, the cached old phone got the SMS for 5 minutes."""
+    settings["SMS_TEXT_USER_CHANGED"] = "{first_name}, Vaši podaci su izmenjeni."
+    moyklass.add_user(1001, "381641000001", name="Ana Ilić")
+    client = create_app(settings).test_client()
+    assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 200
+    moyklass.add_user(1001, "381649999999", name="Bojana Ilić")
+    changed = load_fixture("user_changed") | {"object": {"userId": 1001}}
+    assert client.post("/webhook", json=changed).status_code == 200
+    assert [(m["phone"], m["message"]) for m in oneclick.messages][1] == (
+        "381649999999", "Bojana, Vaši podaci su izmenjeni.")
+
+
+def test_a_repeat_of_a_webhook_whose_student_message_failed_is_accepted_again_with_parents(settings, moyklass,
+                                                                                           oneclick):
+    """With SMS_RECIPIENTS=both the repeat used to match the parent's message and send nothing."""
+    settings.update(SMS_RECIPIENTS="both", SMS_PARENT_PHONE_ATTRIBUTE="parentPhone", USER_CACHE_SECONDS="0")
+    moyklass.add_user(1001, None, name="Ana Ilić")
+    parents(moyklass, u1001="0657770001")
+    client = create_app(settings).test_client()
+    assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 404
+    moyklass.users[1001]["phone"] = "381641000001"
+    again = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert again.get_json() == {"status": "success", "id": 3, "also_queued": [4]}

@@ -8,6 +8,7 @@ import pytest
 
 import api_keys
 from config import ConfigError, load_config
+from events import family_of
 from sms_bulk_app import create_app
 from store import FAILED, QUEUED, SENT
 from tests.conftest import load_fixture, run_command
@@ -34,7 +35,7 @@ EVENT_TEXTS = {
     "payment_new": ("Hvala, {name}: uplata od {summa} din. ({date}) je primljena. SmartLab",
                     "Hvala, Ana Ilić: uplata od 6000 din. (2026-11-23) je primljena. SmartLab", 2),
     "debit_new": ("{first_name}, otpisano {summa} din. {date}; stanje {balans}.",
-                  "Ana, otpisano 2400.5 din. 2026-11-22; stanje 2400.", 1),
+                  "Ana, otpisano 2400.50 din. 2026-11-22; stanje 2400.", 1),
     "sub_new": ("{first_name}, Vaša pretplata je aktivna.", "Ana, Vaša pretplata je aktivna.", 1),
     "sub_lesson_in_debt": ("{first_name}, imate čas na dug.", "Ana, imate čas na dug.", 1),
     "sub_days_next_payment": ("{first_name}, uskoro je rok za uplatu.", "Ana, uskoro je rok za uplatu.", 1),
@@ -372,6 +373,10 @@ def test_moyklass_failing_on_every_try_answers_502_after_three(client, moyklass)
      "object.summa must be a number (in a payment_new webhook)"),
     ("debit_new", {"userId": 1004, "summa": 10, "date": "23.11.2026"},
      "object.date must be a date such as 2026-11-23 (in a debit_new webhook)"),
+    ("debit_new", {"userId": 1004, "summa": 10, "date": "2026-02-30"},
+     "object.date must be a date such as 2026-11-23 (in a debit_new webhook)"),
+    ("payment_new", {"userId": 1004, "summa": True, "date": "2026-11-23"},
+     "object.summa must be a number (in a payment_new webhook)"),
     ("lesson_record_new", {"userId": 1005, "lessonId": "610882"},
      "object.lessonId must be a positive integer up to 9223372036854775807 (in a lesson_record_new webhook)"),
     ("join_new", {"joinId": 77120}, "object.userId is missing (in a join_new webhook)"),
@@ -397,3 +402,9 @@ def test_an_event_whose_object_names_no_student_is_ignored_and_cannot_have_a_tex
         " {first_name}, {name}, {summa}, {user_id}",
         "SMS_TEXT_USER_NEW: unknown placeholder {summa}; use one of {balans}, {email}, {first_name}, {name},"
         " {user_id}"]
+
+
+@pytest.mark.parametrize("summa, shown", [(6000, "6000"), (6000.0, "6000"), (0.1 + 0.2, "0.30"), (2400.5, "2400.50"),
+                                          (-500, "-500")])
+def test_an_amount_is_written_as_people_write_it(summa, shown):
+    assert family_of("payment_new").read({"userId": 1, "summa": summa, "date": "2026-11-23"})["summa"] == shown
