@@ -1,6 +1,7 @@
 """Lesson reminders: the lesson's students from MoyKlass, one SMS each, once; parents as recipients."""
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
@@ -255,3 +256,15 @@ def test_a_repeat_of_a_webhook_whose_student_message_failed_is_accepted_again_wi
     moyklass.users[1001]["phone"] = "381641000001"
     again = client.post("/webhook", json=load_fixture("sub_lessons_left"))
     assert again.get_json() == {"status": "success", "id": 3, "also_queued": [4]}
+
+
+def test_retry_failed_keeps_a_reminder_messages_lesson_deadline(settings):
+    """Before, retry-failed gave it SMS_VALID_SECONDS: a reminder went out after its lesson."""
+    store = create_app(settings).extensions["sms_bulk_app"].store
+    lesson_start = time.time() - 3600
+    with store.transaction() as db:
+        db.execute("INSERT INTO messages (created_at, updated_at, source, status, next_attempt_at, deadline, dedup_key)"
+                   " VALUES (?, ?, 'reminder', 'FAILED', 0, ?, 'k')", (lesson_start, lesson_start, lesson_start))
+    assert store.retry_failed(time.time() + 86400) == 1
+    assert store.message(1)["deadline"] == lesson_start
+    assert store.expire_overdue(time.time()) == 1  # not sent: its lesson has begun
