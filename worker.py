@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 0.2  # how often an idle worker looks for due messages
 SCHEDULE_SECONDS = 1.0  # how often mailings are checked for their start, and deadlines for expiry
-CLAIM_AHEAD = 4  # messages leased per sender thread: enough to keep them busy between claims
+CLAIM_AHEAD = 8  # messages leased per sender thread: enough to keep them busy, and to look up ~100 students at once
 SHUTDOWN_GRACE_SECONDS = 8.0  # in-flight sends get this long after SIGTERM (the unit allows 10)
 REPORT_BATCH = 50
 REMINDER_BATCH = 2  # lesson reminders expanded at once: each reads a lesson and up to 100 students a call
