@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from common import ROOT, Fakes, fake_settings, running_gunicorn, running_workers
+from common import ROOT, Fakes, fake_settings, post_json, running_gunicorn, running_workers
 
 from tests.fakes import FakeMoyKlass, FakeOneClick, numbered_phone
 
@@ -240,17 +240,9 @@ def burst(port: int, webhooks: int, threads: int) -> Burst:
                     user_id = next(user_ids, None)
                 if user_id is None:
                     break
-                body = sub_lessons_left(user_id)
                 started = time.monotonic()
-                try:
-                    connection.request("POST", "/webhook", body, {"Content-Type": "application/json"})
-                    response = connection.getresponse()
-                    response.read()
-                    seen[response.status] += 1
-                except (OSError, http.client.HTTPException):
-                    connection.close()
-                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                    seen[0] += 1
+                status, connection = post_json(connection, "/webhook", sub_lessons_left(user_id))
+                seen[status] += 1
                 mine.append(time.monotonic() - started)
                 mine_starts.append(started)
                 last = time.monotonic()

@@ -140,6 +140,19 @@ def sub_lessons_left(user_id: int) -> bytes:
                        "object": {"userId": user_id, "lessonsLeft": 2}}).encode()
 
 
+def post_json(connection: http.client.HTTPConnection, path: str, data: bytes) -> tuple[int, http.client.HTTPConnection]:
+    """POST `data` on a keep-alive connection: (status, the connection to go on with). A failed
+    exchange is status 0 and a new connection."""
+    try:
+        connection.request("POST", path, data, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, connection
+    except (OSError, http.client.HTTPException):
+        connection.close()
+        return 0, http.client.HTTPConnection(connection.host, connection.port, timeout=30)
+
+
 def fire(port: int, path: str, body: Callable[[int], bytes], concurrency: int, seconds: float,
          expect: int = 200) -> LoadResult:
     """`concurrency` keep-alive clients POST for `seconds`; counts answers other than `expect`."""
@@ -154,15 +167,8 @@ def fire(port: int, path: str, body: Callable[[int], bytes], concurrency: int, s
         while time.monotonic() < stop_at:
             data = body(next(USER_IDS))
             started = time.perf_counter()
-            try:
-                connection.request("POST", path, data, {"Content-Type": "application/json"})
-                response = connection.getresponse()
-                response.read()
-                seen[response.status] += 1
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                seen[0] += 1
+            status, connection = post_json(connection, path, data)
+            seen[status] += 1
             mine.append(time.perf_counter() - started)
         with lock:
             latencies.extend(mine)
