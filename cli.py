@@ -95,6 +95,8 @@ def _status(app_services: Services) -> int:
         print(f"{status:<12} {count}")
     oldest = store.oldest_queued_at()
     print(f"oldest waiting: {f'{time.time() - oldest:.0f} s' if oldest else 'none'}")
+    reminders = store.lesson_reminder_counts()
+    print("lesson reminders: " + ", ".join(f"{count} {state}" for state, count in reminders.items()))
     messages, sends = store.unknown_outcomes()
     print(f"outcome unknown: {sends} sends of {messages} messages (timed out after reaching the gateway)")
     pause = store.provider_pause(app_services.dispatcher.provider.name)

@@ -461,6 +461,11 @@ class Store:
                 " WHERE id = ? AND lease_owner = ?",
                 (next_at, next_at, next_at, error, now, reminder_id, owner))
 
+    def lesson_reminder_counts(self) -> dict[str, int]:
+        """Lesson reminders by state: pending, done, failed."""
+        found = dict(self.connection().execute("SELECT state, count(*) FROM lesson_reminders GROUP BY state"))
+        return {state: found.get(state, 0) for state in ("pending", "done", "failed")}
+
     def lesson_reminder(self, reminder_id: int) -> dict[str, Any] | None:
         row = self.connection().execute("SELECT * FROM lesson_reminders WHERE id = ?", (reminder_id,)).fetchone()
         return dict(row) if row else None

@@ -11,7 +11,7 @@ import pytest
 from config import ConfigError, load_config
 from sms_bulk_app import create_app
 from store import CANCELED, FAILED, SENT, Store
-from tests.conftest import load_fixture, running_worker, wait_until
+from tests.conftest import load_fixture, run_command, running_worker, wait_until
 from tests.fakes import numbered_phone
 
 TOMORROW = (date.today() + timedelta(days=1)).isoformat()
@@ -188,6 +188,7 @@ def test_a_lesson_a_reminder_cannot_use_fails_it_once_and_sends_nothing(lesson, 
         wait_until(lambda: store.lesson_reminder(1)["state"] == "failed", what="failed")
     assert store.lesson_reminder(1)["last_error"] == error
     assert oneclick.messages == [] and sum(store.counts().values()) == 0
+    assert "lesson reminders: 0 pending, 0 done, 1 failed" in run_command(worker_settings, "status").stdout
 
 
 def test_records_without_a_usable_student_id_are_left_out_and_the_others_reminded(worker_settings, moyklass,
