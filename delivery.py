@@ -4,9 +4,10 @@ Used by the worker for every queued message, and by the webhook in sync mode for
 attempt. Whatever happens, the message leaves in a status the outbox can carry on from:
 SENT, FAILED (permanent), EXPIRED, CANCELED, or QUEUED again with the time of its next attempt.
 
-Just before the send the lease is read again (`Store.lease_state`): a message another worker
-took over, or whose mailing was cancelled, is not sent, and a send starts only while the lease
-outlives the send's whole deadline (HTTP_TIMEOUT), so it can never be re-claimed mid-send.
+Just before the send the lease is checked (`_may_not_send`, reading `Store.lease_state` unless
+the lease as its holder took it settles it): a message another worker took over, or whose
+mailing was cancelled, is not sent, and a send starts only while the lease outlives the send's
+whole deadline (HTTP_TIMEOUT), so it can never be re-claimed mid-send.
 """
 from __future__ import annotations
 
@@ -246,8 +247,12 @@ class Dispatcher:
             raise _SameNumber("the parent's number is the student's: the student's SMS reaches it")
         if template is None:
             return phone, message["text"]
-        text = template.render(template_fields(user) | json.loads(message["event_fields"] or "{}"))
-        return phone, transliterate(text) if self.config.sms_transliterate else text
+        return phone, self._render(template, template_fields(user) | json.loads(message["event_fields"] or "{}"))
+
+    def _render(self, template: Template, values: dict[str, Any]) -> str:
+        """The text of one message, in GSM-7 letters when SMS_TRANSLITERATE says so."""
+        text = template.render(values)
+        return transliterate(text) if self.config.sms_transliterate else text
 
     def _number(self, user: dict[str, Any], recipient: str) -> str:
         """The E.164 number of the student, or of the parent (the students' phone attribute
@@ -290,8 +295,7 @@ class Dispatcher:
             log.warning("%s failed: %s", where, error)
             return
         except (MoyKlassError, WouldWait) as error:
-            delay = self._jittered(min(self.config.sms_retry_base_seconds * 2 ** reminder["attempts"],
-                                       MAX_RETRY_DELAY))
+            delay = self._backoff(reminder["attempts"] + 1)
             self.store.postpone_lesson_reminder(reminder["id"], owner, time.time() + delay, str(error))
             log.warning("%s: %s; trying again in %.1f s", where, error, delay)
             return
@@ -325,8 +329,7 @@ class Dispatcher:
             if message["phone"] in numbers:
                 continue  # the parent's number is the student's: one SMS
             numbers.add(message["phone"])
-            text = template.render(template_fields(user) | fields)
-            messages.append(message | {"text": transliterate(text) if self.config.sms_transliterate else text})
+            messages.append(message | {"text": self._render(template, template_fields(user) | fields)})
         return messages
 
     def _provider_pause(self) -> ProviderPause | None:
@@ -369,8 +372,7 @@ class Dispatcher:
             error = f"outcome unknown, it may have been sent ({unknowns} of at most" \
                     f" {self.config.sms_max_unknown_outcomes}): {error}"
         if result.outcome in (Outcome.TRANSIENT, Outcome.UNKNOWN):
-            delay = self._jittered(min(self.config.sms_retry_base_seconds * 2 ** (attempts - 1),
-                                       MAX_RETRY_DELAY))
+            delay = self._backoff(attempts)
             if unknown and unknowns >= self.config.sms_max_unknown_outcomes:
                 error = f"not tried again: {error}"
             elif attempts >= self.config.sms_max_attempts:
@@ -424,6 +426,11 @@ class Dispatcher:
     @property
     def _report_first_delay(self) -> float:
         return min(self.config.sms_retry_base_seconds, REPORT_FIRST_MAX)
+
+    def _backoff(self, attempt: int) -> float:
+        """The pause after the `attempt`-th failed try: SMS_RETRY_BASE_SECONDS doubled each time,
+        at most MAX_RETRY_DELAY, jittered."""
+        return self._jittered(min(self.config.sms_retry_base_seconds * 2 ** (attempt - 1), MAX_RETRY_DELAY))
 
     @staticmethod
     def _jittered(delay: float) -> float:
@@ -509,7 +516,10 @@ def _wants_fresh_user(message: dict[str, Any]) -> bool:
     return (family is not None and family.name == "user") or message["error_code"] in LOOKUP_ERRORS
 
 
-LOOKUP_ERRORS = frozenset({"UserNotFound", "_NoPhone", "InvalidPhone"})  # error_code of a failed lookup
+
+
+# The error_code of a message whose student lookup failed (an attempt records the error's class name).
+LOOKUP_ERRORS = frozenset(error.__name__ for error in (UserNotFound, _NoPhone, InvalidPhone))
 
 
 class MalformedLesson(ValueError):
