@@ -1,19 +1,16 @@
-"""The MoyKlass CRM API client: one keep-alive session, timeouts, bounded retries, a shared rate limit."""
+"""The MoyKlass CRM API client: keep-alive connections, timeouts, bounded retries, a shared rate limit."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode
 
-import requests
-from requests.adapters import HTTPAdapter
-from requests.utils import get_environ_proxies
-
+from http_client import HttpAnswer, KeepAliveClient, Unreachable
 from locks import SharedRateLimiter, WouldWait
 from logs import masking_filter
 from token_store import Token, TokenStore, parse_expires_at
@@ -84,44 +81,22 @@ class UserCache:
                 self._users.popitem(last=False)
 
 
-def new_session(urls: list[str], pool_size: int = 32) -> requests.Session:
-    """A keep-alive session for every call of a process, its pool large enough for every thread.
-
-    Proxy and CA settings are read from the environment once, here, for the `urls` the
-    service calls: requests would otherwise re-read them (and ~/.netrc) on every call,
-    a fifth of a webhook's CPU time.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    for url in urls:
-        scheme, host = urlsplit(url).scheme, urlsplit(url).hostname
-        proxy = get_environ_proxies(url).get(scheme)
-        if proxy:
-            session.proxies[f"{scheme}://{host}"] = proxy
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
-def _error_text(response: requests.Response) -> str:
+def _error_text(response: HttpAnswer) -> str:
     """MoyKlass errors are `{"code", "message"}`; fall back to the HTTP status."""
     try:
         body = response.json()
-        return f"{response.status_code} {body.get('code', '')}: {body.get('message', '')}".strip()
+        return f"{response.status} {body.get('code', '')}: {body.get('message', '')}".strip()
     except (ValueError, AttributeError):
-        return f"HTTP {response.status_code}"
+        return f"HTTP {response.status}"
 
 
 class MoyKlassClient:
     def __init__(self, base_url: str, api_key: str, token_store_path, rate_limiter: SharedRateLimiter,
-                 timeouts: tuple[float, float], session: requests.Session, user_cache_seconds: float = 300):
+                 timeouts: tuple[float, float], user_cache_seconds: float = 300):
         self.base_url = base_url
         self._api_key = api_key
         self._limiter = rate_limiter
-        self._timeout = timeouts
-        self._session = session
+        self._http = KeepAliveClient(base_url, timeouts)
         self.tokens = TokenStore(token_store_path, self._fetch_token)
         self.user_cache = UserCache(user_cache_seconds)
 
@@ -132,8 +107,8 @@ class MoyKlassClient:
         user = None if fresh else self.user_cache.get(user_id)
         if user is not None:
             return user
-        response = self._call_with_token("GET", f"/company/users/{user_id}", give_up_at=give_up_at)
-        if response.status_code == 404:
+        response = self._get(f"/company/users/{user_id}", give_up_at=give_up_at)
+        if response.status == 404:
             raise UserNotFound(f"MoyKlass has no user {user_id}")
         user = _normalised_user(self._json(response))
         self.user_cache.put(user_id, user)
@@ -155,9 +130,8 @@ class MoyKlassClient:
                 wanted.append(user_id)
         for start in range(0, len(wanted), USER_IDS_PER_CALL):
             batch = wanted[start:start + USER_IDS_PER_CALL]
-            # A string, so that the commas go as they are: requests would send them as %2C.
-            query = f"userIds={','.join(map(str, batch))}&limit={len(batch)}"
-            page = self._json(self._call_with_token("GET", "/company/users", give_up_at=give_up_at, params=query))
+            query = {"userIds": ",".join(map(str, batch)), "limit": len(batch)}
+            page = self._json(self._get("/company/users", query, give_up_at=give_up_at))
             users = page.get("users")
             if not isinstance(users, list):
                 raise MoyKlassUnavailable("MoyKlass answered a users list without `users`")
@@ -172,35 +146,40 @@ class MoyKlassClient:
     def get_lesson(self, lesson_id: int, give_up_at: float | None = None) -> dict[str, Any]:
         """The MoyKlass Lesson with its `records` (the students booked on it); LessonNotFound on
         404. `give_up_at` as in get_user."""
-        response = self._call_with_token("GET", f"/company/lessons/{lesson_id}", give_up_at=give_up_at,
-                                         params={"includeRecords": "true"})
-        if response.status_code == 404:
+        response = self._get(f"/company/lessons/{lesson_id}", {"includeRecords": "true"},
+                                         give_up_at=give_up_at)
+        if response.status == 404:
             raise LessonNotFound(f"MoyKlass has no lesson {lesson_id}")
         return self._json(response)
 
     def list_users(self, offset: int, limit: int, client_state_ids: list[int] | None = None) -> dict[str, Any]:
         """A page of students: `{"users": [...], "stats": {"totalItems": N}}` (limit at most 500)."""
-        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        query: dict[str, Any] = {"offset": offset, "limit": limit}
         if client_state_ids:
-            params["clientStateId"] = ",".join(map(str, client_state_ids))
-        return self._json(self._call_with_token("GET", "/company/users", params=params))
+            query["clientStateId"] = ",".join(map(str, client_state_ids))
+        return self._json(self._get("/company/users", query))
 
-    def _call_with_token(self, method: str, path: str, give_up_at: float | None = None,
-                         **kwargs: Any) -> requests.Response:
+    def _get(self, path: str, query: dict[str, Any] | None = None, give_up_at: float | None = None) -> HttpAnswer:
+        """A read with the access token, fetched again once if MoyKlass rejects it. In `query`
+        the spec's array parameters are comma lists (style form, explode false), the commas
+        sent as they are, not as %2C."""
+        if query:
+            path += "?" + urlencode(query, safe=",")
         token = self.tokens.get()
-        response = self._send(method, path, give_up_at, headers={"x-access-token": token.value}, **kwargs)
-        if response.status_code == 401:
+        response = self._send("GET", path, {"x-access-token": token.value}, give_up_at=give_up_at)
+        if response.status == 401:
             log.warning("MoyKlass rejected the access token; fetching a new one and retrying once")
             self.tokens.invalidate(token)
             token = self.tokens.get()
-            response = self._send(method, path, give_up_at, headers={"x-access-token": token.value}, **kwargs)
-            if response.status_code == 401:
+            response = self._send("GET", path, {"x-access-token": token.value}, give_up_at=give_up_at)
+            if response.status == 401:
                 raise MoyKlassError(f"MoyKlass rejected a fresh access token ({_error_text(response)})")
         return response
 
     def _fetch_token(self) -> Token:
-        response = self._send("POST", "/company/auth/getToken", json={"apiKey": self._api_key})
-        if response.status_code in (400, 401, 403):
+        response = self._send("POST", "/company/auth/getToken", {"Content-Type": "application/json"},
+                              json.dumps({"apiKey": self._api_key}).encode())
+        if response.status in (400, 401, 403):
             raise MoyKlassError(f"MoyKlass rejected API_KEY ({_error_text(response)})")
         data = self._json(response)
         try:
@@ -210,34 +189,35 @@ class MoyKlassClient:
         masking_filter.add_secret(token.value)
         return token
 
-    def _json(self, response: requests.Response) -> dict[str, Any]:
-        if response.status_code >= 400:
+    def _json(self, response: HttpAnswer) -> dict[str, Any]:
+        if response.status >= 400:
             raise MoyKlassError(f"MoyKlass answered {_error_text(response)}")
         try:
             data = response.json()
         except ValueError:
             raise MoyKlassUnavailable(
-                f"MoyKlass answered HTTP {response.status_code} with a body that is not JSON")
+                f"MoyKlass answered HTTP {response.status} with a body that is not JSON")
         if not isinstance(data, dict):
             raise MoyKlassUnavailable("MoyKlass answered with JSON that is not an object")
         return data
 
-    def _send(self, method: str, path: str, give_up_at: float | None = None, **kwargs: Any) -> requests.Response:
+    def _send(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
+              give_up_at: float | None = None) -> HttpAnswer:
         """One call, retried on connection errors, 429 and 5xx only, within MoyKlass' rate limit;
-        no wait (for the limit or before a retry) lasts past `give_up_at`."""
-        url = self.base_url + path
+        no wait (for the limit or before a retry) lasts past `give_up_at`. Every call MoyKlass
+        allows is a read (or a token, which may be asked again), so a retry cannot do harm."""
         attempt = 1
         while True:
             self._limiter.wait(give_up_at)
             try:
-                response = self._session.request(method, url, timeout=self._timeout, **kwargs)
-            except requests.ConnectionError as error:
-                failure = f"MoyKlass cannot be reached ({type(error).__name__})"
+                response = self._http.request(method, self._http.path + path, headers, body)
+            except Unreachable as error:
+                if error.code == "timeout":
+                    raise MoyKlassUnavailable(f"MoyKlass did not answer within {self._http.total_timeout:g} s")
+                failure = f"MoyKlass: {error}"
                 delay = BACKOFF_SECONDS * 2 ** (attempt - 1)
-            except requests.Timeout:
-                raise MoyKlassUnavailable(f"MoyKlass did not answer within {self._timeout[1]:g} s")
             else:
-                if response.status_code not in RETRIED_STATUSES:
+                if response.status not in RETRIED_STATUSES:
                     return response
                 failure = f"MoyKlass kept failing ({_error_text(response)})"
                 delay = _retry_after(response) or BACKOFF_SECONDS * 2 ** (attempt - 1)
@@ -251,10 +231,10 @@ class MoyKlassClient:
             attempt += 1
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: HttpAnswer) -> float | None:
     try:
-        return min(float(response.headers["Retry-After"]), MAX_RETRY_AFTER_SECONDS)
-    except (KeyError, ValueError):
+        return min(float(response.headers.get("Retry-After", "")), MAX_RETRY_AFTER_SECONDS)
+    except ValueError:
         return None
 
 

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gateway_http import GatewayHttp, GatewayUnreachable, HttpAnswer
+from http_client import HttpAnswer, KeepAliveClient, Unreachable
 from phones import international_digits
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class OneClickProvider(Provider):
     REPORT_STATES = {1: Delivery.DELIVERED, 2: Delivery.UNDELIVERED, 3: Delivery.FAILED,
                      6: Delivery.FAILED, 8: Delivery.FAILED, -201: Delivery.UNKNOWN}
 
-    def __init__(self, username: str, password: str, http: GatewayHttp):
+    def __init__(self, username: str, password: str, http: KeepAliveClient):
         self._http = http
         self.report_path = http.path.rsplit("/", 1)[0] + "/SentMsgDR.aspx"
         self._headers = {
@@ -112,7 +112,7 @@ class OneClickProvider(Provider):
 
     @classmethod
     def from_config(cls, config: Config) -> OneClickProvider:
-        http = GatewayHttp(config.sms_api_url, config.http_timeouts)
+        http = KeepAliveClient(config.sms_api_url, config.http_timeouts)
         return cls(config.sms_username, config.sms_password, http)
 
     def format_phone(self, phone: str) -> str:
@@ -122,7 +122,7 @@ class OneClickProvider(Provider):
         body = {"sender": sender, "message": text, "phone": self.format_phone(phone)}
         try:
             response = self._http.post_json(self._http.path, body, self._headers)
-        except GatewayUnreachable as error:
+        except Unreachable as error:
             outcome = Outcome.UNKNOWN if error.reached else Outcome.TRANSIENT
             return SendResult(outcome, code=error.code, message=f"OneClick: {error}")
         return self._verdict(response)
@@ -132,7 +132,7 @@ class OneClickProvider(Provider):
             response = self._http.post_json(self.report_path, {"reference": reference}, self._headers)
             answer = _lower_keys(response.json())
             status = int(answer["statusval"])
-        except (GatewayUnreachable, ValueError, KeyError, TypeError) as error:
+        except (Unreachable, ValueError, KeyError, TypeError) as error:
             return DeliveryReport(Delivery.PENDING, f"no report this time ({type(error).__name__})")
         description = str(answer.get("description") or answer.get("status") or status)
         return DeliveryReport(self.REPORT_STATES.get(status, Delivery.PENDING), description)

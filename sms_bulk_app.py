@@ -29,7 +29,7 @@ from errors import ApiError, read_body, register_error_handlers
 from events import EVENT_NAME, MalformedObject, family_of
 from locks import SharedRateLimiter
 from logs import setup_logging
-from moyklass import MoyKlassClient, new_session
+from moyklass import MoyKlassClient
 from providers import create_provider
 from schemas import InvalidJson, parse_json
 from store import SENT, Store
@@ -206,8 +206,7 @@ def build_services(config: Config) -> Services:
     if config.api_key:
         limiter = SharedRateLimiter(config.data_dir / "moyklass.rate", config.moyklass_rate_per_sec)
         moyklass = MoyKlassClient(config.moyklass_api_url, config.api_key, config.token_file_path,
-                                  limiter, config.http_timeouts, new_session([config.moyklass_api_url]),
-                                  config.user_cache_seconds)
+                                  limiter, config.http_timeouts, config.user_cache_seconds)
     return Services(config, store, Dispatcher(config, store, moyklass, create_provider(config)))
 
 

@@ -263,10 +263,8 @@ class Store:
     def __init__(self, path: Path, timeout: float = 5.0):
         self.path = path
         self.timeout = timeout
-        self._write_lock_path = path.with_name(path.name + ".writelock")
+        self._write_lock = FileLock(path.with_name(path.name + ".writelock"))
         self._local = threading.local()
-        self._writers = threading.Lock()
-        self._writers_pid = os.getpid()
 
     def initialize(self) -> None:
         """Apply the migrations this database has not had yet, each in its own transaction."""
@@ -303,31 +301,21 @@ class Store:
             self._local.db, self._local.pid = db, os.getpid()
         return db
 
-    def _thread_lock(self) -> threading.Lock:
-        if self._writers_pid != os.getpid():  # a forked child must not inherit a held lock
-            self._writers, self._writers_pid = threading.Lock(), os.getpid()
-        return self._writers
-
     @contextmanager
     def _write_turn(self) -> Iterator[float]:
         """This thread's turn to write; yields the deadline (monotonic) of the whole wait.
 
-        The threads of a process queue on a lock, which wakes the next one the moment it is
+        Writers queue on a FileLock, whose thread lock wakes the next thread the moment it is
         free, where SQLite's busy handler would poll with sleeps of up to 100 ms (at 32
-        threads that alone cut throughput fivefold); processes then take a file lock. Both
-        waits, and SQLite's own, end DATABASE_TIMEOUT after the request for the turn.
+        threads that alone cut throughput fivefold). That wait, and SQLite's own, end
+        DATABASE_TIMEOUT after the request for the turn.
         """
         deadline = time.monotonic() + self.timeout
-        writers = self._thread_lock()
-        if not writers.acquire(timeout=self.timeout):
-            raise DatabaseUnavailable(f"no turn to write within {self.timeout:g} s (DATABASE_TIMEOUT)")
         try:
-            with FileLock(self._write_lock_path, deadline):
+            with self._write_lock.hold(deadline):
                 yield deadline
         except WouldWait:
             raise DatabaseUnavailable(f"no turn to write within {self.timeout:g} s (DATABASE_TIMEOUT)")
-        finally:
-            writers.release()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import tempfile
-import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,15 +49,14 @@ class TokenStore:
     def __init__(self, path: Path, fetch: Callable[[], Token]):
         self.path = path
         self._fetch = fetch
-        self._lock_path = path.with_name(path.name + ".lock")
+        self._lock = FileLock(path.with_name(path.name + ".lock"))
         self._cached: Token | None = None
-        self._thread_lock = threading.Lock()
 
     def get(self) -> Token:
         cached = self._cached
         if cached and cached.usable():
             return cached
-        with self._thread_lock, self._file_lock():
+        with self._held():
             token = self._read()
             if token is None or not token.usable():
                 token = self._fetch_new()
@@ -81,16 +80,16 @@ class TokenStore:
 
     def invalidate(self, rejected: Token) -> None:
         """Forget `rejected` (MoyKlass answered 401 to it) unless another process already replaced it."""
-        with self._thread_lock, self._file_lock():
+        with self._held():
             if self._cached == rejected:
                 self._cached = None
             current = self._read()
             if current is not None and current.value == rejected.value:
                 self.path.unlink(missing_ok=True)
 
-    def _file_lock(self):
+    def _held(self) -> AbstractContextManager[int]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(self._lock_path)
+        return self._lock.hold()
 
     def _read(self) -> Token | None:
         try:

@@ -19,7 +19,6 @@ from moyklass import (
     MoyKlassError,
     UserCache,
     UserNotFound,
-    new_session,
     template_fields,
 )
 from phones import to_e164
@@ -35,7 +34,7 @@ def make_client(moyklass, tmp_path, cache_seconds: float = 300) -> MoyKlassClien
     """The client as build_services makes it, with no rate limit of its own: the fake's 7/s is the one."""
     url = f"http://127.0.0.1:{moyklass.port}/v1"
     return MoyKlassClient(url, moyklass.api_key, tmp_path / "token.json",
-                          SharedRateLimiter(tmp_path / "moyklass.rate", 1000), (3.05, 5.0), new_session([url]),
+                          SharedRateLimiter(tmp_path / "moyklass.rate", 1000), (3.05, 5.0),
                           cache_seconds)
 
 

@@ -252,7 +252,7 @@ def test_moyklass_unreachable_answers_502(settings, moyklass):
     moyklass.stop()
     response = create_app(settings).test_client().post("/webhook", json=load_fixture("sub_lessons_left"))
     assert response.status_code == 502
-    assert "MoyKlass cannot be reached" in response.get_json()["message"]
+    assert "MoyKlass: cannot be reached (ConnectionRefusedError)" in response.get_json()["message"]
 
 
 def test_moyklass_5xx_is_retried_then_succeeds(client, moyklass, oneclick):
@@ -344,18 +344,15 @@ def test_unknown_route_and_wrong_method_answer_json(client):
 
 
 def test_outbound_proxy_from_the_environment_is_kept_per_host(monkeypatch):
-    from gateway_http import GatewayHttp
-    from moyklass import new_session
+    from http_client import KeepAliveClient
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "api.moyklass.com")
-    session = new_session(["https://api.moyklass.com/v1", "https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx"])
-    assert session.proxies == {"https://sms.oneclick.rs": "http://proxy.internal:3128"}
-    assert session.trust_env is False
-    gateway = GatewayHttp("https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx", (3, 10))
+    assert KeepAliveClient("https://api.moyklass.com/v1", (3, 10)).proxy is None
+    gateway = KeepAliveClient("https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx", (3, 10))
     assert (gateway.proxy.hostname, gateway.proxy.port) == ("proxy.internal", 3128)
     monkeypatch.setenv("NO_PROXY", "sms.oneclick.rs")
-    assert GatewayHttp("https://sms.oneclick.rs/x", (3, 10)).proxy is None
+    assert KeepAliveClient("https://sms.oneclick.rs/x", (3, 10)).proxy is None
 
 
 def test_moyklass_failing_on_every_try_answers_502_after_three(client, moyklass):
