@@ -1,7 +1,7 @@
 """A burst of async webhooks, and a big lesson's reminder, against MoyKlass' real 7 requests/s.
 
     .venv/bin/python bench/bench_burst.py [--webhooks 1000] [--students 300] [--rounds 3]
-                                          [--threads 64] [--drain-limit 60]
+                                          [--clients 8,16,64] [--drain-limit 60]
 
 Run as production runs it: gunicorn with gunicorn.conf.py (WEBHOOK_MODE=async, 2 workers)
 and one `python sms_bulk_app.py worker`, MOYKLASS_RATE_PER_SEC at its default (6). The fake
@@ -9,9 +9,12 @@ MoyKlass runs in a process of its own and answers 429 past 7 requests/s, as the 
 the fake OneClick (a process of its own too) answers at once. Each part of each round starts
 everything afresh, with a new database.
 
-1. `--webhooks` sub_lessons_left webhooks, one per student 1..N, posted as fast as `--threads`
-   keep-alive clients go: answer latency, the time from the first webhook until the gateway
-   has accepted every SMS (the fake's own timestamps), SMS per phone, MoyKlass' 429s.
+1. `--webhooks` sub_lessons_left webhooks, one per student 1..N, posted as fast as `--clients`
+   keep-alive clients go (a burst for each number in the list): answer latency, the time from
+   the first webhook until the gateway has accepted every SMS (the fake's own timestamps), SMS
+   per phone, MoyKlass' 429s. With c clients always waiting, the mean answer time is c divided
+   by the service's throughput (Little's law): a latency goal holds up to some number of
+   clients, so the burst is measured at several.
 2. One lesson_start_hours webhook for a lesson (tomorrow, 17:00) of `--students` students: the
    time until the gateway has accepted all of theirs.
 
@@ -218,8 +221,8 @@ class Burst:
         return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] * 1000
 
 
-def burst(port: int, webhooks: int, threads: int) -> Burst:
-    """Each of `threads` clients opens its keep-alive connection (GET /health), then all post
+def burst(port: int, webhooks: int, clients: int) -> Burst:
+    """Each of `clients` clients opens its keep-alive connection (GET /health), then all post
     webhooks for users 1..`webhooks` as fast as they are answered."""
     user_ids = iter(range(1, webhooks + 1))
     take = threading.Lock()
@@ -227,7 +230,7 @@ def burst(port: int, webhooks: int, threads: int) -> Burst:
     ends: list[float] = []
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
-    ready = threading.Barrier(threads, timeout=START_SECONDS)
+    ready = threading.Barrier(clients, timeout=START_SECONDS)
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -254,7 +257,7 @@ def burst(port: int, webhooks: int, threads: int) -> Burst:
                 latencies.extend(mine)
                 statuses.update(seen)
 
-    pool = [threading.Thread(target=client) for _ in range(threads)]
+    pool = [threading.Thread(target=client) for _ in range(clients)]
     for thread in pool:
         thread.start()
     for thread in pool:
@@ -271,10 +274,10 @@ class BurstRound:
     moyklass: dict[str, int]
 
 
-def run_burst(webhooks: int, threads: int, limit: float) -> BurstRound:
+def run_burst(webhooks: int, clients: int, limit: float) -> BurstRound:
     with tempfile.TemporaryDirectory() as data_dir, running_burst_fakes(webhooks) as fakes:
         with running_service(fakes, data_dir) as port:
-            fired = burst(port, webhooks, threads)
+            fired = burst(port, webhooks, clients)
             delivery = wait_for_gateway(fakes.oneclick_port, webhooks, fired.started, limit)
             return BurstRound(fired, delivery, fakes.moyklass_stats())
 
@@ -342,71 +345,92 @@ def moyklass_text(stats: dict[str, int]) -> str:
             f" {stats['lesson_calls']} lessons), {stats['rate_limited']} answered 429")
 
 
+def client_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("every number of clients must be positive")
+    return counts
+
+
 def options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--webhooks", type=int, default=1000, help="webhooks of the burst, one per student")
     parser.add_argument("--students", type=int, default=300, help="students of the reminded lesson")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=64, help="keep-alive clients posting the burst")
+    parser.add_argument("--clients", type=client_counts, default=[8, 16, 64],
+                        help="keep-alive clients posting the burst, a comma list: one burst for each")
     parser.add_argument("--drain-limit", type=float, default=60.0,
                         help="seconds to wait for the gateway to accept every SMS of a part")
     args = parser.parse_args()
-    if min(args.webhooks, args.students, args.rounds, args.threads) < 1 or args.drain_limit <= 0:
+    if min(args.webhooks, args.students, args.rounds) < 1 or args.drain_limit <= 0:
         parser.error("every option must be positive")
     return args
 
 
-def main() -> None:
-    args = options()
-    expected_phones = {numbered_phone(user_id) for user_id in range(1, args.webhooks + 1)}
-    lesson_phones = {numbered_phone(user_id) for user_id in range(1, args.students + 1)}
-    bursts: list[BurstRound] = []
-    reminders: list[ReminderRound] = []
-    print(f"{args.webhooks} sub_lessons_left webhooks from {args.threads} keep-alive clients; a lesson of"
-          f" {args.students} students; MoyKlass fake: 429 past {MOYKLASS_LIMIT} requests/s;"
-          f" MOYKLASS_RATE_PER_SEC 6 (default); WEBHOOK_MODE=async, gunicorn.conf.py, 1 worker", flush=True)
-    for round_number in range(1, args.rounds + 1):
-        one = run_burst(args.webhooks, args.threads, args.drain_limit)
-        bursts.append(one)
-        print(f"round {round_number} burst: answers {dict(sorted(one.burst.statuses.items()))},"
-              f" p50 {one.burst.percentile(0.5):.1f} ms, p99 {one.burst.percentile(0.99):.1f} ms,"
-              f" max {max(one.burst.latencies) * 1000:.1f} ms, all answered in {one.burst.posted:.2f} s;"
-              f" {delivery_text(one.delivery, args.webhooks, 'the first webhook')};"
-              f" {phones_verdict(one.delivery.phones, expected_phones)}; {moyklass_text(one.moyklass)}", flush=True)
-        two = run_reminder(args.students, args.drain_limit)
-        reminders.append(two)
-        print(f"round {round_number} lesson: webhook answered {two.status} in {two.answer_ms:.1f} ms;"
-              f" {delivery_text(two.delivery, args.students, 'the webhook')};"
-              f" {phones_verdict(two.delivery.phones, lesson_phones)}; {moyklass_text(two.moyklass)}", flush=True)
+def med(values: list[float]) -> float:
+    return statistics.median(values)
 
-    def med(values: list[float]) -> float:
-        return statistics.median(values)
 
+def burst_summary(bursts: list[BurstRound], clients: int, webhooks: int, expected_phones: set[str],
+                  limit: float) -> None:
     statuses = sum((one.burst.statuses for one in bursts), Counter())
-    print(f"\nmedians of {args.rounds} rounds")
-    print(f"burst of {args.webhooks} webhooks: answers {dict(sorted(statuses.items()))} (all rounds; goal: all 202),"
-          f" p50 {med([one.burst.percentile(0.5) for one in bursts]):.1f} ms,"
+    print(f"burst of {webhooks} webhooks from {clients} clients: answers {dict(sorted(statuses.items()))}"
+          f" (all rounds; goal: all 202), p50 {med([one.burst.percentile(0.5) for one in bursts]):.1f} ms,"
           f" p99 {med([one.burst.percentile(0.99) for one in bursts]):.1f} ms (goal < 100),"
           f" max {med([max(one.burst.latencies) * 1000 for one in bursts]):.1f} ms; all answered"
-          f" {med([one.burst.posted for one in bursts]):.2f} s after the first was sent")
+          f" {med([one.burst.posted for one in bursts]):.2f} s after the first was sent"
+          f" ({med([webhooks / one.burst.posted for one in bursts]):.0f} webhooks/s)")
     done = [one.delivery.seconds for one in bursts if one.delivery.seconds is not None]
     if len(done) == len(bursts):
-        print(f"  all {args.webhooks} SMS accepted by the gateway {med(done):.2f} s after the first webhook (goal < 5)")
+        print(f"  all {webhooks} SMS accepted by the gateway {med(done):.2f} s after the first webhook (goal < 5)")
     else:
         rate = med([one.delivery.accepted / one.delivery.waited for one in bursts])
-        print(f"  all {args.webhooks} SMS accepted within {args.drain_limit:g} s in {len(done)} of {len(bursts)}"
+        print(f"  all {webhooks} SMS accepted within {limit:g} s in {len(done)} of {len(bursts)}"
               f" rounds (goal < 5 s); accepted by the end of the wait: "
               f"{med([one.delivery.accepted for one in bursts]):.0f} at {rate:.1f} SMS/s, so all of them"
-              f" would take about {args.webhooks / rate:.0f} s")
+              f" would take about {webhooks / rate:.0f} s")
     exact = sum(1 for one in bursts if phones_verdict(one.delivery.phones, expected_phones).startswith("each"))
     twice = sum(sum(1 for count in one.delivery.phones.values() if count > 1) for one in bursts)
     print(f"  each phone exactly once in {exact} of {len(bursts)} rounds; phones with more than one SMS: {twice}"
           f" (all rounds)")
     print(f"  MoyKlass 429s: {sum(one.moyklass['rate_limited'] for one in bursts)} (all rounds; goal 0);"
           f" MoyKlass requests: {med([one.moyklass['requests'] for one in bursts]):.0f}")
-    print(f"  the original service's model (computed, not run): one MoyKlass lookup per webhook at"
+
+
+def main() -> None:
+    args = options()
+    expected_phones = {numbered_phone(user_id) for user_id in range(1, args.webhooks + 1)}
+    lesson_phones = {numbered_phone(user_id) for user_id in range(1, args.students + 1)}
+    bursts: dict[int, list[BurstRound]] = {clients: [] for clients in args.clients}
+    reminders: list[ReminderRound] = []
+    print(f"{args.webhooks} sub_lessons_left webhooks from {','.join(map(str, args.clients))} keep-alive clients;"
+          f" a lesson of {args.students} students; MoyKlass fake: 429 past {MOYKLASS_LIMIT} requests/s;"
+          f" MOYKLASS_RATE_PER_SEC 6 (default); WEBHOOK_MODE=async, gunicorn.conf.py, 1 worker", flush=True)
+    for round_number in range(1, args.rounds + 1):
+        for clients in args.clients:
+            one = run_burst(args.webhooks, clients, args.drain_limit)
+            bursts[clients].append(one)
+            print(f"round {round_number} burst, {clients} clients: answers {dict(sorted(one.burst.statuses.items()))},"
+                  f" p50 {one.burst.percentile(0.5):.1f} ms, p99 {one.burst.percentile(0.99):.1f} ms,"
+                  f" max {max(one.burst.latencies) * 1000:.1f} ms, all answered in {one.burst.posted:.2f} s;"
+                  f" {delivery_text(one.delivery, args.webhooks, 'the first webhook')};"
+                  f" {phones_verdict(one.delivery.phones, expected_phones)}; {moyklass_text(one.moyklass)}",
+                  flush=True)
+        two = run_reminder(args.students, args.drain_limit)
+        reminders.append(two)
+        print(f"round {round_number} lesson: webhook answered {two.status} in {two.answer_ms:.1f} ms;"
+              f" {delivery_text(two.delivery, args.students, 'the webhook')};"
+              f" {phones_verdict(two.delivery.phones, lesson_phones)}; {moyklass_text(two.moyklass)}", flush=True)
+
+    print(f"\nmedians of {args.rounds} rounds")
+    for clients, rounds in bursts.items():
+        burst_summary(rounds, clients, args.webhooks, expected_phones, args.drain_limit)
+    print(f"the original service's model (computed, not run): one MoyKlass lookup per webhook at"
           f" {MOYKLASS_LIMIT} requests/s needs at least {args.webhooks}/{MOYKLASS_LIMIT}"
-          f" = {math.ceil(args.webhooks / MOYKLASS_LIMIT)} s")
+          f" = {math.ceil(args.webhooks / MOYKLASS_LIMIT)} s for the burst")
     done = [two.delivery.seconds for two in reminders if two.delivery.seconds is not None]
     answers = Counter(two.status for two in reminders)
     if len(done) == len(reminders):
