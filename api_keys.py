@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from store import Store
+from store import ApiKey, Store
 
 SCOPES = ("read", "clients:write", "mailings:write", "messages:send")
 DEFAULT_DAILY_QUOTA = 10_000
 KEY_PREFIX = "sba_"
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: int
-    name: str
-    scopes: frozenset[str]
 
 
 def _digest(key: str) -> str:
@@ -29,47 +21,27 @@ def _digest(key: str) -> str:
 def create(store: Store, name: str, scopes: list[str], daily_quota: int | None) -> tuple[int, str]:
     """A new key: (id, the key itself), which is not stored and cannot be shown again."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    with store.transaction() as db:
-        cursor = db.execute("INSERT INTO api_keys (name, key_hash, scopes, daily_quota, created_at)"
-                            " VALUES (?, ?, ?, ?, ?)", (name, _digest(key), " ".join(scopes), daily_quota, time.time()))
-    return cursor.lastrowid, key
+    return store.create_api_key(name, _digest(key), scopes, daily_quota), key
 
 
-def list_all(store: Store) -> list[dict]:
-    return [dict(row) for row in store.connection().execute(
-        "SELECT id, name, scopes, daily_quota, created_at, revoked_at, quota_day, quota_used"
-        " FROM api_keys ORDER BY id")]
+def list_all(store: Store) -> list[dict[str, Any]]:
+    return store.api_keys()
 
 
 def revoke(store: Store, key_id: int) -> bool:
-    with store.transaction() as db:
-        return db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                          (time.time(), key_id)).rowcount == 1
+    return store.revoke_api_key(key_id)
 
 
 def find(store: Store, key: str) -> ApiKey | None:
     """The active key with this value; nothing is counted (see `count_request`)."""
-    row = store.connection().execute("SELECT id, name, scopes FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-                                     (_digest(key),)).fetchone()
-    return ApiKey(row["id"], row["name"], frozenset(row["scopes"].split())) if row else None
+    return store.active_api_key(_digest(key))
 
 
 def count_request(store: Store, key_id: int) -> float | None:
     """Count one served request against the key's quota for its UTC day: None when it is
-    counted, else the seconds until the quota renews.
-
-    One UPDATE that increments only while under the quota, so processes counting at the same
-    time cannot both take the last request.
-    """
+    counted, else the seconds until the quota renews."""
     now = datetime.now(UTC)
-    today = now.date().isoformat()
-    with store.transaction() as db:
-        counted = db.execute(
-            "UPDATE api_keys SET quota_used = CASE WHEN quota_day = :today THEN quota_used + 1 ELSE 1 END,"
-            " quota_day = :today WHERE id = :id AND (daily_quota IS NULL"
-            " OR CASE WHEN quota_day = :today THEN quota_used ELSE 0 END < daily_quota)",
-            {"today": today, "id": key_id}).rowcount
-    if counted:
+    if store.count_api_key_request(key_id, now.date().isoformat()):
         return None
     midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
     return max(1.0, (midnight - now).total_seconds())

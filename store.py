@@ -247,6 +247,15 @@ class ProviderPause:
     reason: str
 
 
+@dataclass(frozen=True)
+class ApiKey:
+    """An active API key, as a request is authorized by it."""
+
+    id: int
+    name: str
+    scopes: frozenset[str]
+
+
 def webhook_dedup_key(payload: dict[str, Any]) -> str:
     """Identical deliveries of one webhook share this key; `time` is left out on purpose."""
     identity = {k: payload.get(k) for k in ("event", "companyId", "object")}
@@ -745,3 +754,43 @@ class Store:
             return [row[0] for row in db.execute(
                 f"UPDATE mailings SET state = 'finished', updated_at = ? WHERE id IN ({done}) RETURNING id",
                 (now,)).fetchall()]
+
+    # --- API keys: stored as their SHA-256 only, with a daily quota counted here ---
+
+    def create_api_key(self, name: str, key_hash: str, scopes: Iterable[str], daily_quota: int | None) -> int:
+        """Store a new key by its hash; its id."""
+        with self.transaction() as db:
+            return db.execute("INSERT INTO api_keys (name, key_hash, scopes, daily_quota, created_at)"
+                              " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                              (name, key_hash, " ".join(scopes), daily_quota, time.time())).fetchone()[0]
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        """Every key, revoked ones too, with its quota counter; never its hash."""
+        return [dict(row) for row in self.connection().execute(
+            "SELECT id, name, scopes, daily_quota, created_at, revoked_at, quota_day, quota_used"
+            " FROM api_keys ORDER BY id")]
+
+    def revoke_api_key(self, key_id: int) -> bool:
+        """False when there is no such key or it was revoked already."""
+        with self.transaction() as db:
+            return db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                              (time.time(), key_id)).rowcount == 1
+
+    def active_api_key(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash unless it was revoked; nothing is counted."""
+        row = self.connection().execute(
+            "SELECT id, name, scopes FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,)).fetchone()
+        return ApiKey(row["id"], row["name"], frozenset(row["scopes"].split())) if row else None
+
+    def count_api_key_request(self, key_id: int, day: str) -> bool:
+        """Count one request against the key's quota for `day` (its UTC date, ISO); False when it is used up.
+
+        One UPDATE that increments only while under the quota, so processes counting at the same
+        time cannot both take the last request.
+        """
+        with self.transaction() as db:
+            return db.execute(
+                "UPDATE api_keys SET quota_used = CASE WHEN quota_day = ? THEN quota_used + 1 ELSE 1 END,"
+                " quota_day = ? WHERE id = ? AND (daily_quota IS NULL"
+                " OR CASE WHEN quota_day = ? THEN quota_used ELSE 0 END < daily_quota)",
+                (day, day, key_id, day)).rowcount == 1
