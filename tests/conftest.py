@@ -16,6 +16,7 @@ import requests
 from sms_bulk_app import create_app
 from tests.fakes import FakeMoyKlass, FakeOneClick
 
+pytest_plugins = ["tests.postgres"]
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
