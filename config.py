@@ -11,9 +11,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import phonenumbers
 
+from database import SQLITE, Backend, BadDatabaseUrl, parse_database_url
 from events import MOYKLASS_EVENTS, family_of
 from providers import PROVIDERS
 from schemas import is_iana_time_zone
@@ -47,7 +49,7 @@ class Config:
     host: str
     port: int
     data_dir: Path
-    database_path: Path
+    database: Backend = field(repr=False)  # its URL may hold a password
     token_file_path: Path
     log_file_path: Path
     log_level: str
@@ -113,7 +115,8 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line or an error message."""
-        return [s for s in (self.api_key, self.sms_password, self.webhook_secret) if s]
+        database_password = urlsplit(self.database.url).password if self.database.url else None
+        return [s for s in (self.api_key, self.sms_password, self.webhook_secret, database_password) if s]
 
 
 class _Reader:
@@ -243,7 +246,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         host=read.text("HOST", "0.0.0.0"),
         port=read.integer("PORT", 5000, 1, 65535),
         data_dir=data_dir,
-        database_path=data_path("DATABASE_PATH", "sms_bulk_app.db"),
+        database=_database(read, data_path("DATABASE_PATH", "sms_bulk_app.db")),
         token_file_path=data_path("TOKEN_FILE_PATH", "token.json"),
         log_file_path=data_path("LOG_FILE_PATH", "sms_bulk_app.log"),
         log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
@@ -293,3 +296,16 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     if read.problems:
         raise ConfigError(read.problems)
     return config
+
+
+def _database(read: _Reader, default_path: Path) -> Backend:
+    """DATABASE_URL, else SQLite at DATABASE_PATH (or in the data directory). A bad URL is named,
+    never echoed: it may hold a password."""
+    url = read.text("DATABASE_URL")
+    if not url:
+        return Backend(SQLITE, path=default_path)
+    try:
+        return parse_database_url(url)
+    except BadDatabaseUrl as error:
+        read.problems.append(str(error))
+        return Backend(SQLITE, path=default_path)

@@ -200,7 +200,7 @@ def build_services(config: Config) -> Services:
     """Open everything the web app, the worker and the commands share: log, database, clients."""
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     setup_logging(config.log_file_path, config.log_level, config.secrets())
-    store = Store(config.database_path, config.database_timeout)
+    store = Store(config.database.path, config.database_timeout)
     store.initialize()
     moyklass = None
     if config.api_key:

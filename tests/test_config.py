@@ -13,7 +13,7 @@ from tests.conftest import ROOT, running_gunicorn
 def test_no_settings_at_all_gives_console_provider_and_local_data(tmp_path):
     config = load_config({"DATA_DIR": str(tmp_path)})
     assert (config.host, config.port, config.sms_provider) == ("0.0.0.0", 5000, "console")
-    assert config.database_path == tmp_path / "sms_bulk_app.db"
+    assert (config.database.engine, config.database.path) == ("sqlite", tmp_path / "sms_bulk_app.db")
     assert config.token_file_path == tmp_path / "token.json"
     assert (config.sms_sender, config.default_region, config.dedup_seconds) == ("SmartLab", "RS", 180)
 
@@ -86,3 +86,17 @@ def test_embedded_defaults_start_and_warn_loudly(tmp_path):
     log_text = (tmp_path / "data" / "sms_bulk_app.log").read_text()
     assert "SMS_PROVIDER=console: no SMS will be sent" in log_text
     assert "WEBHOOK_SECRET is not set" in log_text
+
+
+def test_database_url_selects_postgresql_and_its_password_is_a_secret(tmp_path):
+    config = load_config({"DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://sms:pg-s3cret@db.internal/sms"})
+    assert (config.database.engine, config.database.url) == ("postgresql", "postgresql://sms:pg-s3cret@db.internal/sms")
+    assert "pg-s3cret" in config.secrets()
+    assert "pg-s3cret" not in repr(config)
+
+
+def test_a_bad_database_url_is_named_without_echoing_it(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config({"DATA_DIR": str(tmp_path), "DATABASE_URL": "mysql://sms:pg-s3cret@db/sms"})
+    assert "DATABASE_URL must start with sqlite:/// or postgresql://" in str(caught.value)
+    assert "pg-s3cret" not in str(caught.value)
