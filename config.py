@@ -107,6 +107,18 @@ class Config:
             return f"{event} names no student in its object: SMSBulkApp sends nothing for it"
         return f"no text for {event}: set SMS_TEXT_{event.upper()} to send an SMS for it"
 
+    def cannot_queue_by_hand(self, event: str | None) -> str | None:
+        """Why a message for `event` cannot be queued without its webhook (API, `send`): its event
+        sends nothing, or its text needs fields only the webhook's object carries ({summa})."""
+        ignored_because = self.ignored_because(event)
+        if ignored_because:
+            return ignored_because
+        needs = sorted(self.template_for(event).placeholders - TEMPLATE_FIELDS)
+        if needs:
+            return (f"the text of {event} needs {', '.join(f'{{{name}}}' for name in needs)}, which only its webhook"
+                    f" carries: give the text of this SMS")
+        return None
+
     def sending_events(self) -> dict[str, str]:
         """Every MoyKlass event that sends an SMS, with the setting its text comes from."""
         settings = {event: "SMS_TEXT" for event in DEFAULT_TEXT_EVENTS if event}

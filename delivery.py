@@ -247,7 +247,11 @@ class Dispatcher:
             raise _SameNumber("the parent's number is the student's: the student's SMS reaches it")
         if template is None:
             return phone, message["text"]
-        return phone, self._render(template, template_fields(user) | json.loads(message["event_fields"] or "{}"))
+        try:
+            return phone, self._render(template, template_fields(user) | json.loads(message["event_fields"] or "{}"))
+        except KeyError as missing:  # queued by hand (API, `send`) for an event whose webhook carries the field
+            raise _NoText(f"the text of {message['event']} needs {{{missing.args[0]}}}, which only"
+                          f" its webhook carries")
 
     def _render(self, template: Template, values: dict[str, Any]) -> str:
         """The text of one message, in GSM-7 letters when SMS_TRANSLITERATE says so."""

@@ -1,7 +1,6 @@
 """MoyKlass' webhook events: which exist, which SMSBulkApp sends for, and what each one's object carries."""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -48,8 +47,9 @@ class ObjectField:
         if self.kind == "id" and not (type(value) is int and 1 <= value <= MAX_ID):
             raise MalformedObject(f"object.{self.name} must be a positive integer up to {MAX_ID}")
         if self.kind == "number":
-            if not (type(value) in (int, float) and math.isfinite(value)):
-                raise MalformedObject(f"object.{self.name} must be a number")
+            # Also refuses NaN and infinity, and an int of 400 digits before anything makes it a float.
+            if not (type(value) in (int, float) and abs(value) < MAX_AMOUNT):
+                raise MalformedObject(f"object.{self.name} must be a number less than {MAX_AMOUNT:,} in size")
             return f"{value:.2f}".removesuffix(".00")  # an amount as people write it: 6000, 2400.50
         if self.kind == "date":
             try:
@@ -81,6 +81,7 @@ class EventFamily:
 
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+MAX_AMOUNT = 10**12  # payments: larger is no amount of money but a malformed object
 STUDENT = ObjectField("userId", "id")
 LESSON_PLACEHOLDERS = frozenset({"lesson_date", "lesson_time", "topic"})  # from the lesson MoyKlass gives
 

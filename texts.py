@@ -56,14 +56,17 @@ class Template:
             parsed = list(string.Formatter().parse(source))
         except ValueError as error:
             raise TemplateError(f"broken template ({error}); write a literal brace as {{{{ or }}}}")
-        for _literal, name, spec, conversion in parsed:
-            if name is None:
-                continue
-            if name not in fields or spec or conversion:
-                raise TemplateError(
-                    f"unknown placeholder {{{name}}}; use one of "
-                    + ", ".join(f"{{{f}}}" for f in sorted(fields))
-                )
+        used = [(name, spec, conversion) for _literal, name, spec, conversion in parsed if name is not None]
+        unknown = sorted({name for name, _spec, _conversion in used if name not in fields})
+        if unknown:
+            raise TemplateError(f"unknown placeholder{'s' if len(unknown) > 1 else ''} "
+                                + ", ".join(f"{{{name}}}" for name in unknown) + "; use one of "
+                                + ", ".join(f"{{{f}}}" for f in sorted(fields)))
+        for name, spec, conversion in used:
+            if spec or conversion:
+                raise TemplateError(f"placeholder {{{name}}} with a format or conversion"
+                                    f" ({'!' + conversion if conversion else ':' + spec}): write it as {{{name}}}")
+        self.placeholders = frozenset(name for name, _spec, _conversion in used)
 
     def render(self, values: Mapping[str, object]) -> str:
         return self.source.format_map({k: "" if v is None else v for k, v in values.items()})

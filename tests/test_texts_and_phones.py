@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from phones import InvalidPhone, international_digits, mask, mask_phones_in, to_e164
-from texts import Template, TemplateError, measure, transliterate
+from texts import TEMPLATE_FIELDS, Template, TemplateError, measure, transliterate
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -40,6 +40,22 @@ def test_template_renders_known_fields_and_rejects_others():
     for bad in ["{surname}", "{name.__class__}", "{0}", "{}", "{name!r}", "{name:>10}", "{name"]:
         with pytest.raises(TemplateError):
             Template(bad)
+
+
+@pytest.mark.parametrize("source, error", [
+    ("{summa} {bogus} {name} {zz}", "unknown placeholders {bogus}, {summa}, {zz}; use one of"),
+    ("Zdravo {name!r}", "placeholder {name} with a format or conversion (!r): write it as {name}"),
+    ("Zdravo {name:>300}", "placeholder {name} with a format or conversion (:>300): write it as {name}"),
+])
+def test_a_template_error_names_every_unknown_placeholder_and_never_contradicts_itself(source, error):
+    with pytest.raises(TemplateError) as refused:
+        Template(source)
+    assert str(refused.value).startswith(error)
+
+
+def test_a_template_knows_its_placeholders():
+    assert Template("{first_name}, {summa} din. {{not}}", TEMPLATE_FIELDS | {"summa"}).placeholders == {
+        "first_name", "summa"}
 
 
 @pytest.mark.parametrize("raw", ["0641234567", "064 123 4567", "+381641234567", "00381641234567",

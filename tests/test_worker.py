@@ -284,6 +284,20 @@ def test_a_queued_event_whose_text_was_removed_fails_naming_the_setting(worker_s
     assert oneclick.messages == [] and moyklass.user_calls == 0
 
 
+def test_a_queued_message_whose_text_now_needs_a_field_it_lacks_fails_naming_it(worker_settings, moyklass, oneclick):
+    """Queued by hand (no webhook object), sent by a worker whose SMS_TEXT_PAYMENT_NEW now uses {summa}:
+    it fails once, saying why, where it used to crash the attempt and be claimed again every lease."""
+    moyklass.add_user(1004, "381641000004")
+    worker_settings["SMS_TEXT_PAYMENT_NEW"] = "Uplata {summa} je primljena, {first_name}."
+    store = open_store(worker_settings)
+    message_id = store.enqueue("api", 3600, user_id=1004, event="payment_new")
+    with running_worker(worker_settings):
+        wait_until(lambda: store.message(message_id)["status"] == FAILED, what="FAILED")
+    message = store.message(message_id)
+    assert message["last_error"] == "the text of payment_new needs {summa}, which only its webhook carries"
+    assert oneclick.messages == []
+
+
 def test_queued_webhooks_are_looked_up_together_within_moyklass_rate(worker_settings, moyklass, oneclick):
     """200 async webhooks for 200 students: a few batch lookups instead of 200 single ones (29 s at 7/s)."""
     worker_settings.update(WEBHOOK_MODE="async", SMS_DLR_MAX_SECONDS="0", USER_CACHE_SECONDS="0",
