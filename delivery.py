@@ -122,25 +122,40 @@ class Dispatcher:
             self._late_results.add(result.change, owner, message["lease_until"])
         return result
 
-    def users_for(self, messages: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    def users_for(self, messages: list[dict[str, Any]]) -> Lookup:
         """The MoyKlass users these messages wait for, looked up together, 100 in one call, where one
-        call each would spend MoyKlass' 7 requests a second on one student each. Best effort: a
-        user not found here, or all of them when MoyKlass is slow, is looked up by its own attempt."""
+        call each would spend MoyKlass' 7 requests a second on one student each. If that cannot be
+        done now (MoyKlass failing, its rate limit taken, the last such lookup still running), the
+        messages wait for the next one (`postpone`): looking each up on its own would spend the
+        rate limit that the next lookup together needs, and a burst would go out at 7 a second."""
         user_ids = [m["user_id"] for m in messages if m["user_id"] and not (m["phone"] and m["text"] is not None)
                     and not _wants_fresh_user(m)]
-        if len(user_ids) < 2 or self.moyklass is None or (self._lookup and not self._lookup.done()):
-            return {}
+        if len(user_ids) < 2 or self.moyklass is None:
+            return Lookup({})
+        waiting = frozenset(user_ids)
+        if self._lookup and not self._lookup.done():
+            return self._postponed(waiting, "the students of earlier messages are being looked up together")
         # The whole lookup is bounded, not each wait or read: the worker's loop waits for it. One
         # that takes longer goes on in the background (no other starts meanwhile) and fills the
-        # user cache for the attempts.
+        # user cache for the next claims.
         self._lookup = self._lookups.submit(self.moyklass.get_users, user_ids,
                                             time.monotonic() + BATCH_LOOKUP_WAIT_SECONDS)
         try:
-            return self._lookup.result(timeout=BATCH_LOOKUP_WAIT_SECONDS + 1)
+            return Lookup(self._lookup.result(timeout=BATCH_LOOKUP_WAIT_SECONDS + 1))
         except (MoyKlassError, WouldWait, FutureTimeout) as error:
-            log.info("Looking up %d students together failed (%s); each is looked up on its own",
-                     len(user_ids), type(error).__name__)
-            return {}
+            reason = f"looking up {len(waiting)} students together failed ({type(error).__name__}: {error})"
+            log.info("%s; their messages wait for the next try", reason.capitalize())
+            return self._postponed(waiting, reason)
+
+    def _postponed(self, waiting: frozenset[int], reason: str) -> Lookup:
+        """The users of `waiting` this process has in its cache; the others' messages wait."""
+        cached = {user_id: user for user_id in waiting if (user := self.moyklass.user_cache.get(user_id))}
+        return Lookup(cached, waiting - cached.keys(), reason)
+
+    def postpone(self, message: dict[str, Any], reason: str) -> AttemptResult:
+        """Back to the queue until the next lookup together (see users_for); no attempt used."""
+        return self._retry_later(message, Cause.MOYKLASS, reason, code="lookup",
+                                 delay=self._jittered(BATCH_LOOKUP_WAIT_SECONDS))
 
     def attempt(self, message: dict[str, Any], owner: str, give_up_at: float | None = None,
                 user: dict[str, Any] | None = None) -> AttemptResult:
@@ -440,6 +455,16 @@ class Dispatcher:
     def _jittered(delay: float) -> float:
         """Spread retries so that messages failed together do not come back together."""
         return delay * random.uniform(0.8, 1.2)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What looking up a claim's students together gave: the users found, and, if it could not be
+    done now, the user ids whose messages must wait for the next one, and why."""
+
+    users: dict[int, dict[str, Any]]
+    postponed: frozenset[int] = frozenset()
+    reason: str = ""
 
 
 class LateResults:

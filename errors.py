@@ -59,6 +59,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError):
+        if request.path == "/webhook" and "id" not in error.extra:  # refused before anything was kept
+            log.info("Webhook refused with %d: %s", error.status_code, error.message)
         response, status = error_response(error.status_code, error.message, **error.extra)
         for name, value in error.headers.items():
             response.headers[name] = value

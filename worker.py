@@ -69,10 +69,14 @@ class Worker:
                     room = CLAIM_AHEAD * self.concurrency - len(in_flight)
                     if room >= self.concurrency and not self._unwritten:
                         claimed = self.store.claim(self.owner, room, self.lease_seconds)
-                        users = self.dispatcher.users_for(claimed)
+                        lookup = self.dispatcher.users_for(claimed)
                         for message in claimed:
-                            in_flight[pool.submit(self.dispatcher.attempt, message, self.owner, None,
-                                                  users.get(message["user_id"]))] = message["id"]
+                            if message["user_id"] in lookup.postponed:
+                                future = pool.submit(self.dispatcher.postpone, message, lookup.reason)
+                            else:
+                                future = pool.submit(self.dispatcher.attempt, message, self.owner, None,
+                                                     lookup.users.get(message["user_id"]))
+                            in_flight[future] = message["id"]
                         for reminder in self.store.claim_lesson_reminders(self.owner, REMINDER_BATCH,
                                                                           self.lease_seconds):
                             in_flight[pool.submit(self._expand, reminder)] = None

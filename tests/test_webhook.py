@@ -409,3 +409,17 @@ def test_an_event_whose_object_names_no_student_is_ignored_and_cannot_have_a_tex
                                           (-500, "-500")])
 def test_an_amount_is_written_as_people_write_it(summa, shown):
     assert family_of("payment_new").read({"userId": 1, "summa": summa, "date": "2026-11-23"})["summa"] == shown
+
+
+def test_a_refused_webhook_leaves_a_line_in_the_log_naming_why(settings, oneclick):
+    """Registering the webhook in MoyKlass ends with "trigger one event and check the log": a wrong
+    secret or a malformed object must show there, not look like silence."""
+    settings.update(WEBHOOK_SECRET="s3cret-hook-value", SMS_TEXT_PAYMENT_NEW="Uplata {summa}, {first_name}")
+    client = create_app(settings).test_client()
+    assert client.post("/webhook?secret=wrong", json=load_fixture("sub_lessons_left")).status_code == 401
+    assert client.post("/webhook?secret=s3cret-hook-value", json={"event": "payment_new",
+                                                                   "object": {"userId": 1004}}).status_code == 400
+    log_text = (Path(settings["DATA_DIR"]) / "sms_bulk_app.log").read_text()
+    assert "Webhook refused with 401: missing or wrong webhook secret" in log_text
+    assert "Webhook refused with 400: object.summa is missing (in a payment_new webhook)" in log_text
+    assert "s3cret-hook-value" not in log_text and "wrong" not in log_text.replace("missing or wrong", "")

@@ -318,3 +318,27 @@ def test_queued_webhooks_are_looked_up_together_within_moyklass_rate(worker_sett
     assert all(r["status"] == 200 for r in moyklass.received)  # not one 429
     assert Counter(m["phone"] for m in oneclick.messages).most_common(1)[0][1] == 1
     print(f"200 webhooks sent in {took:.1f} s with {len(lookups)} lookups")
+
+
+def test_after_moyklass_fails_a_lookup_together_the_messages_wait_for_the_next_one(worker_settings, moyklass,
+                                                                                  oneclick):
+    """MoyKlass answers 503 to the first lookups: the messages must not each look their student up
+    on their own (that used up the rate limit the next lookup together needed, and 1,000 webhooks
+    went out at 6 a second, with 245 MoyKlass requests)."""
+    worker_settings.update(WEBHOOK_MODE="async", SMS_DLR_MAX_SECONDS="0", USER_CACHE_SECONDS="0",
+                           MOYKLASS_RATE_PER_SEC="6")
+    moyklass.numbered_users = 200
+    client = create_app(worker_settings).test_client()
+    for user_id in range(1, 201):
+        payload = load_fixture("sub_lessons_left")
+        payload["object"]["userId"] = user_id
+        assert client.post("/webhook", json=payload).status_code == 202
+    client.application.extensions["sms_bulk_app"].dispatcher.moyklass.tokens.get()  # the token first: no 503 for it
+    moyklass.fail_next = [503] * 5
+    store = open_store(worker_settings)
+    with running_worker(worker_settings):
+        wait_until(lambda: store.counts()[SENT] == 200, timeout=40, what="200 SENT")
+    lookups = [r for r in moyklass.received if r["path"].startswith("/v1/company/users")]
+    assert len([r for r in lookups if r["status"] == 503]) == 5
+    assert len(lookups) <= 16, [r["path"] for r in lookups]
+    assert Counter(m["phone"] for m in oneclick.messages).most_common(1)[0][1] == 1
