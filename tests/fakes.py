@@ -460,6 +460,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--users", type=int, default=100_000, help="MoyKlass users 1..N, each with a phone")
     parser.add_argument("--latency", type=float, default=0.0, help="delay of every answer, s")
     parser.add_argument("--no-rate-limit", action="store_true", help="MoyKlass: no 429 past 7 requests/s")
+    parser.add_argument("--lesson", type=int, metavar="ID",
+                        help="MoyKlass: lesson ID, tomorrow at 17:00, with students 1001-1003 booked")
     args = parser.parse_args(argv)
     ports = {"moyklass": args.moyklass_port, "oneclick": args.oneclick_port}
     services = list(NAMES) if args.service == "both" else [args.service]
@@ -468,6 +470,10 @@ def main(argv: list[str]) -> int:
         for service in services:
             fake = _new_fake(service, args.users, not args.no_rate_limit)
             fake.latency = args.latency
+            if service == "moyklass" and args.lesson:
+                tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+                fake.add_lesson(args.lesson, tomorrow, "17:00", "Robotika",
+                                [{"userId": user_id} for user_id in (1001, 1002, 1003)])
             try:
                 started.append(fake.start(ports[service]))
             except OSError as error:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import requests
 
-from tests.conftest import FIXTURES, ROOT, free_port, running_gunicorn, wait_until
+from tests.conftest import FIXTURES, ROOT, free_port, running_gunicorn, running_worker, wait_until
 from tests.fakes import FakeOneClick, numbered_phone
 
 
@@ -25,9 +25,9 @@ def listening(port: int) -> bool:
 
 
 @contextmanager
-def running_fakes(moyklass_port: int, oneclick_port: int) -> Iterator[subprocess.Popen]:
+def running_fakes(moyklass_port: int, oneclick_port: int, *args: str) -> Iterator[subprocess.Popen]:
     process = subprocess.Popen(fakes_command("--moyklass-port", str(moyklass_port), "--oneclick-port",
-                                             str(oneclick_port)), cwd=ROOT, stdout=subprocess.PIPE,
+                                             str(oneclick_port), *args), cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env={"PATH": os.environ["PATH"]})
     try:
         wait_until(lambda: process.poll() is not None or (listening(moyklass_port) and listening(oneclick_port)),
@@ -59,6 +59,25 @@ def test_both_fakes_run_by_default_and_show_what_they_received(tmp_path):
     banner = fakes.stdout.read().splitlines()
     assert banner[0].startswith(f"fake MoyKlass on http://127.0.0.1:{moyklass_port}/v1")
     assert banner[1].startswith(f"fake OneClick on http://127.0.0.1:{oneclick_port}{FakeOneClick.SEND_PATH}")
+
+
+def test_with_a_lesson_the_fakes_let_a_lesson_reminder_be_tried_by_hand(tmp_path):
+    """The README's lesson reminder: --lesson 610882 (the fixture's lesson), a text, a worker."""
+    moyklass_port, oneclick_port = free_port(), free_port()
+    settings = {"DATA_DIR": str(tmp_path / "data"), "API_KEY": "test-api-key",
+                "MOYKLASS_API_URL": f"http://127.0.0.1:{moyklass_port}/v1", "SMS_PROVIDER": "oneclick",
+                "SMS_API_URL": f"http://127.0.0.1:{oneclick_port}{FakeOneClick.SEND_PATH}",
+                "SMS_USERNAME": "smartlab", "SMS_PASSWORD": "oneclick-pass",
+                "SMS_TEXT_LESSON_START_HOURS": "{first_name}: {topic} {lesson_date} u {lesson_time}."}
+    with running_fakes(moyklass_port, oneclick_port, "--lesson", "610882"), \
+            running_gunicorn(settings, workers=1) as base_url, running_worker(settings):
+        webhook = requests.post(f"{base_url}/webhook", timeout=10,
+                                data=(FIXTURES / "moyklass" / "lesson_start_hours.json").read_bytes())
+        messages = wait_until(lambda: len(got := requests.get(f"http://127.0.0.1:{oneclick_port}/_fake/messages",
+                                                              timeout=5).json()) == 3 and got, what="3 SMS")
+    assert webhook.status_code == 202, webhook.text
+    assert sorted(m["phone"] for m in messages) == [numbered_phone(u) for u in (1001, 1002, 1003)]
+    assert all(m["message"].endswith("u 17:00.") and ": Robotika " in m["message"] for m in messages)
 
 
 def test_a_busy_port_fails_in_one_line():
