@@ -23,7 +23,7 @@ from werkzeug.formparser import FormDataParser
 import api_keys
 import clients
 import mailings
-from clients import Conflict, NotText, field_path
+from clients import NotText, field_path
 from errors import ApiError, read_body
 from mailings import MailingConflict
 from schemas import (
@@ -48,7 +48,7 @@ from schemas import (
     Queued,
     parse_json,
 )
-from store import MAX_ID
+from store import MAX_ID, ClientConflict
 
 MAX_IMPORT_BYTES = 10 * 1024 * 1024
 
@@ -177,7 +177,7 @@ def _found(value: Any, what: str, ident: int) -> Any:
 def create_client(body: ClientCreate):
     try:
         return _answer(Client, clients.create(_services().store, body, _services().config.default_timezone), 201)
-    except Conflict as error:
+    except ClientConflict as error:
         raise ApiError(409, str(error))
 
 
@@ -199,7 +199,7 @@ def get_client(client_id: int):
 def update_client(client_id: int, body: ClientUpdate):
     try:
         changed = clients.update(_services().store, client_id, body.model_dump(exclude_unset=True))
-    except Conflict as error:
+    except ClientConflict as error:
         raise ApiError(409, str(error))
     return _answer(Client, _found(changed, "client", client_id))
 

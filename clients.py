@@ -5,9 +5,8 @@ import codecs
 import csv
 import io
 import re
-import sqlite3
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import phonenumbers
@@ -15,7 +14,7 @@ from pydantic import ValidationError
 
 from phones import InvalidPhone, to_e164
 from schemas import ClientCreate
-from store import Store
+from store import ClientConflict, ClientUpsert, Store
 
 PAGE_SIZE_MOYKLASS = 500
 CSV_COLUMNS = ("phone", "name", "tags", "timezone", "moyklass_user_id")
@@ -25,10 +24,6 @@ IMPORT_BATCH_ROWS = 500  # rows written per transaction
 
 class NotText(ValueError):
     """A CSV file in none of the encodings decode_csv reads."""
-
-
-class Conflict(Exception):
-    """The phone (or MoyKlass user) belongs to another client already."""
 
 
 def operator_code(e164: str) -> str:
@@ -42,134 +37,59 @@ def operator_code(e164: str) -> str:
     return national[:length] if length else national[:3]
 
 
-def _rows(db: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
-    """Clients with their tags: one query for the tags of all of them, not one per client."""
-    clients = [dict(row, tags=[]) for row in rows]
-    by_id = {client["id"]: client for client in clients}
-    if by_id:
-        for tag, client_id in db.execute(
-                f"SELECT tag, client_id FROM client_tags WHERE client_id IN ({', '.join('?' * len(by_id))})"
-                " ORDER BY tag", list(by_id)):
-            by_id[client_id]["tags"].append(tag)
-    return clients
+def _new_client(client: ClientCreate, default_timezone: str) -> dict[str, Any]:
+    """Every field of a new client: the operator code derived from its phone and the default
+    timezone unless they are given."""
+    return {"phone": client.phone, "operator_code": client.operator_code or operator_code(client.phone),
+            "timezone": client.timezone or default_timezone, "name": client.name,
+            "moyklass_user_id": client.moyklass_user_id, "tags": client.tags}
 
 
-def _row(db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
-    return _rows(db, [row])[0]
-
-
-def _conflict(error: sqlite3.IntegrityError) -> Conflict:
-    field = "moyklass_user_id" if "moyklass_user_id" in str(error) else "phone"
-    return Conflict(f"another client has this {field}")
-
-
-def _set_tags(db: sqlite3.Connection, client_id: int, tags: Iterable[str]) -> None:
-    db.execute("DELETE FROM client_tags WHERE client_id = ?", (client_id,))
-    db.executemany("INSERT OR IGNORE INTO client_tags (tag, client_id) VALUES (?, ?)",
-                   [(tag, client_id) for tag in tags])
-
-
-def _insert(db: sqlite3.Connection, client: ClientCreate, default_timezone: str) -> int:
-    cursor = db.execute(
-        "INSERT INTO clients (phone, operator_code, timezone, name, moyklass_user_id, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (client.phone, client.operator_code or operator_code(client.phone),
-         client.timezone or default_timezone, client.name, client.moyklass_user_id, time.time()))
-    _set_tags(db, cursor.lastrowid, client.tags)
-    return cursor.lastrowid
-
-
-def _change(db: sqlite3.Connection, client_id: int, changes: dict[str, Any]) -> None:
-    """Change the given fields; a new phone brings a new derived operator code unless one is given."""
-    changes = dict(changes)
-    tags = changes.pop("tags", None)
-    if "phone" in changes and "operator_code" not in changes:
-        changes["operator_code"] = operator_code(changes["phone"])
-    if changes:
-        db.execute(f"UPDATE clients SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
-                   (*changes.values(), client_id))
-    if tags is not None:
-        _set_tags(db, client_id, tags)
-
-
-def _upsert(db: sqlite3.Connection, client: ClientCreate, default_timezone: str) -> bool:
-    """Create the client, or change the given fields of the one with its phone; True when created."""
-    found = db.execute("SELECT id FROM clients WHERE phone = ?", (client.phone,)).fetchone()
-    if found is None:
-        _insert(db, client, default_timezone)
-        return True
-    _change(db, found["id"], client.model_dump(exclude_unset=True, exclude={"phone"}))
-    return False
+def _upsert_row(client: ClientCreate, default_timezone: str) -> ClientUpsert:
+    """The client to create, or the fields given to change of the one with its phone."""
+    return ClientUpsert(client.phone, partial(_new_client, client, default_timezone),
+                        partial(client.model_dump, exclude_unset=True, exclude={"phone"}))
 
 
 def create(store: Store, client: ClientCreate, default_timezone: str) -> dict[str, Any]:
-    try:
-        with store.transaction() as db:
-            client_id = _insert(db, client, default_timezone)
-            return _row(db, db.execute("SELECT * FROM clients WHERE id = ?", (client_id,)).fetchone())
-    except sqlite3.IntegrityError as error:
-        raise _conflict(error)
+    return store.create_client(_new_client(client, default_timezone))
 
 
 def get(store: Store, client_id: int) -> dict[str, Any] | None:
-    db = store.connection()
-    row = db.execute("SELECT * FROM clients WHERE id = ?", (client_id,)).fetchone()
-    return _row(db, row) if row else None
+    return store.client(client_id)
 
 
 def update(store: Store, client_id: int, changes: dict[str, Any]) -> dict[str, Any] | None:
-    """Change the given fields of the client; None when there is no such client."""
-    try:
-        with store.transaction() as db:
-            if db.execute("SELECT 1 FROM clients WHERE id = ?", (client_id,)).fetchone() is None:
-                return None
-            _change(db, client_id, changes)
-            return _row(db, db.execute("SELECT * FROM clients WHERE id = ?", (client_id,)).fetchone())
-    except sqlite3.IntegrityError as error:
-        raise _conflict(error)
+    """Change the given fields of the client; None when there is no such client. A new phone
+    brings a new derived operator code unless one is given."""
+    if "phone" in changes and "operator_code" not in changes:
+        changes = dict(changes, operator_code=operator_code(changes["phone"]))
+    return store.update_client(client_id, changes)
 
 
 def delete(store: Store, client_id: int) -> bool:
-    with store.transaction() as db:
-        return db.execute("DELETE FROM clients WHERE id = ?", (client_id,)).rowcount == 1
-
-
-def matching(tags: list[str], operator_codes: list[str]) -> tuple[str, list[Any]]:
-    """SQL conditions on `clients c` for a filter: any of the tags, any of the codes, both together."""
-    conditions, params = [], []
-    if tags:
-        conditions.append(f"c.id IN (SELECT client_id FROM client_tags WHERE tag IN ({', '.join('?' * len(tags))}))")
-        params += tags
-    if operator_codes:
-        conditions.append(f"c.operator_code IN ({', '.join('?' * len(operator_codes))})")
-        params += operator_codes
-    return (" AND ".join(conditions) or "1"), params
+    return store.delete_client(client_id)
 
 
 def search(store: Store, tag: str | None, code: str | None, phone: str | None, limit: int, offset: int,
            region: str) -> tuple[list[dict[str, Any]], int]:
     """Clients with the tag and the operator code; `phone` is a whole number in any form, or digits
     found anywhere in the number."""
-    where, params = matching([tag] if tag else [], [code] if code else [])
+    whole, digits = None, None
     if phone:
         try:
-            where, params = where + " AND c.phone = ?", params + [to_e164(phone, region)]
+            whole = to_e164(phone, region)
         except InvalidPhone:
-            where, params = where + " AND c.phone LIKE ?", params + [f"%{re.sub(r'[^0-9]', '', phone)}%"]
-    db = store.connection()
-    total = db.execute(f"SELECT count(*) FROM clients c WHERE {where}", params).fetchone()[0]
-    rows = db.execute(f"SELECT * FROM clients c WHERE {where} ORDER BY c.id LIMIT ? OFFSET ?",
-                      (*params, limit, offset)).fetchall()
-    return _rows(db, rows), total
+            digits = re.sub(r"[^0-9]", "", phone)
+    return store.search_clients([tag] if tag else [], [code] if code else [], whole, digits, limit, offset)
 
 
 def upsert(store: Store, client: ClientCreate, default_timezone: str) -> bool:
     """Create the client, or update the one with the same phone; True when created."""
-    try:
-        with store.transaction() as db:
-            return _upsert(db, client, default_timezone)
-    except sqlite3.IntegrityError as error:
-        raise _conflict(error)
+    [outcome] = store.upsert_clients([_upsert_row(client, default_timezone)])
+    if isinstance(outcome, ClientConflict):
+        raise outcome
+    return outcome
 
 
 def decode_csv(raw: bytes) -> tuple[str, str]:
@@ -293,18 +213,15 @@ def _client_fields(row: dict[str, str]) -> dict[str, Any]:
 
 def _upsert_batch(store: Store, batch: list[tuple[int, ClientCreate]], report: dict[str, Any],
                   default_timezone: str) -> None:
-    """Upsert the rows in one transaction; a row that conflicts is undone alone (a savepoint) and rejected."""
+    """Upsert the rows in one transaction; a row that conflicts is undone alone and rejected."""
     if not batch:
         return
-    with store.transaction() as db:
-        for line_number, client in batch:
-            db.execute("SAVEPOINT import_row")
-            try:
-                report["created" if _upsert(db, client, default_timezone) else "updated"] += 1
-            except sqlite3.IntegrityError as error:
-                db.execute("ROLLBACK TO import_row")
-                report["rejected"].append({"row": line_number, "reason": str(_conflict(error))})
-            db.execute("RELEASE import_row")
+    outcomes = store.upsert_clients([_upsert_row(client, default_timezone) for _, client in batch])
+    for (line_number, _), outcome in zip(batch, outcomes, strict=True):
+        if isinstance(outcome, ClientConflict):
+            report["rejected"].append({"row": line_number, "reason": str(outcome)})
+        else:
+            report["created" if outcome else "updated"] += 1
 
 
 def moyklass_users(get_page: Callable[[int, int], dict[str, Any]]) -> Iterator[tuple[list[dict], int]]:
@@ -331,7 +248,7 @@ def sync_user(store: Store, user: dict[str, Any], default_timezone: str, region:
         return "created" if upsert(store, client, default_timezone) else "updated"
     except ValidationError as error:
         return describe(error)
-    except Conflict as error:
+    except ClientConflict as error:
         return str(error)
 
 

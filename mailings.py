@@ -17,7 +17,6 @@ from datetime import time as clock_time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from clients import matching
 from schemas import MAILING_FIELDS, STATUS_NAMES, MailingCreate
 from store import QUEUED, SENDING, Store
 from texts import Template
@@ -192,12 +191,10 @@ def finish_done(store: Store, now: float) -> list[int]:
 def _messages(store: Store, mailing: dict[str, Any], now: float) -> Iterator[dict[str, Any]]:
     """One message per matching client, due when the client's window opens next."""
     selector = json.loads(mailing["filter"])
-    where, params = matching(selector.get("tags", []), selector.get("operator_codes", []))
     template = Template(mailing["text"], MAILING_FIELDS)
     window = (mailing["window_from"], mailing["window_to"]) if mailing["window_from"] else None
     openings: dict[str, float] = {}
-    for client in store.connection().execute(f"SELECT c.id, c.phone, c.name, c.timezone FROM clients c WHERE {where}",
-                                             params):
+    for client in store.mailing_recipients(selector.get("tags", []), selector.get("operator_codes", [])):
         zone = client["timezone"]
         if zone not in openings:
             openings[zone] = next_opening(now, zone, window)

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,8 @@ DELIVERED, UNDELIVERED = "DELIVERED", "UNDELIVERED"
 FAILED, EXPIRED, CANCELED = "FAILED", "EXPIRED", "CANCELED"
 STATUSES = (QUEUED, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED)
 FINAL_STATUSES = frozenset({DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED})
+
+CLIENT_COLUMNS = ("phone", "operator_code", "timezone", "name", "moyklass_user_id")  # and created_at, set here
 
 # new status -> the statuses it may be reached from
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -211,6 +213,10 @@ class DatabaseUnavailable(Exception):
     """The database cannot be written (locked for too long, disk full, read-only)."""
 
 
+class ClientConflict(Exception):
+    """The phone (or MoyKlass user) belongs to another client already."""
+
+
 @dataclass(frozen=True)
 class Accepted:
     message_id: int
@@ -248,6 +254,16 @@ class ProviderPause:
 
 
 @dataclass(frozen=True)
+class ClientUpsert:
+    """A client to create, or, when one has its phone already, the fields to change of that one."""
+
+    phone: str
+    # Each made only when it is needed, so a row costs no more than it did when it was written inline:
+    new: Callable[[], dict[str, Any]]  # the whole new client, as create_client takes it
+    changes: Callable[[], dict[str, Any]]  # the fields given, `tags` among them
+
+
+@dataclass(frozen=True)
 class ApiKey:
     """An active API key, as a request is authorized by it."""
 
@@ -264,6 +280,27 @@ def webhook_dedup_key(payload: dict[str, Any]) -> str:
 
 def _placeholders(values: Iterable[Any]) -> str:
     return ", ".join("?" for _ in values)
+
+
+def _where(conditions: list[str]) -> str:
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _client_filter(tags: list[str], operator_codes: list[str]) -> tuple[list[str], list[Any]]:
+    """SQL conditions on `clients c` for a filter: any of the tags, any of the codes, both together."""
+    conditions, params = [], []
+    if tags:
+        conditions.append(f"c.id IN (SELECT client_id FROM client_tags WHERE tag IN ({_placeholders(tags)}))")
+        params += tags
+    if operator_codes:
+        conditions.append(f"c.operator_code IN ({_placeholders(operator_codes)})")
+        params += operator_codes
+    return conditions, params
+
+
+def _client_conflict(error: sqlite3.IntegrityError) -> ClientConflict:
+    field = "moyklass_user_id" if "moyklass_user_id" in str(error) else "phone"
+    return ClientConflict(f"another client has this {field}")
 
 
 class Store:
@@ -754,6 +791,117 @@ class Store:
             return [row[0] for row in db.execute(
                 f"UPDATE mailings SET state = 'finished', updated_at = ? WHERE id IN ({done}) RETURNING id",
                 (now,)).fetchall()]
+
+    # --- clients and their tags; a client is a dict of CLIENT_COLUMNS and `tags` ---
+
+    def create_client(self, client: dict[str, Any]) -> dict[str, Any]:
+        """Insert a client; it as stored, with its id. Raises ClientConflict."""
+        try:
+            with self.transaction() as db:
+                return self._client(db, self._insert_client(db, client))
+        except sqlite3.IntegrityError as error:
+            raise _client_conflict(error) from error
+
+    def client(self, client_id: int) -> dict[str, Any] | None:
+        return self._client(self.connection(), client_id)
+
+    def update_client(self, client_id: int, changes: dict[str, Any]) -> dict[str, Any] | None:
+        """Change the given fields (`tags` replaces them all); None when there is no such client.
+        Raises ClientConflict."""
+        try:
+            with self.transaction() as db:
+                if db.execute("SELECT 1 FROM clients WHERE id = ?", (client_id,)).fetchone() is None:
+                    return None
+                self._change_client(db, client_id, changes)
+                return self._client(db, client_id)
+        except sqlite3.IntegrityError as error:
+            raise _client_conflict(error) from error
+
+    def delete_client(self, client_id: int) -> bool:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM clients WHERE id = ?", (client_id,)).rowcount == 1
+
+    def search_clients(self, tags: list[str], operator_codes: list[str], phone: str | None, phone_digits: str | None,
+                       limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the clients with any of the tags and any of the operator codes, whose phone is
+        `phone` or has `phone_digits` anywhere in it, by id; and how many there are in all."""
+        conditions, params = _client_filter(tags, operator_codes)
+        if phone:
+            conditions, params = conditions + ["c.phone = ?"], params + [phone]
+        if phone_digits:
+            conditions, params = conditions + ["c.phone LIKE ?"], params + [f"%{phone_digits}%"]
+        db = self.connection()
+        total = db.execute(f"SELECT count(*) FROM clients c{_where(conditions)}", params).fetchone()[0]
+        rows = db.execute(f"SELECT * FROM clients c{_where(conditions)} ORDER BY c.id LIMIT ? OFFSET ?",
+                          (*params, limit, offset)).fetchall()
+        return self._with_tags(db, rows), total
+
+    def upsert_clients(self, clients: list[ClientUpsert]) -> list[bool | ClientConflict]:
+        """Create or change each client, all in one transaction; for each, True when it was created,
+        False when changed, or the ClientConflict for which it alone was undone (a savepoint)."""
+        outcomes: list[bool | ClientConflict] = []
+        with self.transaction() as db:
+            for client in clients:
+                db.execute("SAVEPOINT client_row")
+                try:
+                    outcomes.append(self._upsert_client(db, client))
+                except sqlite3.IntegrityError as error:
+                    db.execute("ROLLBACK TO client_row")
+                    outcomes.append(_client_conflict(error))
+                db.execute("RELEASE client_row")
+        return outcomes
+
+    def _upsert_client(self, db: sqlite3.Connection, client: ClientUpsert) -> bool:
+        found = db.execute("SELECT id FROM clients WHERE phone = ?", (client.phone,)).fetchone()
+        if found is None:
+            self._insert_client(db, client.new())
+            return True
+        self._change_client(db, found["id"], client.changes())
+        return False
+
+    def _insert_client(self, db: sqlite3.Connection, client: dict[str, Any]) -> int:
+        """Its id. (RETURNING * would cost the CSV import a tenth of its time.)"""
+        client_id = db.execute(f"INSERT INTO clients ({', '.join(CLIENT_COLUMNS)}, created_at)"
+                               f" VALUES ({_placeholders(CLIENT_COLUMNS)}, ?) RETURNING id",
+                               (*(client[column] for column in CLIENT_COLUMNS), time.time())).fetchone()[0]
+        self._set_tags(db, client_id, client["tags"])
+        return client_id
+
+    def _change_client(self, db: sqlite3.Connection, client_id: int, changes: dict[str, Any]) -> None:
+        columns = {name: value for name, value in changes.items() if name != "tags"}
+        if columns:
+            db.execute(f"UPDATE clients SET {', '.join(f'{name} = ?' for name in columns)} WHERE id = ?",
+                       (*columns.values(), client_id))
+        if changes.get("tags") is not None:
+            self._set_tags(db, client_id, changes["tags"])
+
+    def mailing_recipients(self, tags: list[str], operator_codes: list[str]) -> Iterator[sqlite3.Row]:
+        """The clients (id, phone, name, timezone) with any of the tags and any of the operator codes,
+        read as they are iterated (inside start_mailing's transaction, when a mailing starts)."""
+        conditions, params = _client_filter(tags, operator_codes)
+        yield from self.connection().execute(f"SELECT c.id, c.phone, c.name, c.timezone FROM clients c"
+                                             f"{_where(conditions)}", params)
+
+    @staticmethod
+    def _set_tags(db: sqlite3.Connection, client_id: int, tags: Iterable[str]) -> None:
+        db.execute("DELETE FROM client_tags WHERE client_id = ?", (client_id,))
+        db.executemany("INSERT INTO client_tags (tag, client_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                       [(tag, client_id) for tag in tags])
+
+    def _client(self, db: sqlite3.Connection, client_id: int) -> dict[str, Any] | None:
+        row = db.execute("SELECT * FROM clients WHERE id = ?", (client_id,)).fetchone()
+        return self._with_tags(db, [row])[0] if row else None
+
+    @staticmethod
+    def _with_tags(db: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
+        """Clients with their tags: one query for the tags of all of them, not one per client."""
+        clients = [dict(row, tags=[]) for row in rows]
+        by_id = {client["id"]: client for client in clients}
+        if by_id:
+            for tag, client_id in db.execute(f"SELECT tag, client_id FROM client_tags WHERE client_id IN"
+                                             f" ({_placeholders(by_id)}) ORDER BY tag", list(by_id)):
+                by_id[client_id]["tags"].append(tag)
+        return clients
 
     # --- API keys: stored as their SHA-256 only, with a daily quota counted here ---
 
