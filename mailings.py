@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import logging
-import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
@@ -18,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from schemas import MAILING_FIELDS, STATUS_NAMES, MailingCreate
-from store import QUEUED, SENDING, Store
+from store import MESSAGE_COLUMNS, QUEUED, SENDING, MailingProgress, Store
 from texts import Template
 
 SCHEDULED, STARTED, FINISHED, CANCELED_STATE = "scheduled", "started", "finished", "canceled"
@@ -84,26 +83,25 @@ def _utc(moment: float | None) -> datetime | None:
     return None if moment is None else datetime.fromtimestamp(moment, UTC)
 
 
-def create(store: Store, mailing: MailingCreate) -> dict[str, Any]:
-    now = time.time()
+def _columns(mailing: MailingCreate) -> dict[str, Any]:
+    """The mailing as the store keeps it (MAILING_COLUMNS)."""
     window = mailing.window
-    with store.transaction() as db:
-        cursor = db.execute(
-            "INSERT INTO mailings (created_at, updated_at, start_at, end_at, text, filter, window_from, window_to,"
-            " state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, now, mailing.start_at.timestamp(), mailing.end_at.timestamp(), mailing.text,
-             mailing.filter.model_dump_json(), window.from_ if window else None, window.to if window else None,
-             SCHEDULED))
-        return _public(dict(db.execute("SELECT * FROM mailings WHERE id = ?", (cursor.lastrowid,)).fetchone()))
+    return {"start_at": mailing.start_at.timestamp(), "end_at": mailing.end_at.timestamp(), "text": mailing.text,
+            "filter": mailing.filter.model_dump_json(), "window_from": window.from_ if window else None,
+            "window_to": window.to if window else None}
+
+
+def create(store: Store, mailing: MailingCreate) -> dict[str, Any]:
+    return _public(store.create_mailing(_columns(mailing)))
 
 
 def get(store: Store, mailing_id: int) -> dict[str, Any] | None:
-    row = store.connection().execute("SELECT * FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
-    return _public(dict(row)) if row else None
+    row = store.mailing(mailing_id)
+    return _public(row) if row else None
 
 
 def list_all(store: Store) -> list[dict[str, Any]]:
-    return [_public(dict(row)) for row in store.connection().execute("SELECT * FROM mailings ORDER BY id")]
+    return [_public(row) for row in store.mailings()]
 
 
 def update(store: Store, mailing_id: int, changes: dict[str, Any], context: Mapping[str, Any]
@@ -119,28 +117,19 @@ def update(store: Store, mailing_id: int, changes: dict[str, Any], context: Mapp
     if merged["window"] is None:
         merged.pop("window")
     mailing = MailingCreate.model_validate(merged, context=context)
-    window = mailing.window
-    with store.transaction() as db:
-        changed = db.execute(
-            "UPDATE mailings SET start_at = ?, end_at = ?, text = ?, filter = ?, window_from = ?, window_to = ?,"
-            " updated_at = ? WHERE id = ? AND state = ?",
-            (mailing.start_at.timestamp(), mailing.end_at.timestamp(), mailing.text, mailing.filter.model_dump_json(),
-             window.from_ if window else None, window.to if window else None, time.time(), mailing_id, SCHEDULED))
-        if changed.rowcount != 1:
-            raise MailingConflict(f"mailing {mailing_id} started meanwhile: it can no longer be changed")
+    if not store.change_scheduled_mailing(mailing_id, _columns(mailing)):
+        raise MailingConflict(f"mailing {mailing_id} started meanwhile: it can no longer be changed")
     return get(store, mailing_id)
 
 
 def delete(store: Store, mailing_id: int) -> bool:
     """Delete a mailing that never started; one that did keeps its record for its messages' sake."""
-    with store.transaction() as db:
-        row = db.execute("SELECT started_at FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
-        if row is None:
-            return False
-        if row["started_at"] is not None:
-            raise MailingConflict(f"mailing {mailing_id} has started: cancel it instead; it stays for its statistics")
-        db.execute("DELETE FROM mailings WHERE id = ?", (mailing_id,))
-        return True
+    deleted = store.delete_unstarted_mailing(mailing_id)
+    if deleted is None:
+        return False
+    if not deleted:
+        raise MailingConflict(f"mailing {mailing_id} has started: cancel it instead; it stays for its statistics")
+    return True
 
 
 def cancel(store: Store, mailing_id: int) -> dict[str, Any] | None:
@@ -157,15 +146,13 @@ def cancel(store: Store, mailing_id: int) -> dict[str, Any] | None:
 def retry_failed(store: Store, mailing_id: int, now: float) -> int:
     """Queue the mailing's FAILED and UNDELIVERED messages again, before its end_at; a finished
     mailing given messages to send is started again."""
-    row = store.connection().execute("SELECT end_at, state FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
+    row = store.mailing(mailing_id)
     if row["state"] not in (STARTED, FINISHED) or row["end_at"] <= now:
         raise MailingConflict(f"mailing {mailing_id} is not running: nothing can be sent for it any more")
     queued = store.retry_failed(deadline=row["end_at"], mailing_id=mailing_id)
     if queued and row["state"] == FINISHED:
         # After the messages are queued: finish_done cannot finish it again in between.
-        with store.transaction() as db:
-            db.execute("UPDATE mailings SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
-                       (STARTED, now, mailing_id, FINISHED))
+        store.restart_finished_mailing(mailing_id, now)
     return queued
 
 
@@ -173,10 +160,8 @@ def retry_failed(store: Store, mailing_id: int, now: float) -> int:
 
 def start_due(store: Store, now: float) -> list[tuple[int, int]]:
     """Start every scheduled mailing whose start_at has come: (mailing id, messages queued)."""
-    due = store.connection().execute(
-        "SELECT * FROM mailings WHERE state = ? AND start_at <= ? ORDER BY start_at", (SCHEDULED, now)).fetchall()
-    return [(row["id"], store.start_mailing(row["id"], row["updated_at"], now, _messages(store, dict(row), now)))
-            for row in due]
+    return [(row["id"], store.start_mailing(row["id"], row["updated_at"], now, _messages(store, row, now)))
+            for row in store.due_mailings(now)]
 
 
 def finish_done(store: Store, now: float) -> list[int]:
@@ -208,45 +193,25 @@ def _messages(store: Store, mailing: dict[str, Any], now: float) -> Iterator[dic
 # --- statistics ---
 
 def stats(store: Store, mailing_id: int) -> dict[str, Any] | None:
-    db = store.connection()
-    mailing = db.execute("SELECT id, state FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
-    if mailing is None:
-        return None
-    found = dict(db.execute("SELECT status, count(*) FROM messages WHERE mailing_id = ? GROUP BY status",
-                            (mailing_id,)).fetchall())
-    sent = db.execute("SELECT coalesce(sum(segments), 0), min(sent_at), max(sent_at) FROM messages"
-                      " WHERE mailing_id = ? AND sent_at IS NOT NULL", (mailing_id,)).fetchone()
-    return _stats(mailing["id"], mailing["state"], found, sent)
+    progress = store.mailing_progress(mailing_id)
+    return _stats(progress) if progress else None
 
 
 def stats_all(store: Store) -> list[dict[str, Any]]:
-    db = store.connection()
-    counts: dict[int, dict[str, int]] = {}
-    for mailing_id, status, count in db.execute("SELECT mailing_id, status, count(*) FROM messages"
-                                                " WHERE mailing_id IS NOT NULL GROUP BY mailing_id, status"):
-        counts.setdefault(mailing_id, {})[status] = count
-    sent = {row[0]: row[1:] for row in db.execute(
-        "SELECT mailing_id, coalesce(sum(segments), 0), min(sent_at), max(sent_at) FROM messages"
-        " WHERE mailing_id IS NOT NULL AND sent_at IS NOT NULL GROUP BY mailing_id")}
-    return [_stats(row["id"], row["state"], counts.get(row["id"], {}), sent.get(row["id"], (0, None, None)))
-            for row in db.execute("SELECT id, state FROM mailings ORDER BY id")]
+    return [_stats(progress) for progress in store.mailings_progress()]
 
 
-def _stats(mailing_id: int, state: str, found: dict[str, int], sent: tuple) -> dict[str, Any]:
-    counts = {status: found.get(status, 0) for status in STATUS_NAMES}
+def _stats(progress: MailingProgress) -> dict[str, Any]:
+    counts = {status: progress.counts.get(status, 0) for status in STATUS_NAMES}
     total = sum(counts.values())
     waiting = counts[QUEUED] + counts[SENDING]
-    return {"id": mailing_id, "state": state, "total": total, "counts": counts,
-            "progress": round((total - waiting) / total, 4) if total else float(state == FINISHED),
-            "segments": sent[0],
-            "first_sent_at": _utc(sent[1]), "last_sent_at": _utc(sent[2])}
+    return {"id": progress.mailing_id, "state": progress.state, "total": total, "counts": counts,
+            "progress": round((total - waiting) / total, 4) if total else float(progress.state == FINISHED),
+            "segments": progress.segments,
+            "first_sent_at": _utc(progress.first_sent_at), "last_sent_at": _utc(progress.last_sent_at)}
 
 
-MESSAGE_COLUMNS = ("id", "status", "phone", "text", "encoding", "segments", "attempts", "mailing_id", "client_id",
-                   "user_id", "gateway_ref", "last_error", "created_at", "sent_at")
-
-
-def _message(row: Any) -> dict[str, Any]:
+def _message(row: Mapping[str, Any]) -> dict[str, Any]:
     message = {column: row[column] for column in MESSAGE_COLUMNS}
     message["created_at"], message["sent_at"] = _utc(row["created_at"]), _utc(row["sent_at"])
     return message
@@ -254,33 +219,21 @@ def _message(row: Any) -> dict[str, Any]:
 
 def messages(store: Store, mailing_id: int, status: str | None, limit: int, offset: int
              ) -> tuple[list[dict[str, Any]], int]:
-    where, params = "mailing_id = ?", [mailing_id]
-    if status:
-        where, params = where + " AND status = ?", params + [status]
-    db = store.connection()
-    total = db.execute(f"SELECT count(*) FROM messages WHERE {where}", params).fetchone()[0]
-    rows = db.execute(f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE {where} ORDER BY id LIMIT ? OFFSET ?",
-                      (*params, limit, offset))
+    rows, total = store.mailing_messages(mailing_id, status, limit, offset)
     return [_message(row) for row in rows], total
 
 
 def message(store: Store, message_id: int) -> dict[str, Any] | None:
-    row = store.connection().execute(
-        f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE id = ?", (message_id,)).fetchone()
+    row = store.message(message_id)
     return _message(row) if row else None
 
 
 def messages_csv(store: Store, mailing_id: int, status: str | None) -> Iterator[str]:
     """The mailing's messages as CSV, a chunk of rows at a time: never the whole file in memory."""
-    where, params = "mailing_id = ?", [mailing_id]
-    if status:
-        where, params = where + " AND status = ?", params + [status]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(MESSAGE_COLUMNS)
-    cursor = store.connection().execute(
-        f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE {where} ORDER BY id", params)
-    while rows := cursor.fetchmany(1000):
+    for rows in store.mailing_message_chunks(mailing_id, status):
         for row in rows:
             writer.writerow([_csv_value(column, row[column]) for column in MESSAGE_COLUMNS])
         yield buffer.getvalue()

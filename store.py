@@ -12,6 +12,10 @@ transaction, so any number of workers on one database never hold the same messag
 lease left by a dead worker is taken over once it expires. Its holder renews the lease while
 it works on the message, and a send starts only while the lease outlives the send's deadline
 (see `lease_state`), so a lease never expires under a send that is still running.
+
+Every SQL statement of the service is here, those of clients, mailings and API keys too: other
+modules call the named methods below and catch this module's exceptions (ClientConflict,
+DatabaseUnavailable, InvalidTransition), never a driver's, so another database can take SQLite's place.
 """
 from __future__ import annotations
 
@@ -37,6 +41,10 @@ FAILED, EXPIRED, CANCELED = "FAILED", "EXPIRED", "CANCELED"
 STATUSES = (QUEUED, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED)
 FINAL_STATUSES = frozenset({DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED})
 
+MAILING_COLUMNS = ("start_at", "end_at", "text", "filter", "window_from", "window_to")  # those a caller sets
+# The columns of a message the API shows.
+MESSAGE_COLUMNS = ("id", "status", "phone", "text", "encoding", "segments", "attempts", "mailing_id", "client_id",
+                   "user_id", "gateway_ref", "last_error", "created_at", "sent_at")
 CLIENT_COLUMNS = ("phone", "operator_code", "timezone", "name", "moyklass_user_id")  # and created_at, set here
 
 # new status -> the statuses it may be reached from
@@ -254,6 +262,16 @@ class ProviderPause:
 
 
 @dataclass(frozen=True)
+class MailingProgress:
+    mailing_id: int
+    state: str
+    counts: dict[str, int]  # its messages by status, only the statuses they have
+    segments: int  # of the messages sent
+    first_sent_at: float | None
+    last_sent_at: float | None
+
+
+@dataclass(frozen=True)
 class ClientUpsert:
     """A client to create, or, when one has its phone already, the fields to change of that one."""
 
@@ -336,6 +354,7 @@ class Store:
         os.chmod(self.path, 0o600)
 
     def connection(self) -> sqlite3.Connection:
+        """This thread's connection. Only this module writes SQL; tests and benchmarks use it to set up and inspect."""
         db = getattr(self._local, "db", None)
         if db is None or self._local.pid != os.getpid():
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
@@ -698,8 +717,8 @@ class Store:
     @staticmethod
     def _insert_mailing_messages(db: sqlite3.Connection, batch: list[tuple], columns: tuple[str, ...]) -> int:
         names = ("created_at", "updated_at", "mailing_id", "status", "done_at", "last_error", *columns)
-        db.executemany(f"INSERT OR IGNORE INTO messages (source, {', '.join(names)})"
-                       f" VALUES ('mailing', {_placeholders(names)})", batch)
+        db.executemany(f"INSERT INTO messages (source, {', '.join(names)})"
+                       f" VALUES ('mailing', {_placeholders(names)}) ON CONFLICT DO NOTHING", batch)
         return len(batch)
 
     def cancel_mailing(self, mailing_id: int) -> bool:
@@ -715,6 +734,102 @@ class Store:
                 db.execute("UPDATE messages SET status = ?, done_at = ?, updated_at = ? WHERE mailing_id = ?"
                            " AND status = ?", (CANCELED, now, now, mailing_id, QUEUED))
             return canceled == 1
+
+    def create_mailing(self, mailing: dict[str, Any]) -> dict[str, Any]:
+        """Insert a scheduled mailing (its MAILING_COLUMNS); it as stored."""
+        now = time.time()
+        with self.transaction() as db:
+            return dict(db.execute(
+                f"INSERT INTO mailings (created_at, updated_at, state, {', '.join(MAILING_COLUMNS)})"
+                f" VALUES (?, ?, 'scheduled', {_placeholders(MAILING_COLUMNS)}) RETURNING *",
+                (now, now, *(mailing[column] for column in MAILING_COLUMNS))).fetchone())
+
+    def mailing(self, mailing_id: int) -> dict[str, Any] | None:
+        row = self.connection().execute("SELECT * FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
+        return dict(row) if row else None
+
+    def mailings(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.connection().execute("SELECT * FROM mailings ORDER BY id")]
+
+    def due_mailings(self, now: float) -> list[dict[str, Any]]:
+        """Scheduled mailings whose start_at has come, the earliest first."""
+        return [dict(row) for row in self.connection().execute(
+            "SELECT * FROM mailings WHERE state = 'scheduled' AND start_at <= ? ORDER BY start_at", (now,))]
+
+    def change_scheduled_mailing(self, mailing_id: int, mailing: dict[str, Any]) -> bool:
+        """Set all MAILING_COLUMNS of a mailing still scheduled; False when it is not (any more)."""
+        with self.transaction() as db:
+            return db.execute(
+                f"UPDATE mailings SET {', '.join(f'{column} = ?' for column in MAILING_COLUMNS)}, updated_at = ?"
+                f" WHERE id = ? AND state = 'scheduled'",
+                (*(mailing[column] for column in MAILING_COLUMNS), time.time(), mailing_id)).rowcount == 1
+
+    def delete_unstarted_mailing(self, mailing_id: int) -> bool | None:
+        """Delete a mailing that never started: True; False when it has started (it is kept for
+        its messages); None when there is no such mailing."""
+        with self.transaction() as db:
+            row = db.execute("SELECT started_at FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
+            if row is None:
+                return None
+            if row["started_at"] is not None:
+                return False
+            db.execute("DELETE FROM mailings WHERE id = ?", (mailing_id,))
+            return True
+
+    def restart_finished_mailing(self, mailing_id: int, now: float) -> None:
+        """A finished mailing whose messages were queued again is started again."""
+        with self.transaction() as db:
+            db.execute("UPDATE mailings SET state = 'started', updated_at = ? WHERE id = ? AND state = 'finished'",
+                       (now, mailing_id))
+
+    def mailing_progress(self, mailing_id: int) -> MailingProgress | None:
+        db = self.connection()
+        mailing = db.execute("SELECT id, state FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
+        if mailing is None:
+            return None
+        counts = dict(db.execute("SELECT status, count(*) FROM messages WHERE mailing_id = ? GROUP BY status",
+                                 (mailing_id,)).fetchall())
+        sent = db.execute("SELECT coalesce(sum(segments), 0), min(sent_at), max(sent_at) FROM messages"
+                          " WHERE mailing_id = ? AND sent_at IS NOT NULL", (mailing_id,)).fetchone()
+        return MailingProgress(mailing["id"], mailing["state"], counts, *sent)
+
+    def mailings_progress(self) -> list[MailingProgress]:
+        """The progress of every mailing, by id, in three queries in all."""
+        db = self.connection()
+        counts: dict[int, dict[str, int]] = {}
+        for mailing_id, status, count in db.execute("SELECT mailing_id, status, count(*) FROM messages"
+                                                    " WHERE mailing_id IS NOT NULL GROUP BY mailing_id, status"):
+            counts.setdefault(mailing_id, {})[status] = count
+        sent = {row[0]: tuple(row[1:]) for row in db.execute(
+            "SELECT mailing_id, coalesce(sum(segments), 0), min(sent_at), max(sent_at) FROM messages"
+            " WHERE mailing_id IS NOT NULL AND sent_at IS NOT NULL GROUP BY mailing_id")}
+        nothing_sent = (0, None, None)
+        return [MailingProgress(row["id"], row["state"], counts.get(row["id"], {}), *sent.get(row["id"], nothing_sent))
+                for row in db.execute("SELECT id, state FROM mailings ORDER BY id")]
+
+    def mailing_messages(self, mailing_id: int, status: str | None, limit: int, offset: int
+                         ) -> tuple[list[dict[str, Any]], int]:
+        """A page of the mailing's messages (MESSAGE_COLUMNS), by id, and how many there are in all."""
+        where, params = self._mailing_messages_where(mailing_id, status)
+        db = self.connection()
+        total = db.execute(f"SELECT count(*) FROM messages WHERE {where}", params).fetchone()[0]
+        rows = db.execute(f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE {where} ORDER BY id"
+                          f" LIMIT ? OFFSET ?", (*params, limit, offset))
+        return [dict(row) for row in rows], total
+
+    def mailing_message_chunks(self, mailing_id: int, status: str | None) -> Iterator[list[sqlite3.Row]]:
+        """All the mailing's messages (MESSAGE_COLUMNS) by id, 1000 at a time: never all of them in memory."""
+        where, params = self._mailing_messages_where(mailing_id, status)
+        cursor = self.connection().execute(
+            f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE {where} ORDER BY id", params)
+        while rows := cursor.fetchmany(1000):
+            yield rows
+
+    @staticmethod
+    def _mailing_messages_where(mailing_id: int, status: str | None) -> tuple[str, list[Any]]:
+        if status:
+            return "mailing_id = ? AND status = ?", [mailing_id, status]
+        return "mailing_id = ?", [mailing_id]
 
     def counts(self) -> dict[str, int]:
         rows = self.connection().execute("SELECT status, count(*) FROM messages GROUP BY status")
