@@ -107,6 +107,11 @@ class PostgresConnection:
         return cursor
 
     @property
+    def usable(self) -> bool:
+        """Still connected: a broken connection cannot even roll back."""
+        return not self._connection.closed and not self._connection.broken
+
+    @property
     def in_transaction(self) -> bool:
         return self._connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from database import INTEGRITY_ERRORS
 from locks import FileLock, WouldWait
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer: no id, and no MoyKlass id kept here, is larger
@@ -316,13 +317,17 @@ def _client_filter(tags: list[str], operator_codes: list[str]) -> tuple[list[str
     return conditions, params
 
 
-def _client_conflict(error: sqlite3.IntegrityError) -> ClientConflict:
+def _client_conflict(error: Exception) -> ClientConflict:
     field = "moyklass_user_id" if "moyklass_user_id" in str(error) else "phone"
     return ClientConflict(f"another client has this {field}")
 
 
 class Store:
-    """One connection per thread and process, opened on first use; WAL so readers never block."""
+    """The outbox on SQLite: one connection per thread and process, opened on first use; WAL so
+    readers never block; writers take turns (`transaction`). PostgresStore (store_postgresql.py)
+    runs the same SQL on PostgreSQL."""
+
+    skip_locked = ""  # claims: SQLite has one writer at a time, so no row can be locked by another
 
     def __init__(self, path: Path, timeout: float = 5.0):
         self.path = path
@@ -404,6 +409,9 @@ class Store:
                     raise DatabaseUnavailable(str(error)) from error
                 raise
 
+    def serialize_on(self, db: sqlite3.Connection, key: str) -> None:
+        """Make a check-then-insert on `key` atomic: SQLite's writers already take turns."""
+
     # --- putting messages in ---
 
     def accept_webhook(self, payload: dict[str, Any], event: str | None, user_id: int, fields: dict[str, Any],
@@ -419,16 +427,19 @@ class Store:
         key = webhook_dedup_key(payload)
         now = time.time()
         with self.transaction() as db:
+            self.serialize_on(db, key)
+            earlier: dict[str, Any] = {}  # recipient -> its latest message of this webhook that did not fail
             if dedup_seconds:
-                earlier = db.execute(  # the first recipient's message stands for the webhook
-                    "SELECT id, status FROM messages WHERE dedup_key = ? AND created_at >= ?"
-                    " AND status NOT IN (?, ?) AND coalesce(recipient, ?) = ? ORDER BY id DESC LIMIT 1",
-                    (key, now - dedup_seconds, FAILED, EXPIRED, recipients[0], recipients[0]),
-                ).fetchone()
-                if earlier:
-                    return Accepted(earlier["id"], True, earlier["status"])
+                for row in db.execute(
+                        "SELECT id, status, coalesce(recipient, ?) AS recipient FROM messages WHERE dedup_key = ?"
+                        " AND created_at >= ? AND status NOT IN (?, ?) ORDER BY id DESC",
+                        (recipients[0], key, now - dedup_seconds, FAILED, EXPIRED)):
+                    earlier.setdefault(row["recipient"], row)
+            if all(recipient in earlier for recipient in recipients):
+                first = earlier[recipients[0]]
+                return Accepted(first["id"], True, first["status"])
             rows = []
-            for recipient in recipients:
+            for recipient in (r for r in recipients if r not in earlier):  # a repeat: only the failed ones again
                 leased = lease is not None and not rows
                 status, owner, until = (SENDING, lease[0], now + lease[1]) if leased else (QUEUED, None, None)
                 rows.append(dict(db.execute(
@@ -448,6 +459,7 @@ class Store:
         key = webhook_dedup_key(payload)
         now = time.time()
         with self.transaction() as db:
+            self.serialize_on(db, key)
             if dedup_seconds:
                 earlier = db.execute(
                     "SELECT id, state FROM lesson_reminders WHERE dedup_key = ? AND created_at >= ?"
@@ -470,7 +482,7 @@ class Store:
             return [dict(row) for row in db.execute(
                 "UPDATE lesson_reminders SET lease_owner = ?, lease_until = ?, updated_at = ? WHERE id IN"
                 " (SELECT id FROM lesson_reminders WHERE state = 'pending' AND next_attempt_at <= ?"
-                " AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?)"
+                f" AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?{self.skip_locked})"
                 " AND state = 'pending' AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
                 (owner, now + lease_seconds, now, now, now, limit, now))]
 
@@ -554,12 +566,14 @@ class Store:
             rows = db.execute(
                 f"UPDATE messages SET status = ?, lease_owner = ?, lease_until = ?, updated_at = ?"
                 f" WHERE id IN (SELECT id FROM messages WHERE status = ? AND next_attempt_at <= ?"
-                f" ORDER BY next_attempt_at LIMIT ?) AND status IN ({_placeholders(allowed)}) RETURNING *",
+                f" ORDER BY next_attempt_at LIMIT ?{self.skip_locked}) AND status IN ({_placeholders(allowed)})"
+                " RETURNING *",
                 (SENDING, owner, now + lease_seconds, now, QUEUED, now, limit, *allowed)).fetchall()
             if len(rows) < limit:
                 rows += db.execute(
                     "UPDATE messages SET lease_owner = ?, lease_until = ?, updated_at = ?"
-                    " WHERE id IN (SELECT id FROM messages WHERE status = ? AND lease_until < ? LIMIT ?)"
+                    " WHERE id IN (SELECT id FROM messages WHERE status = ? AND lease_until < ?"
+                    f" LIMIT ?{self.skip_locked})"
                     " AND status = ? AND lease_until < ? RETURNING *",
                     (owner, now + lease_seconds, now, SENDING, now, limit - len(rows), SENDING, now)).fetchall()
         return [dict(row) for row in rows]
@@ -648,7 +662,8 @@ class Store:
                        " AND report_until < ?", (now, SENT, now))
             return [dict(row) for row in db.execute(
                 "UPDATE messages SET report_next_at = ? WHERE id IN (SELECT id FROM messages"
-                " WHERE report_next_at <= ? AND status = ? AND provider = ? ORDER BY report_next_at LIMIT ?)"
+                " WHERE report_next_at <= ? AND status = ? AND provider = ? ORDER BY report_next_at"
+                f" LIMIT ?{self.skip_locked})"
                 " RETURNING *", (now + lease_seconds, now, SENT, provider, limit))]
 
     def schedule_report(self, message_id: int, next_at: float | None, report_text: str | None) -> None:
@@ -789,7 +804,7 @@ class Store:
             return None
         counts = dict(db.execute("SELECT status, count(*) FROM messages WHERE mailing_id = ? GROUP BY status",
                                  (mailing_id,)).fetchall())
-        sent = db.execute("SELECT coalesce(sum(segments), 0), min(sent_at), max(sent_at) FROM messages"
+        sent = db.execute("SELECT CAST(coalesce(sum(segments), 0) AS BIGINT), min(sent_at), max(sent_at) FROM messages"
                           " WHERE mailing_id = ? AND sent_at IS NOT NULL", (mailing_id,)).fetchone()
         return MailingProgress(mailing["id"], mailing["state"], counts, *sent)
 
@@ -801,7 +816,7 @@ class Store:
                                                     " WHERE mailing_id IS NOT NULL GROUP BY mailing_id, status"):
             counts.setdefault(mailing_id, {})[status] = count
         sent = {row[0]: tuple(row[1:]) for row in db.execute(
-            "SELECT mailing_id, coalesce(sum(segments), 0), min(sent_at), max(sent_at) FROM messages"
+            "SELECT mailing_id, CAST(coalesce(sum(segments), 0) AS BIGINT), min(sent_at), max(sent_at) FROM messages"
             " WHERE mailing_id IS NOT NULL AND sent_at IS NOT NULL GROUP BY mailing_id")}
         nothing_sent = (0, None, None)
         return [MailingProgress(row["id"], row["state"], counts.get(row["id"], {}), *sent.get(row["id"], nothing_sent))
@@ -866,7 +881,8 @@ class Store:
     def unknown_outcomes(self) -> tuple[int, int]:
         """(messages, sends) whose send reached the gateway without a verdict coming back."""
         count, sends = self.connection().execute(
-            "SELECT count(*), coalesce(sum(unknown_outcomes), 0) FROM messages WHERE unknown_outcomes > 0").fetchone()
+            "SELECT count(*), CAST(coalesce(sum(unknown_outcomes), 0) AS BIGINT) FROM messages"
+            " WHERE unknown_outcomes > 0").fetchone()
         return count, sends
 
     def check(self) -> None:
@@ -914,7 +930,7 @@ class Store:
         try:
             with self.transaction() as db:
                 return self._client(db, self._insert_client(db, client))
-        except sqlite3.IntegrityError as error:
+        except INTEGRITY_ERRORS as error:
             raise _client_conflict(error) from error
 
     def client(self, client_id: int) -> dict[str, Any] | None:
@@ -929,7 +945,7 @@ class Store:
                     return None
                 self._change_client(db, client_id, changes)
                 return self._client(db, client_id)
-        except sqlite3.IntegrityError as error:
+        except INTEGRITY_ERRORS as error:
             raise _client_conflict(error) from error
 
     def delete_client(self, client_id: int) -> bool:
@@ -960,7 +976,7 @@ class Store:
                 db.execute("SAVEPOINT client_row")
                 try:
                     outcomes.append(self._upsert_client(db, client))
-                except sqlite3.IntegrityError as error:
+                except INTEGRITY_ERRORS as error:
                     db.execute("ROLLBACK TO client_row")
                     outcomes.append(_client_conflict(error))
                 db.execute("RELEASE client_row")

@@ -248,7 +248,9 @@ def test_a_changed_student_is_read_afresh_not_from_the_user_cache(settings, moyk
 
 def test_a_repeat_of_a_webhook_whose_student_message_failed_is_accepted_again_with_parents(settings, moyklass,
                                                                                            oneclick):
-    """With SMS_RECIPIENTS=both the repeat used to match the parent's message and send nothing."""
+    """With SMS_RECIPIENTS=both the repeat used to match the parent's message and send nothing; then
+    it made the parent's message again too, and a parent got one SMS per repeat (hostile pass).
+    Only the failed recipient's message is made again."""
     settings.update(SMS_RECIPIENTS="both", SMS_PARENT_PHONE_ATTRIBUTE="parentPhone", USER_CACHE_SECONDS="0")
     moyklass.add_user(1001, None, name="Ana Ilić")
     parents(moyklass, u1001="0657770001")
@@ -256,7 +258,12 @@ def test_a_repeat_of_a_webhook_whose_student_message_failed_is_accepted_again_wi
     assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 404
     moyklass.users[1001]["phone"] = "381641000001"
     again = client.post("/webhook", json=load_fixture("sub_lessons_left"))
-    assert again.get_json() == {"status": "success", "id": 3, "also_queued": [4]}
+    assert again.get_json() == {"status": "success", "id": 3}
+    store = open_store(settings)
+    assert [(m["id"], m["recipient"]) for m in map(store.message, (1, 2, 3))] == [
+        (1, "student"), (2, "parent"), (3, "student")] and store.message(4) is None
+    third = client.post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert third.get_json() == {"status": "success", "id": 3, "duplicate": True}
 
 
 def test_retry_failed_keeps_a_reminder_messages_lesson_deadline(settings):
