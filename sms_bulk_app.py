@@ -24,6 +24,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import api
 from config import Config, load_config
+from database import POSTGRESQL, Backend
 from delivery import RECIPIENTS, Cause, Dispatcher
 from errors import ApiError, read_body, register_error_handlers
 from events import EVENT_NAME, MalformedObject, family_of
@@ -33,6 +34,7 @@ from moyklass import MoyKlassClient
 from providers import create_provider
 from schemas import InvalidJson, parse_json
 from store import SENT, Store
+from store_postgresql import PostgresStore
 from worker import Worker, worker_id
 
 log = logging.getLogger("sms_bulk_app")
@@ -196,11 +198,18 @@ def _load_config(test_config: Mapping[str, str] | None) -> Config:
     return load_config()
 
 
+def open_store(database: Backend, timeout: float) -> Store:
+    """The outbox on the database DATABASE_URL names (SQLite by default)."""
+    if database.engine == POSTGRESQL:
+        return PostgresStore(database.url, timeout)
+    return Store(database.path, timeout)
+
+
 def build_services(config: Config) -> Services:
     """Open everything the web app, the worker and the commands share: log, database, clients."""
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     setup_logging(config.log_file_path, config.log_level, config.secrets())
-    store = Store(config.database.path, config.database_timeout)
+    store = open_store(config.database, config.database_timeout)
     store.initialize()
     moyklass = None
     if config.api_key:

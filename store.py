@@ -520,8 +520,10 @@ class Store:
         now = time.time()
         with self.transaction() as db:
             db.execute(
-                "UPDATE lesson_reminders SET state = CASE WHEN ? IS NULL OR ? > deadline THEN 'failed'"
-                " ELSE 'pending' END, next_attempt_at = coalesce(?, next_attempt_at), attempts = attempts + 1,"
+                # A NULL parameter has no type PostgreSQL could infer: the cast gives it one.
+                "UPDATE lesson_reminders SET state = CASE WHEN CAST(? AS DOUBLE PRECISION) IS NULL OR ? > deadline"
+                " THEN 'failed' ELSE 'pending' END, next_attempt_at = coalesce(?, next_attempt_at),"
+                " attempts = attempts + 1,"
                 " last_error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
                 " WHERE id = ? AND lease_owner = ?",
                 (next_at, next_at, next_at, error, now, reminder_id, owner))
@@ -686,9 +688,10 @@ class Store:
         with self.transaction() as db:
             return db.execute(
                 f"UPDATE messages SET status = ?, attempts = 0, next_attempt_at = ?,"
-                f" deadline = CASE WHEN source = 'reminder' THEN min(deadline, ?) ELSE ? END,"
+                f" deadline = CASE WHEN source = 'reminder' THEN CASE WHEN deadline < ? THEN deadline ELSE ? END"
+                " ELSE ? END,"
                 f" lease_owner = NULL, lease_until = NULL, done_at = NULL, updated_at = ? WHERE {where}",
-                (QUEUED, now, deadline, deadline, now, *params)).rowcount
+                (QUEUED, now, deadline, deadline, deadline, now, *params)).rowcount
 
     def expire_overdue(self, now: float) -> int:
         """QUEUED messages whose deadline has passed become EXPIRED (a mailing's end_at, SMS_VALID_SECONDS)."""
@@ -900,9 +903,8 @@ class Store:
     def count_ignored_webhook(self, event: str, now: float) -> None:
         """Count one webhook that was answered "ignored" (its event has no text)."""
         with self.transaction() as db:
-            db.execute("INSERT INTO ignored_webhooks (event, count, last_at) VALUES (?, 1, ?)"
-                       " ON CONFLICT (event) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
-                       (event, now))
+            db.execute("INSERT INTO ignored_webhooks (event, count, last_at) VALUES (?, 1, ?) ON CONFLICT (event)"
+                       " DO UPDATE SET count = ignored_webhooks.count + 1, last_at = excluded.last_at", (event, now))
 
     def ignored_webhooks(self) -> dict[str, int]:
         """How many webhooks of each event were ignored, the most ignored first."""

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from sms_bulk_app import create_app
+from database import parse_database_url
+from sms_bulk_app import create_app, open_store
+from store import Store
 from tests.fakes import FakeMoyKlass, FakeOneClick
 
 pytest_plugins = ["tests.postgres"]
@@ -38,10 +40,22 @@ def oneclick():
     fake.stop()
 
 
+# `SMS_TEST_DATABASE=postgresql pytest ...`: the apps of those tests keep their data in a fresh
+# database of the throwaway PostgreSQL server (tests/postgres.py) instead of SQLite.
+TEST_DATABASE = os.environ.get("SMS_TEST_DATABASE", "sqlite")
+
+# A test of SQLite itself (its file, another program locking it), not of the service's behaviour.
+sqlite_only = pytest.mark.skipif(TEST_DATABASE != "sqlite", reason="about the SQLite file itself")
+
 @pytest.fixture
-def settings(tmp_path, moyklass, oneclick) -> dict[str, str]:
+def database_settings(request) -> dict[str, str]:
+    return {"DATABASE_URL": request.getfixturevalue("postgres_url")} if TEST_DATABASE == "postgresql" else {}
+
+
+@pytest.fixture
+def settings(tmp_path, moyklass, oneclick, database_settings) -> dict[str, str]:
     """Settings for an app wired to the fakes; a test may change them before building the app."""
-    return {
+    return database_settings | {
         "DATA_DIR": str(tmp_path / "data"),
         "API_KEY": moyklass.api_key,
         "MOYKLASS_API_URL": f"http://127.0.0.1:{moyklass.port}/v1",
@@ -52,6 +66,17 @@ def settings(tmp_path, moyklass, oneclick) -> dict[str, str]:
         "SMS_PASSWORD": oneclick.password,
         "HTTP_TIMEOUT": "2",
     }
+
+
+def settings_store(settings: dict[str, str]) -> Store:
+    """The store an app built from `settings` uses, opened and migrated: SQLite in DATA_DIR, or
+    DATABASE_URL's."""
+    if "DATABASE_URL" in settings:
+        store = open_store(parse_database_url(settings["DATABASE_URL"]), 5.0)
+    else:
+        store = Store(Path(settings["DATA_DIR"]) / "sms_bulk_app.db")
+    store.initialize()
+    return store
 
 
 @pytest.fixture

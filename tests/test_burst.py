@@ -6,12 +6,11 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import requests
 
-from store import DELIVERED, QUEUED, SENDING, SENT, Store
-from tests.conftest import load_fixture, running_gunicorn, running_worker
+from store import DELIVERED, QUEUED, SENDING, SENT
+from tests.conftest import load_fixture, running_gunicorn, running_worker, settings_store
 from tests.fakes import FakeMoyKlass, numbered_phone
 
 BURST, BURST_SECONDS = 300, 2.0
@@ -66,7 +65,7 @@ def test_300_sync_webhooks_in_2_s_wait_boundedly_and_health_stays_fast(settings,
     print(f"webhooks: {dict(statuses)}, p50 {statistics.median(webhook_times):.3f} s, max {webhook_times[-1]:.3f} s;"
           f" /health: {len(health_times)} probes, p99 {p99 * 1000:.0f} ms")
     assert p99 < 0.2, f"/health p99 {p99 * 1000:.0f} ms during the burst"
-    store = Store(Path(settings["DATA_DIR"]) / "sms_bulk_app.db")
+    store = settings_store(settings)
     counts = store.counts()
     assert sum(counts[s] for s in (QUEUED, SENDING, SENT, DELIVERED)) == sum(counts.values()) == BURST
     phones = Counter(m["phone"] for m in oneclick.messages)

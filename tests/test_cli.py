@@ -12,8 +12,8 @@ import pytest
 
 import cli
 import clients
-from store import QUEUED, Store
-from tests.conftest import command, command_env, run_command
+from store import QUEUED
+from tests.conftest import command, command_env, run_command, settings_store
 
 CliResult = tuple[int, str, str]
 
@@ -175,5 +175,5 @@ def test_serve_on_a_taken_port_exits_before_claiming_anything(worker_settings, o
         f"SMSBulkApp cannot start: cannot listen on 127.0.0.1:{port}: Address already in use"
     assert "Traceback" not in result.stderr
     time.sleep(0.5)  # a send already under way would reach the fake gateway by now
-    store = Store(Path(worker_settings["DATA_DIR"]) / "sms_bulk_app.db")
+    store = settings_store(worker_settings)
     assert (store.message(1)["status"], store.message(1)["attempts"], oneclick.messages) == (QUEUED, 0, [])

@@ -13,17 +13,19 @@ import requests
 import api_keys
 from sms_bulk_app import create_app
 from store import FAILED, QUEUED, SENDING, SENT, Store
-from tests.conftest import load_fixture, run_command, running_gunicorn, running_worker, wait_until
-
-
-def open_store(settings) -> Store:
-    store = Store(Path(settings["DATA_DIR"]) / "sms_bulk_app.db")
-    store.initialize()
-    return store
+from tests.conftest import (
+    load_fixture,
+    run_command,
+    running_gunicorn,
+    running_worker,
+    settings_store,
+    sqlite_only,
+    wait_until,
+)
 
 
 def queue_texts(settings, count: int) -> Store:
-    store = open_store(settings)
+    store = settings_store(settings)
     store.enqueue_many("test", 3600, [("+381641000001", f"Poruka {i}", None, None) for i in range(count)])
     return store
 
@@ -130,6 +132,7 @@ def test_cancelling_a_mailing_stops_what_its_worker_has_claimed_but_not_sent(wor
     assert stats["counts"]["CANCELED"] == 40 - len(oneclick.messages)
 
 
+@sqlite_only
 def test_database_timeout_bounds_every_writer_when_another_program_holds_the_database(settings, moyklass, oneclick):
     """8 parallel webhooks against a database locked elsewhere: before, they queued on the write lock
     and got their 503 after 1, 2, 3 ... DATABASE_TIMEOUTs."""
@@ -175,7 +178,7 @@ def test_a_sync_send_whose_result_the_database_refuses_is_written_later_not_sent
         holder = pool.submit(hold_the_database)
         answer = client.post("/webhook", json=load_fixture("sub_lessons_left"))
         holder.result()
-        store = open_store(settings)
+        store = settings_store(settings)
         wait_until(lambda: store.message(1)["status"] == SENT, timeout=5, what="the late result")
         time.sleep(7.0 - 3.5)  # past the lease: a worker that could take it over would have
     assert (answer.status_code, answer.get_json()) == (200, {"status": "success", "id": 1})

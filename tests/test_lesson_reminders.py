@@ -4,23 +4,18 @@ from __future__ import annotations
 import time
 from collections import Counter
 from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
 
 from config import ConfigError, load_config
 from sms_bulk_app import create_app
 from store import CANCELED, FAILED, SENT, Store
-from tests.conftest import load_fixture, run_command, running_worker, wait_until
+from tests.conftest import load_fixture, run_command, running_worker, settings_store, wait_until
 from tests.fakes import numbered_phone
 
 TOMORROW = (date.today() + timedelta(days=1)).isoformat()
 LESSON = 610882
 REMINDER_TEXT = "{first_name}, čas „{topic}” počinje {lesson_date} u {lesson_time}."
-
-
-def open_store(settings) -> Store:
-    return Store(Path(settings["DATA_DIR"]) / "sms_bulk_app.db")
 
 
 def book(moyklass, students: dict[int, str], **marks: dict) -> None:
@@ -40,7 +35,7 @@ def test_a_lesson_reminder_reaches_every_student_booked_once(event, worker_setti
 
     answer = client.post("/webhook", json=load_fixture(event))
     assert (answer.status_code, answer.get_json()) == (202, {"status": "queued", "reminder": 1})
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     with running_worker(worker_settings):
         wait_until(lambda: store.counts()[SENT] == 2, what="2 SENT")
     assert sorted((m["phone"], m["message"]) for m in oneclick.messages) == [
@@ -54,7 +49,7 @@ def test_a_repeated_or_overlapping_reminder_sends_nothing_twice(worker_settings,
     worker_settings.update(SMS_TEXT_LESSON_START_HOURS=REMINDER_TEXT, SMS_DLR_MAX_SECONDS="0", DEDUP_SECONDS="0")
     book(moyklass, {2001: "Ana Ilić", 2002: "Marko Jović"})
     client = create_app(worker_settings).test_client()
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     payload = load_fixture("lesson_start_hours")
     with running_worker(worker_settings):
         assert client.post("/webhook", json=payload).status_code == 202
@@ -76,7 +71,7 @@ def test_the_students_of_a_big_lesson_are_looked_up_100_at_a_time(worker_setting
     moyklass.add_lesson(LESSON, TOMORROW, "17:00", "Predavanje", records=[{"userId": 2000 + i} for i in range(250)])
     client = create_app(worker_settings).test_client()
     assert client.post("/webhook", json=load_fixture("lesson_start_hours")).status_code == 202
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     with running_worker(worker_settings):
         wait_until(lambda: store.counts()[SENT] == 250, timeout=30, what="250 SENT")
     asked = [r for r in moyklass.received if r["path"].startswith("/v1/company/")
@@ -89,7 +84,7 @@ def test_a_reminder_for_a_lesson_moyklass_does_not_have_fails_and_sends_nothing(
     worker_settings.update(SMS_TEXT_LESSON_START_HOURS=REMINDER_TEXT)
     client = create_app(worker_settings).test_client()
     assert client.post("/webhook", json=load_fixture("lesson_start_hours")).status_code == 202
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     with running_worker(worker_settings):
         wait_until(lambda: store.lesson_reminder(1)["state"] == "failed", what="failed")
     assert store.lesson_reminder(1)["last_error"] == f"MoyKlass has no lesson {LESSON}"
@@ -119,7 +114,7 @@ def test_both_student_and_parent_are_texted_and_one_number_gets_one_sms(worker_s
     parents(moyklass, u2001="0657770001", u2002=numbered_phone(2002), u2003=None)
     client = create_app(worker_settings).test_client()
     assert client.post("/webhook", json=load_fixture("lesson_start_hours")).status_code == 202
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     with running_worker(worker_settings):
         wait_until(lambda: store.counts()[SENT] == 4 and store.counts()[FAILED] == 1, what="4 SENT, 1 FAILED")
     assert sorted(m["phone"] for m in oneclick.messages) == sorted(
@@ -149,7 +144,7 @@ def test_a_parent_with_the_students_number_gets_no_second_sms(worker_settings, m
     client = create_app(worker_settings).test_client()
     assert client.post("/webhook", json=load_fixture("sub_lessons_left")).get_json() == \
         {"status": "queued", "id": 1, "also_queued": [2]}
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     with running_worker(worker_settings):
         wait_until(lambda: store.message(2)["status"] == CANCELED and store.message(1)["status"] != "QUEUED",
                    what="the parent's message cancelled")
@@ -168,7 +163,7 @@ def remind(worker_settings, moyklass, event: str = "lesson_start_hours") -> Stor
     """Post one reminder of LESSON and let a worker expand it; its store."""
     client = create_app(worker_settings).test_client()
     assert client.post("/webhook", json=load_fixture(event)).status_code == 202
-    return open_store(worker_settings)
+    return settings_store(worker_settings)
 
 
 @pytest.mark.parametrize("lesson, error", [
@@ -223,7 +218,7 @@ def test_a_student_without_a_phone_gets_the_next_reminder_once_the_phone_is_fixe
     book(moyklass, {2001: "Ana Ilić"})
     moyklass.users[2001]["phone"] = None
     client = create_app(worker_settings).test_client()
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     with running_worker(worker_settings):
         assert client.post("/webhook", json=load_fixture("lesson_start_hours")).status_code == 202
         wait_until(lambda: store.counts()[FAILED] == 1, what="FAILED: no phone")
@@ -259,7 +254,7 @@ def test_a_repeat_of_a_webhook_whose_student_message_failed_is_accepted_again_wi
     moyklass.users[1001]["phone"] = "381641000001"
     again = client.post("/webhook", json=load_fixture("sub_lessons_left"))
     assert again.get_json() == {"status": "success", "id": 3}
-    store = open_store(settings)
+    store = settings_store(settings)
     assert [(m["id"], m["recipient"]) for m in map(store.message, (1, 2, 3))] == [
         (1, "student"), (2, "parent"), (3, "student")] and store.message(4) is None
     third = client.post("/webhook", json=load_fixture("sub_lessons_left"))

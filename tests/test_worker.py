@@ -14,18 +14,21 @@ import pytest
 
 from sms_bulk_app import create_app
 from store import DELIVERED, EXPIRED, FAILED, QUEUED, SENDING, SENT, UNDELIVERED, Store
-from tests.conftest import command, command_env, load_fixture, run_command, running_worker, wait_until
-
-
-def open_store(settings) -> Store:
-    store = Store(Path(settings["DATA_DIR"]) / "sms_bulk_app.db")
-    store.initialize()
-    return store
+from tests.conftest import (
+    command,
+    command_env,
+    load_fixture,
+    run_command,
+    running_worker,
+    settings_store,
+    sqlite_only,
+    wait_until,
+)
 
 
 def queue_texts(settings, count: int, valid_seconds: int = 3600) -> Store:
     """`count` messages, each with its own text so the fake can tell them apart."""
-    store = open_store(settings)
+    store = settings_store(settings)
     store.enqueue_many("test", valid_seconds, [("+381641000001", f"Poruka {i}", None, None) for i in range(count)])
     return store
 
@@ -39,7 +42,7 @@ def test_cli_send_is_sent_by_the_worker_and_reported_delivered(worker_settings, 
     queued = run_command(worker_settings, "send", "--phone", "064 123 4567", "--text", "Zdravo iz CLI")
     assert queued.returncode == 0, queued.stderr
     assert queued.stdout.strip() == "queued as message 1"
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     with running_worker(worker_settings):
         wait_until(lambda: store.message(1)["status"] == DELIVERED, what="DELIVERED")
     row = store.message(1)
@@ -121,7 +124,7 @@ def test_async_webhook_survives_a_moyklass_outage(worker_settings, moyklass, one
     assert response.get_json() == {"status": "queued", "id": 1}
     again = client.post("/webhook", json=load_fixture("sub_lessons_left"))
     assert again.status_code == 202 and again.get_json()["duplicate"] is True
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     with running_worker(worker_settings):
         wait_until(lambda: store.message(1)["last_error"], what="a failed lookup")
         assert store.message(1)["status"] in (QUEUED, SENDING)
@@ -137,7 +140,7 @@ def test_sync_webhook_with_a_failing_gateway_is_finished_by_the_worker(worker_se
     response = create_app(worker_settings).test_client().post("/webhook", json=load_fixture("sub_lessons_left"))
     assert response.status_code == 500
     assert "stays queued and will be retried" in response.get_json()["message"]
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     with running_worker(worker_settings):
         wait_until(lambda: store.message(1)["status"] in (SENT, DELIVERED), what="SENT")
     assert len(oneclick.messages) == 1 and moyklass.user_calls == 1
@@ -237,6 +240,7 @@ def test_rate_limit_is_shared_by_two_workers(worker_settings, oneclick):
     assert 8 * 25 * 0.95 <= len(window) <= 8 * 25 * 1.05
 
 
+@sqlite_only
 def test_embedded_default_runs_a_worker_in_the_web_process(worker_settings, oneclick, tmp_path):
     """`python sms_bulk_app.py` alone: a queued message is sent with no worker process."""
     from tests.conftest import free_port
@@ -275,7 +279,7 @@ def test_a_locked_database_delays_the_worker_without_losing_or_repeating_a_send(
 def test_a_queued_event_whose_text_was_removed_fails_naming_the_setting(worker_settings, moyklass, oneclick):
     """Queued with SMS_TEXT_USER_BIRTHDAY set, sent by a worker started without it."""
     moyklass.add_user(1001, "381641000001")
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     message_id = store.enqueue("webhook", 3600, user_id=1001, event="user_birthday")
     with running_worker(worker_settings):
         wait_until(lambda: store.message(message_id)["status"] == FAILED, what="FAILED")
@@ -289,7 +293,7 @@ def test_a_queued_message_whose_text_now_needs_a_field_it_lacks_fails_naming_it(
     it fails once, saying why, where it used to crash the attempt and be claimed again every lease."""
     moyklass.add_user(1004, "381641000004")
     worker_settings["SMS_TEXT_PAYMENT_NEW"] = "Uplata {summa} je primljena, {first_name}."
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     message_id = store.enqueue("api", 3600, user_id=1004, event="payment_new")
     with running_worker(worker_settings):
         wait_until(lambda: store.message(message_id)["status"] == FAILED, what="FAILED")
@@ -308,7 +312,7 @@ def test_queued_webhooks_are_looked_up_together_within_moyklass_rate(worker_sett
         payload = load_fixture("sub_lessons_left")
         payload["object"]["userId"] = user_id
         assert client.post("/webhook", json=payload).status_code == 202
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     started = time.monotonic()
     with running_worker(worker_settings):
         wait_until(lambda: store.counts()[SENT] == 200, timeout=30, what="200 SENT")
@@ -335,7 +339,7 @@ def test_after_moyklass_fails_a_lookup_together_the_messages_wait_for_the_next_o
         assert client.post("/webhook", json=payload).status_code == 202
     client.application.extensions["sms_bulk_app"].dispatcher.moyklass.tokens.get()  # the token first: no 503 for it
     moyklass.fail_next = [503] * 5
-    store = open_store(worker_settings)
+    store = settings_store(worker_settings)
     with running_worker(worker_settings):
         wait_until(lambda: store.counts()[SENT] == 200, timeout=40, what="200 SENT")
     lookups = [r for r in moyklass.received if r["path"].startswith("/v1/company/users")]
