@@ -20,7 +20,7 @@ import psycopg
 from database import PostgresConnection
 from store import DatabaseUnavailable, Store
 
-# The schema as SQLite's migrations 1-7 leave it, in PostgreSQL's types: REAL there is a
+# The schema as SQLite's migrations 1-6 leave it, in PostgreSQL's types: REAL there is a
 # 64-bit float (DOUBLE PRECISION here; PostgreSQL's REAL has 24 bits, not enough for epoch
 # seconds), INTEGER there holds 64 bits (BIGINT). Ids are identities that migrate-db may
 # set explicitly. A migration added later is added to both lists, under the same number.
@@ -142,7 +142,7 @@ CREATE TABLE ignored_webhooks (
     last_at DOUBLE PRECISION NOT NULL
 )
 """
-BASELINE_VERSION = 7  # the SQLite migrations BASELINE stands for
+BASELINE_VERSION = 6  # the SQLite migrations BASELINE stands for
 POSTGRES_MIGRATIONS: list[str | None] = [None] * (BASELINE_VERSION - 1) + [BASELINE]
 MIGRATION_LOCK = 0x5_3B_0B  # pg_advisory_xact_lock key: one host migrates at a time
 

@@ -10,8 +10,7 @@ import pytest
 
 import api_keys
 from sms_bulk_app import create_app
-from store import Store
-from tests.conftest import run_command, running_worker, wait_until
+from tests.conftest import run_command, running_worker, settings_store, sqlite_only, wait_until
 
 ALL_SCOPES = list(api_keys.SCOPES)
 
@@ -82,16 +81,17 @@ def test_refused_requests_do_not_use_the_daily_quota(api):
     assert [api.call("GET", "/clients", key=key).status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
-def test_the_last_request_of_a_quota_is_served_once(api):
+def test_the_last_request_of_a_quota_is_served_once(api, settings):
     key_id, _ = api_keys.create(api.store, "busy", ["read"], 5)
 
-    def served(_: int) -> bool:  # each thread its own connection, as separate processes would have
-        return api_keys.count_request(Store(api.store.path), key_id) is None
+    def served(_: int) -> bool:  # each thread its own store, as separate processes would have
+        return api_keys.count_request(settings_store(settings), key_id) is None
 
     with ThreadPoolExecutor(16) as pool:
         assert sum(pool.map(served, range(40))) == 5
 
 
+@sqlite_only
 def test_keys_cli_prints_the_key_once_and_stores_only_its_hash(settings):
     created = run_command(settings, "keys", "create", "--name", "crm", "--scopes", "read,messages:send")
     assert created.returncode == 0, created.stderr

@@ -1,0 +1,90 @@
+"""The outbox on a real PostgreSQL server: what several hosts on one database rely on.
+
+The rest of the suite runs on PostgreSQL too with `SMS_TEST_DATABASE=postgresql` (tests/conftest.py);
+these run in every `make test`.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from sms_bulk_app import create_app
+from store import MIGRATIONS, SENDING, SENT
+from store_postgresql import POSTGRES_MIGRATIONS, PostgresStore
+from tests.conftest import ROOT, load_fixture, settings_store
+
+
+def queued_store(url: str, count: int) -> PostgresStore:
+    store = PostgresStore(url)
+    store.initialize()
+    store.enqueue_many("test", 3600, [("+381641000001", f"Poruka {i}", None, None) for i in range(count)])
+    return store
+
+
+def test_a_webhook_is_sent_and_kept_on_postgresql(settings, postgres_url, oneclick, moyklass):
+    moyklass.add_user(1001, "381641000001")
+    settings["DATABASE_URL"] = postgres_url
+    response = create_app(settings).test_client().post("/webhook", json=load_fixture("sub_lessons_left"))
+    assert response.get_json() == {"status": "success", "id": 1}
+    message = settings_store(settings).message(1)
+    assert (message["status"], message["phone"], len(oneclick.messages)) == (SENT, "+381641000001", 1)
+
+
+def test_workers_claiming_at_once_take_each_message_once(postgres_url):
+    """8 workers (a store each: connections of their own, as hosts have) claim 2,000 messages in
+    batches of 50 at the same time. Without SKIP LOCKED, a claim that waited for another's row
+    lock would take that row too once it was SENDING (a lease may be taken over from SENDING)."""
+    queued_store(postgres_url, 2000)
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def work(owner: int) -> None:
+        store = PostgresStore(postgres_url)
+        while rows := store.claim(f"worker-{owner}", 50, 600):
+            with lock:
+                claimed.extend(row["id"] for row in rows)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(8)))
+    assert len(claimed) == 2000 and Counter(claimed).most_common(1)[0][1] == 1
+    assert PostgresStore(postgres_url).counts()[SENDING] == 2000
+
+
+def test_the_same_webhook_reaching_many_hosts_at_once_is_kept_once(settings, postgres_url):
+    """16 hosts (an app each) accept the same webhook at the same moment: one message, 15 duplicates."""
+    settings["DATABASE_URL"] = postgres_url
+    apps = [create_app(settings | {"WEBHOOK_MODE": "async"}) for _ in range(16)]
+    start = threading.Barrier(16)
+
+    def post(app) -> dict:
+        client = app.test_client()
+        start.wait()
+        return client.post("/webhook", json=load_fixture("sub_lessons_left")).get_json()
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(post, apps))
+    assert sorted(a.get("duplicate", False) for a in answers) == [False] + [True] * 15
+    assert {a["id"] for a in answers} == {1}
+    assert sum(settings_store(settings).counts().values()) == 1
+
+
+def test_hosts_starting_together_migrate_once(postgres_url):
+    stores = [PostgresStore(postgres_url) for _ in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda store: store.initialize(), stores))
+    version = stores[0].connection().execute("SELECT version FROM schema_version").fetchall()
+    assert [row[0] for row in version] == [len(MIGRATIONS)]
+    assert len(POSTGRES_MIGRATIONS) == len(MIGRATIONS)  # a migration is written for both databases
+
+
+def test_a_postgresql_that_cannot_be_reached_stops_the_start_with_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "sms_bulk_app.py"), "status"], cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path / "data"),
+                                 "DATABASE_URL": "postgresql://sms:pg-s3cret@127.0.0.1:1/sms"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("SMSBulkApp cannot start: PostgreSQL cannot be reached (")
+    assert "Traceback" not in result.stderr and "pg-s3cret" not in result.stderr
