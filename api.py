@@ -333,9 +333,9 @@ def send_message(body: MessageCreate):
     services = _services()
     if body.moyklass_user_id is not None and services.dispatcher.moyklass is None:
         raise ApiError(503, "MoyKlass is not configured: set API_KEY")
-    ignored_because = None if body.text else services.config.ignored_because(body.event)
-    if ignored_because:
-        raise ApiError(400, ignored_because)
+    refused_because = None if body.text else services.config.cannot_queue_by_hand(body.event)
+    if refused_because:
+        raise ApiError(400, refused_because)
     message_id = services.store.enqueue("api", services.config.sms_valid_seconds, phone=body.phone,
                                         text=body.text, user_id=body.moyklass_user_id, event=body.event)
     return _answer(Queued, {"id": message_id}, 202)

@@ -135,9 +135,9 @@ def _send(app_services: Services, args: argparse.Namespace) -> int:
         if app_services.dispatcher.moyklass is None:
             print("send: --user-id needs MoyKlass: set API_KEY", file=sys.stderr)
             return 1
-        ignored_because = None if args.text else config.ignored_because(args.event)
-        if ignored_because:
-            print(f"send: {ignored_because}", file=sys.stderr)
+        refused_because = None if args.text else config.cannot_queue_by_hand(args.event)
+        if refused_because:
+            print(f"send: {refused_because}", file=sys.stderr)
             return 1
         message_id = store.enqueue("cli", config.sms_valid_seconds, user_id=args.user_id,
                                    text=args.text, event=args.event)

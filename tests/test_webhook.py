@@ -124,6 +124,21 @@ def test_api_send_to_a_user_refuses_an_event_without_a_text(app):
                                    "message": "no text for user_new: set SMS_TEXT_USER_NEW to send an SMS for it"}
 
 
+def test_a_text_needing_its_webhooks_fields_cannot_be_queued_by_hand(settings):
+    """{summa} comes only with a payment webhook: queued by hand, the worker could never fill it."""
+    settings["SMS_TEXT_PAYMENT_NEW"] = "Uplata {summa} din. ({date}), {first_name}"
+    refused = run_command(settings, "send", "--user-id", "1001", "--event", "payment_new")
+    reason = "the text of payment_new needs {date}, {summa}, which only its webhook carries: give the text of this SMS"
+    assert (refused.returncode, refused.stderr) == (1, f"send: {reason}\n")
+    app = create_app(settings)
+    _, key = api_keys.create(app.extensions["sms_bulk_app"].store, "t", ["messages:send"], None)
+    response = app.test_client().post("/api/v1/messages", headers={"Authorization": f"Bearer {key}"},
+                                      json={"moyklass_user_id": 1001, "event": "payment_new"})
+    assert (response.status_code, response.get_json()) == (400, {"status": "error", "message": reason})
+    given = run_command(settings, "send", "--user-id", "1001", "--event", "payment_new", "--text", "Hvala!")
+    assert given.returncode == 0
+
+
 def test_startup_log_lists_the_events_that_send(settings):
     settings["SMS_TEXT_USER_BIRTHDAY"] = "Srećan rođendan, {first_name}!"
     create_app(settings)
