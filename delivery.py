@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 from config import Config
 from events import family_of
-from locks import SharedRateLimiter, SharedSlots, WouldWait
+from locks import WouldWait
 from mailings import next_opening
 from moyklass import MOYKLASS_MAX_ID, LessonNotFound, MoyKlassClient, MoyKlassError, UserNotFound, template_fields
 from phones import InvalidPhone, mask, to_e164
@@ -96,10 +96,9 @@ class Dispatcher:
         self.store = store
         self.moyklass = moyklass
         self.provider = provider
-        state = config.data_dir / provider.name
-        self._rate = (SharedRateLimiter(state.with_suffix(".rate"), config.sms_rate_per_sec)
+        self._rate = (store.rate_limiter(provider.name, config.sms_rate_per_sec, config.data_dir)
                       if config.sms_rate_per_sec > 0 else None)
-        self._slots = SharedSlots(state.with_suffix(".slots"), config.sms_concurrency)
+        self._slots = store.send_slots(provider.name, config.sms_concurrency, config.data_dir)
         self._pause: ProviderPause | None = None
         self._pause_checked_at = -PAUSE_CHECK_SECONDS
         self._late_results = LateResults(store)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 POLL_START, POLL_MAX = 0.0001, 0.002  # a bounded lock wait polls, doubling its sleep up to this
 
@@ -72,6 +73,13 @@ class FileLock:
                     raise WouldWait(f"{self.path.name} stayed locked")
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, POLL_MAX)
+
+
+class RateLimiter(Protocol):
+    """A rate limit shared by processes: here through a file, or through the database
+    (store_postgresql.DatabaseRateLimiter)."""
+
+    def wait(self, deadline: float | None = None) -> None: ...
 
 
 class SharedRateLimiter:

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from http_client import HttpAnswer, KeepAliveClient, Unreachable
-from locks import SharedRateLimiter, WouldWait
+from locks import RateLimiter, WouldWait
 from logs import masking_filter
 from token_store import Token, TokenStore, parse_expires_at
 
@@ -91,7 +91,7 @@ def _error_text(response: HttpAnswer) -> str:
 
 
 class MoyKlassClient:
-    def __init__(self, base_url: str, api_key: str, token_store_path, rate_limiter: SharedRateLimiter,
+    def __init__(self, base_url: str, api_key: str, token_store_path, rate_limiter: RateLimiter,
                  timeouts: tuple[float, float], user_cache_seconds: float = 300):
         self.base_url = base_url
         self._api_key = api_key

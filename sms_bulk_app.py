@@ -28,7 +28,6 @@ from database import POSTGRESQL, Backend
 from delivery import RECIPIENTS, Cause, Dispatcher
 from errors import ApiError, read_body, register_error_handlers
 from events import EVENT_NAME, MalformedObject, family_of
-from locks import SharedRateLimiter
 from logs import setup_logging
 from moyklass import MoyKlassClient
 from providers import create_provider
@@ -213,7 +212,7 @@ def build_services(config: Config) -> Services:
     store.initialize()
     moyklass = None
     if config.api_key:
-        limiter = SharedRateLimiter(config.data_dir / "moyklass.rate", config.moyklass_rate_per_sec)
+        limiter = store.rate_limiter("moyklass", config.moyklass_rate_per_sec, config.data_dir)
         moyklass = MoyKlassClient(config.moyklass_api_url, config.api_key, config.token_file_path,
                                   limiter, config.http_timeouts, config.user_cache_seconds)
     return Services(config, store, Dispatcher(config, store, moyklass, create_provider(config)))

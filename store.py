@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from database import INTEGRITY_ERRORS
-from locks import FileLock, WouldWait
+from locks import FileLock, SharedRateLimiter, SharedSlots, WouldWait
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer: no id, and no MoyKlass id kept here, is larger
 
@@ -190,6 +190,14 @@ MIGRATIONS = [
     ALTER TABLE messages ADD COLUMN recipient TEXT;
     ALTER TABLE messages ADD COLUMN reminder_id INTEGER REFERENCES lesson_reminders (id);
     CREATE UNIQUE INDEX messages_reminder_key ON messages (dedup_key) WHERE source = 'reminder';
+    """,
+    # Rate limits shared through the database (PostgreSQL: by every host; SQLite keeps files, see
+    # Store.rate_limiter): the next free moment of each limit, in the database's clock.
+    """
+    CREATE TABLE rate_limits (
+        name TEXT PRIMARY KEY,
+        next_free REAL NOT NULL
+    );
     """,
 ]
 
@@ -408,6 +416,15 @@ class Store:
                 if isinstance(error, sqlite3.OperationalError):
                     raise DatabaseUnavailable(str(error)) from error
                 raise
+
+    def rate_limiter(self, name: str, rate_per_sec: float, state_dir: Path) -> SharedRateLimiter:
+        """At most `rate_per_sec` calls a second for all processes using this database: on one
+        machine, through a file in `state_dir`."""
+        return SharedRateLimiter(state_dir / f"{name}.rate", rate_per_sec)
+
+    def send_slots(self, name: str, count: int, state_dir: Path) -> SharedSlots:
+        """At most `count` holders at once for all processes using this database (files in `state_dir`)."""
+        return SharedSlots(state_dir / f"{name}.slots", count)
 
     def serialize_on(self, db: sqlite3.Connection, key: str) -> None:
         """Make a check-then-insert on `key` atomic: SQLite's writers already take turns."""

@@ -10,14 +10,18 @@ local file.
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from database import PostgresConnection
+from locks import WouldWait
 from store import DatabaseUnavailable, Store
 
 # The schema as SQLite's migrations 1-6 leave it, in PostgreSQL's types: REAL there is a
@@ -143,7 +147,10 @@ CREATE TABLE ignored_webhooks (
 )
 """
 BASELINE_VERSION = 6  # the SQLite migrations BASELINE stands for
-POSTGRES_MIGRATIONS: list[str | None] = [None] * (BASELINE_VERSION - 1) + [BASELINE]
+POSTGRES_MIGRATIONS: list[str | None] = [None] * (BASELINE_VERSION - 1) + [BASELINE] + [
+    "CREATE TABLE rate_limits (name TEXT PRIMARY KEY, next_free DOUBLE PRECISION NOT NULL)",
+]
+POLL_SECONDS = 0.002  # a send slot is polled while all are taken
 MIGRATION_LOCK = 0x5_3B_0B  # pg_advisory_xact_lock key: one host migrates at a time
 
 
@@ -206,6 +213,12 @@ class PostgresStore(Store):
                 raise DatabaseUnavailable(f"PostgreSQL: {_first_line(error)}") from None
             raise
 
+    def rate_limiter(self, name: str, rate_per_sec: float, state_dir: Path) -> DatabaseRateLimiter:
+        return DatabaseRateLimiter(self, name, rate_per_sec)
+
+    def send_slots(self, name: str, count: int, state_dir: Path) -> DatabaseSlots:
+        return DatabaseSlots(self, name, count)
+
     def serialize_on(self, db: Any, key: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
 
@@ -220,3 +233,60 @@ class PostgresStore(Store):
 
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+
+class DatabaseRateLimiter:
+    """At most `rate_per_sec` calls a second across every host on the database.
+
+    One row per limit holds its next free moment in the database's clock (one clock for all
+    hosts, whatever theirs say); each caller takes the next slot in one atomic UPDATE and sleeps
+    until it, as locks.SharedRateLimiter does with a file on one machine.
+    """
+
+    def __init__(self, store: PostgresStore, name: str, rate_per_sec: float):
+        self._store = store
+        self.name = name
+        self.interval = 1.0 / rate_per_sec
+
+    def wait(self, deadline: float | None = None) -> None:
+        """Take the next slot and sleep until it; WouldWait, taking nothing, if it is past `deadline`."""
+        longest = 1e9 if deadline is None else deadline - time.monotonic()
+        row = self._store.connection().execute(
+            "WITH now AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS t)"
+            " INSERT INTO rate_limits AS r (name, next_free) SELECT ?, t + ? FROM now"
+            " ON CONFLICT (name) DO UPDATE SET next_free = greatest(r.next_free, (SELECT t FROM now)) + ?"
+            " WHERE greatest(r.next_free, (SELECT t FROM now)) - (SELECT t FROM now) <= ?"
+            " RETURNING r.next_free - ? - (SELECT t FROM now) AS wait",
+            (self.name, self.interval, self.interval, longest, self.interval)).fetchone()
+        if row is None:
+            raise WouldWait(f"the next free slot of {self.name} is more than {max(longest, 0):.1f} s away")
+        if row[0] > 0:
+            time.sleep(row[0])
+
+
+class DatabaseSlots:
+    """At most `count` holders at once across every host: a session advisory lock per slot, taken
+    on this thread's connection, so a host that dies frees its slots with its connections."""
+
+    def __init__(self, store: PostgresStore, name: str, count: int):
+        self._store = store
+        self.name = name
+        self.count = count
+
+    @contextmanager
+    def hold(self, deadline: float | None = None) -> Iterator[None]:
+        """Hold a free slot for the `with` block; WouldWait if none frees up before `deadline`."""
+        db = self._store.connection()
+        while True:
+            start = random.randrange(self.count)  # spread holders over the slots
+            for index in [*range(start, self.count), *range(start)]:
+                if db.execute("SELECT pg_try_advisory_lock(hashtext(?), ?)", (self.name, index)).fetchone()[0]:
+                    try:
+                        yield
+                    finally:
+                        db.execute("SELECT pg_advisory_unlock(hashtext(?), ?)", (self.name, index))
+                    return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WouldWait(f"all {self.count} send slots of {self.name} stayed taken")
+            time.sleep(POLL_SECONDS)

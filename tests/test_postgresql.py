@@ -8,9 +8,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+from locks import WouldWait
 from sms_bulk_app import create_app
 from store import MIGRATIONS, SENDING, SENT
 from store_postgresql import POSTGRES_MIGRATIONS, PostgresStore
@@ -88,3 +92,70 @@ def test_a_postgresql_that_cannot_be_reached_stops_the_start_with_one_line(tmp_p
     assert result.returncode == 1
     assert result.stderr.startswith("SMSBulkApp cannot start: PostgreSQL cannot be reached (")
     assert "Traceback" not in result.stderr and "pg-s3cret" not in result.stderr
+
+
+def test_a_rate_limit_holds_for_all_hosts_together(postgres_url):
+    """Two hosts (a store each) send as fast as a shared 50/s allows for 3 s: 150 calls, not 300."""
+    PostgresStore(postgres_url).initialize()
+    calls: list[float] = []
+    lock = threading.Lock()
+    until = time.monotonic() + 3.0
+
+    def host() -> None:
+        limiter = PostgresStore(postgres_url).rate_limiter("oneclick", 50, ROOT)
+        while time.monotonic() < until:
+            limiter.wait()
+            with lock:
+                calls.append(time.monotonic())
+
+    with ThreadPoolExecutor(4) as pool:  # two hosts of two threads each
+        list(pool.map(lambda _: host(), range(4)))
+    in_window = [t for t in calls if t < until]
+    assert 150 * 0.95 <= len(in_window) <= 150 * 1.05 + 1, len(in_window)
+
+
+def test_a_rate_limit_wait_past_the_deadline_takes_nothing(postgres_url):
+    PostgresStore(postgres_url).initialize()
+    limiter = PostgresStore(postgres_url).rate_limiter("moyklass", 0.5, ROOT)  # a slot every 2 s
+    limiter.wait()  # the first slot is now; the next one is 2 s away
+    with pytest.raises(WouldWait):
+        limiter.wait(time.monotonic() + 0.5)
+    started = time.monotonic()
+    limiter.wait()  # the refused wait took no slot: this one waits 2 s, not 4
+    assert 1.5 < time.monotonic() - started < 2.5
+
+
+def test_send_slots_are_shared_by_all_hosts_and_freed_with_a_dead_hosts_connection(postgres_url):
+    PostgresStore(postgres_url).initialize()
+    holding, most = 0, 0
+    lock = threading.Lock()
+
+    def send(_: int) -> None:
+        nonlocal holding, most
+        with PostgresStore(postgres_url).send_slots("oneclick", 3, ROOT).hold(time.monotonic() + 10):
+            with lock:
+                holding += 1
+                most = max(most, holding)
+            time.sleep(0.05)
+            with lock:
+                holding -= 1
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(send, range(24)))
+    assert most == 3
+    holder = subprocess.Popen(  # a host holding the only slot of a limit of 1, then killed -9
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from store_postgresql import PostgresStore;"
+         " held = PostgresStore(sys.argv[1]).send_slots('oneclick', 1, Path('.')).hold(); held.__enter__();"
+         " print('held', flush=True); time.sleep(60)", postgres_url],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        other = PostgresStore(postgres_url).send_slots("oneclick", 1, ROOT)
+        with pytest.raises(WouldWait):
+            with other.hold(time.monotonic() + 0.3):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with other.hold(time.monotonic() + 5):  # its connection closed with it: the slot is free
+        pass
