@@ -302,16 +302,21 @@ def test_a_queued_message_whose_text_now_needs_a_field_it_lacks_fails_naming_it(
     assert oneclick.messages == []
 
 
-def test_queued_webhooks_are_looked_up_together_within_moyklass_rate(worker_settings, moyklass, oneclick):
-    """200 async webhooks for 200 students: a few batch lookups instead of 200 single ones (29 s at 7/s)."""
-    worker_settings.update(WEBHOOK_MODE="async", SMS_DLR_MAX_SECONDS="0", USER_CACHE_SECONDS="0",
-                           MOYKLASS_RATE_PER_SEC="6")
-    moyklass.numbered_users = 200
-    client = create_app(worker_settings).test_client()
-    for user_id in range(1, 201):
+def queue_async_webhooks(settings, moyklass, count: int):
+    """`count` async sub_lessons_left webhooks for students 1..count, MoyKlass at its real 6/s; the app's client."""
+    settings.update(WEBHOOK_MODE="async", SMS_DLR_MAX_SECONDS="0", USER_CACHE_SECONDS="0", MOYKLASS_RATE_PER_SEC="6")
+    moyklass.numbered_users = count
+    client = create_app(settings).test_client()
+    for user_id in range(1, count + 1):
         payload = load_fixture("sub_lessons_left")
         payload["object"]["userId"] = user_id
         assert client.post("/webhook", json=payload).status_code == 202
+    return client
+
+
+def test_queued_webhooks_are_looked_up_together_within_moyklass_rate(worker_settings, moyklass, oneclick):
+    """200 async webhooks for 200 students: a few batch lookups instead of 200 single ones (29 s at 7/s)."""
+    queue_async_webhooks(worker_settings, moyklass, 200)
     store = settings_store(worker_settings)
     started = time.monotonic()
     with running_worker(worker_settings):
@@ -329,14 +334,7 @@ def test_after_moyklass_fails_a_lookup_together_the_messages_wait_for_the_next_o
     """MoyKlass answers 503 to the first lookups: the messages must not each look their student up
     on their own (that used up the rate limit the next lookup together needed, and 1,000 webhooks
     went out at 6 a second, with 245 MoyKlass requests)."""
-    worker_settings.update(WEBHOOK_MODE="async", SMS_DLR_MAX_SECONDS="0", USER_CACHE_SECONDS="0",
-                           MOYKLASS_RATE_PER_SEC="6")
-    moyklass.numbered_users = 200
-    client = create_app(worker_settings).test_client()
-    for user_id in range(1, 201):
-        payload = load_fixture("sub_lessons_left")
-        payload["object"]["userId"] = user_id
-        assert client.post("/webhook", json=payload).status_code == 202
+    client = queue_async_webhooks(worker_settings, moyklass, 200)
     client.application.extensions["sms_bulk_app"].dispatcher.moyklass.tokens.get()  # the token first: no 503 for it
     moyklass.fail_next = [503] * 5
     store = settings_store(worker_settings)
