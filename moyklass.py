@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from http_client import HttpAnswer, KeepAliveClient, Unreachable
 from locks import RateLimiter, WouldWait
 from logs import masking_filter
-from token_store import Token, TokenStore, parse_expires_at
+from token_store import Token, TokenKeeper, TokenStore, parse_expires_at
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,13 @@ def _error_text(response: HttpAnswer) -> str:
 
 
 class MoyKlassClient:
-    def __init__(self, base_url: str, api_key: str, token_store_path, rate_limiter: RateLimiter,
+    def __init__(self, base_url: str, api_key: str, token_keeper: TokenKeeper, rate_limiter: RateLimiter,
                  timeouts: tuple[float, float], user_cache_seconds: float = 300):
         self.base_url = base_url
         self._api_key = api_key
         self._limiter = rate_limiter
         self._http = KeepAliveClient(base_url, timeouts)
-        self.tokens = TokenStore(token_store_path, self._fetch_token)
+        self.tokens = TokenStore(token_keeper, self._fetch_token)
         self.user_cache = UserCache(user_cache_seconds)
 
     def get_user(self, user_id: int, give_up_at: float | None = None, fresh: bool = False) -> dict[str, Any]:

@@ -213,7 +213,7 @@ def build_services(config: Config) -> Services:
     moyklass = None
     if config.api_key:
         limiter = store.rate_limiter("moyklass", config.moyklass_rate_per_sec, config.data_dir)
-        moyklass = MoyKlassClient(config.moyklass_api_url, config.api_key, config.token_file_path,
+        moyklass = MoyKlassClient(config.moyklass_api_url, config.api_key, store.token_keeper(config.token_file_path),
                                   limiter, config.http_timeouts, config.user_cache_seconds)
     return Services(config, store, Dispatcher(config, store, moyklass, create_provider(config)))
 

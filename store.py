@@ -33,6 +33,7 @@ from typing import Any
 
 from database import INTEGRITY_ERRORS
 from locks import FileLock, SharedRateLimiter, SharedSlots, WouldWait
+from token_store import FileTokenKeeper, TokenKeeper
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer: no id, and no MoyKlass id kept here, is larger
 
@@ -197,6 +198,16 @@ MIGRATIONS = [
     CREATE TABLE rate_limits (
         name TEXT PRIMARY KEY,
         next_free REAL NOT NULL
+    );
+    """,
+    # The MoyKlass token shared through the database (PostgreSQL: by every host; SQLite keeps
+    # TOKEN_FILE_PATH, see Store.token_keeper).
+    """
+    CREATE TABLE moyklass_tokens (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        until_rejected INTEGER NOT NULL
     );
     """,
 ]
@@ -425,6 +436,10 @@ class Store:
     def send_slots(self, name: str, count: int, state_dir: Path) -> SharedSlots:
         """At most `count` holders at once for all processes using this database (files in `state_dir`)."""
         return SharedSlots(state_dir / f"{name}.slots", count)
+
+    def token_keeper(self, token_file: Path) -> TokenKeeper:
+        """Where the MoyKlass token is shared: on one machine, the file TOKEN_FILE_PATH."""
+        return FileTokenKeeper(token_file)
 
     def serialize_on(self, db: sqlite3.Connection, key: str) -> None:
         """Make a check-then-insert on `key` atomic: SQLite's writers already take turns."""

@@ -23,6 +23,7 @@ import psycopg
 from database import PostgresConnection
 from locks import WouldWait
 from store import DatabaseUnavailable, Store
+from token_store import Token, parse_expires_at
 
 # The schema as SQLite's migrations 1-6 leave it, in PostgreSQL's types: REAL there is a
 # 64-bit float (DOUBLE PRECISION here; PostgreSQL's REAL has 24 bits, not enough for epoch
@@ -149,7 +150,10 @@ CREATE TABLE ignored_webhooks (
 BASELINE_VERSION = 6  # the SQLite migrations BASELINE stands for
 POSTGRES_MIGRATIONS: list[str | None] = [None] * (BASELINE_VERSION - 1) + [BASELINE] + [
     "CREATE TABLE rate_limits (name TEXT PRIMARY KEY, next_free DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE moyklass_tokens (name TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at TEXT NOT NULL,"
+    " until_rejected BOOLEAN NOT NULL)",
 ]
+TOKEN_LOCK = 0x5_3B_0C  # pg_advisory_xact_lock key: one host fetches the MoyKlass token at a time
 POLL_SECONDS = 0.002  # a send slot is polled while all are taken
 MIGRATION_LOCK = 0x5_3B_0B  # pg_advisory_xact_lock key: one host migrates at a time
 
@@ -218,6 +222,9 @@ class PostgresStore(Store):
 
     def send_slots(self, name: str, count: int, state_dir: Path) -> DatabaseSlots:
         return DatabaseSlots(self, name, count)
+
+    def token_keeper(self, token_file: Path) -> DatabaseTokenKeeper:
+        return DatabaseTokenKeeper(self)
 
     def serialize_on(self, db: Any, key: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
@@ -290,3 +297,32 @@ class DatabaseSlots:
             if deadline is not None and time.monotonic() >= deadline:
                 raise WouldWait(f"all {self.count} send slots of {self.name} stayed taken")
             time.sleep(POLL_SECONDS)
+
+
+class DatabaseTokenKeeper:
+    """The MoyKlass token in a row, shared by every host; its renewal holds an advisory lock for
+    the transaction, so hosts starting together fetch one token between them."""
+
+    def __init__(self, store: PostgresStore):
+        self._store = store
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._store.transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (TOKEN_LOCK,))
+            yield
+
+    def read(self) -> Token | None:
+        row = self._store.connection().execute(
+            "SELECT value, expires_at, until_rejected FROM moyklass_tokens WHERE name = 'moyklass'").fetchone()
+        return Token(row[0], parse_expires_at(row[1]), row[2]) if row else None
+
+    def write(self, token: Token) -> None:
+        self._store.connection().execute(
+            "INSERT INTO moyklass_tokens (name, value, expires_at, until_rejected) VALUES ('moyklass', ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,"
+            " until_rejected = excluded.until_rejected",
+            (token.value, token.expires_at.isoformat(), token.until_rejected))
+
+    def forget(self) -> None:
+        self._store.connection().execute("DELETE FROM moyklass_tokens WHERE name = 'moyklass'")

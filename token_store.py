@@ -1,8 +1,9 @@
-"""The MoyKlass access token, cached in one file and shared by every process of the service.
+"""The MoyKlass access token, kept in one place and shared by every process of the service.
 
 A token lives 7 days, so all gunicorn workers and the worker process share one: it is read
-from TOKEN_FILE_PATH, fetched only when missing or near expiry, and the fetch happens under an
-exclusive file lock so that processes starting together fetch one token between them.
+from its keeper (the file TOKEN_FILE_PATH; on PostgreSQL a row, shared by every host), fetched
+only when missing or near expiry, and the fetch happens under the keeper's exclusive lock so
+that processes starting together fetch one token between them.
 A token MoyKlass issues already expired by this host's clock (the clock is ahead of MoyKlass',
 or MoyKlass sent an odd expiry) is kept until MoyKlass answers 401, or every call would fetch one.
 """
@@ -17,6 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Protocol
 
 from locks import FileLock
 
@@ -43,24 +45,35 @@ def parse_expires_at(raw: str) -> datetime:
     return moment
 
 
+class TokenKeeper(Protocol):
+    """Where the token is kept for every process to share, and the lock its renewal holds."""
+
+    def held(self) -> AbstractContextManager[Any]: ...
+
+    def read(self) -> Token | None: ...
+
+    def write(self, token: Token) -> None: ...
+
+    def forget(self) -> None: ...
+
+
 class TokenStore:
     """Returns a usable token, fetching a new one with `fetch` only when none is usable."""
 
-    def __init__(self, path: Path, fetch: Callable[[], Token]):
-        self.path = path
+    def __init__(self, keeper: TokenKeeper, fetch: Callable[[], Token]):
+        self._keeper = keeper
         self._fetch = fetch
-        self._lock = FileLock(path.with_name(path.name + ".lock"))
         self._cached: Token | None = None
 
     def get(self) -> Token:
         cached = self._cached
         if cached and cached.usable():
             return cached
-        with self._held():
-            token = self._read()
+        with self._keeper.held():
+            token = self._keeper.read()
             if token is None or not token.usable():
                 token = self._fetch_new()
-                self._write(token)
+                self._keeper.write(token)
             self._cached = token
             return token
 
@@ -80,18 +93,29 @@ class TokenStore:
 
     def invalidate(self, rejected: Token) -> None:
         """Forget `rejected` (MoyKlass answered 401 to it) unless another process already replaced it."""
-        with self._held():
+        with self._keeper.held():
             if self._cached == rejected:
                 self._cached = None
-            current = self._read()
+            current = self._keeper.read()
             if current is not None and current.value == rejected.value:
-                self.path.unlink(missing_ok=True)
+                self._keeper.forget()
 
-    def _held(self) -> AbstractContextManager[int]:
+
+class FileTokenKeeper:
+    """The token in a 0600 JSON file, replaced atomically, renewed under a FileLock beside it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = FileLock(path.with_name(path.name + ".lock"))
+
+    def held(self) -> AbstractContextManager[int]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return self._lock.hold()
 
-    def _read(self) -> Token | None:
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def read(self) -> Token | None:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             return Token(str(data["accessToken"]), parse_expires_at(data["expiresAt"]),
@@ -102,7 +126,7 @@ class TokenStore:
             log.warning("Token file %s is corrupt (%s); fetching a new token", self.path, error)
             return None
 
-    def _write(self, token: Token) -> None:
+    def write(self, token: Token) -> None:
         data = {"accessToken": token.value, "expiresAt": token.expires_at.isoformat(),
                 "untilRejected": token.until_rejected}
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".token-")

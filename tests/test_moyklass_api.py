@@ -25,6 +25,7 @@ from phones import to_e164
 from sms_bulk_app import create_app
 from tests.conftest import FIXTURES, load_fixture
 from tests.fakes import moyklass_lesson, moyklass_user, numbered_phone
+from token_store import FileTokenKeeper
 
 SPEC = json.loads((FIXTURES / "moyklass-openapi-subset.json").read_text(encoding="utf-8"))
 INT_RANGES = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}
@@ -33,7 +34,7 @@ INT_RANGES = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}
 def make_client(moyklass, tmp_path, cache_seconds: float = 300) -> MoyKlassClient:
     """The client as build_services makes it, with no rate limit of its own: the fake's 7/s is the one."""
     url = f"http://127.0.0.1:{moyklass.port}/v1"
-    return MoyKlassClient(url, moyklass.api_key, tmp_path / "token.json",
+    return MoyKlassClient(url, moyklass.api_key, FileTokenKeeper(tmp_path / "token.json"),
                           SharedRateLimiter(tmp_path / "moyklass.rate", 1000), (3.05, 5.0),
                           cache_seconds)
 

@@ -159,3 +159,16 @@ def test_send_slots_are_shared_by_all_hosts_and_freed_with_a_dead_hosts_connecti
         holder.wait()
     with other.hold(time.monotonic() + 5):  # its connection closed with it: the slot is free
         pass
+
+
+def test_hosts_share_one_moyklass_token_through_the_database(settings, postgres_url, moyklass, oneclick, tmp_path):
+    """Two hosts (their own DATA_DIR, no shared file): one token fetched between them, no token file."""
+    settings["DATABASE_URL"] = postgres_url
+    for n in (1, 2):
+        moyklass.add_user(1000 + n, f"38164100000{n}")
+        host = create_app(settings | {"DATA_DIR": str(tmp_path / f"host{n}")}).test_client()
+        payload = load_fixture("sub_lessons_left")
+        payload["object"]["userId"] = 1000 + n
+        assert host.post("/webhook", json=payload).status_code == 200
+    assert (moyklass.token_calls, len(oneclick.messages)) == (1, 2)
+    assert not any((tmp_path / f"host{n}" / "token.json").exists() for n in (1, 2))

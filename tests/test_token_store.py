@@ -1,4 +1,6 @@
-"""token_store.py: one token in a 0600 file, reused, replaced when corrupt or near expiry."""
+"""token_store.py: one token in a 0600 file, reused, replaced when corrupt or near expiry.
+
+The file is SQLite's keeper: on PostgreSQL the token is a row (tests/test_postgresql.py)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from sms_bulk_app import create_app
-from tests.conftest import load_fixture
+from tests.conftest import load_fixture, sqlite_only
 from token_store import parse_expires_at
+
+pytestmark = sqlite_only
 
 
 @pytest.mark.parametrize("raw", ["2026-11-30T10:00:00+03:00", "2026-11-30T07:00:00.000Z",
