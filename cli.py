@@ -25,6 +25,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server, select_address_fam
 import api_keys
 import clients
 from config import ConfigError
+from database import POSTGRESQL, BadDatabaseUrl, parse_database_url
 from events import MOYKLASS_EVENTS
 from logs import ACCESS_LOGGER, setup_access_log
 from moyklass import MoyKlassError
@@ -32,6 +33,7 @@ from phones import InvalidPhone, to_e164
 from schemas import too_many_parts
 from sms_bulk_app import Services, _load_config, build_services, create_app, new_worker, services
 from store import MAX_ID, DatabaseUnavailable
+from store_postgresql import PostgresStore
 from worker import run_until_signalled
 
 CSV_COLUMN_MEANINGS = {
@@ -279,6 +281,41 @@ def _csv_columns_help() -> str:
     return "CSV columns (a header row names them, in any order):\n" + "\n".join(lines)
 
 
+def _postgresql_url(text: str) -> str:
+    try:
+        backend = parse_database_url(text)
+    except BadDatabaseUrl as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if backend.engine != POSTGRESQL:
+        raise argparse.ArgumentTypeError("--to names a PostgreSQL database: postgresql://user@host:5432/name")
+    return text
+
+
+def _migrate_db(app_services: Services, url: str) -> int:
+    """Copy every data table, ids kept, into an empty PostgreSQL database and compare the counts.
+    The copy is one consistent moment of the SQLite database: stop the service first, or what it
+    writes meanwhile stays behind."""
+    if isinstance(app_services.store, PostgresStore):
+        print("migrate-db: DATABASE_URL names PostgreSQL already; run it with the SQLite deployment's settings",
+              file=sys.stderr)
+        return 1
+    target = PostgresStore(url, app_services.config.database_timeout)
+    try:
+        target.initialize()
+        copied = target.copy_from(app_services.store)
+        counts = target.table_counts()
+    except DatabaseUnavailable as error:
+        print(f"migrate-db: {error}", file=sys.stderr)
+        return 1
+    for table, count in copied.items():
+        print(f"{table:<18} {count:>9} copied, {counts[table]:>9} in PostgreSQL")
+    if counts != copied:
+        print("migrate-db: the row counts differ; do not switch DATABASE_URL", file=sys.stderr)
+        return 1
+    print("done: set DATABASE_URL to this database on every host and restart the service")
+    return 0
+
+
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The whole command line, and `send`'s own parser for the checks argparse cannot express."""
     parser = argparse.ArgumentParser(
@@ -302,6 +339,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sync = commands.add_parser("sync-moyklass", help="upsert every MoyKlass student as a client")
     sync.add_argument("--client-state-id", type=_positive, action="append", dest="client_state_ids",
                       help="only students in this state (may be repeated)")
+    migrate = commands.add_parser("migrate-db", help="copy this SQLite database into an empty PostgreSQL one")
+    migrate.add_argument("--to", required=True, type=_postgresql_url, metavar="postgresql://USER:PASSWORD@HOST/DB",
+                         help="the empty PostgreSQL database the service will use (DATABASE_URL)")
     keys = commands.add_parser("keys", help="API keys for /api/v1")
     key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     create = key_commands.add_parser("create", help="create a key and print it once")
@@ -341,6 +381,8 @@ def _run(app_services: Services, args: argparse.Namespace) -> int:
         return _sync_moyklass(app_services, args.client_state_ids)
     if args.command == "keys":
         return _keys(app_services, args)
+    if args.command == "migrate-db":
+        return _migrate_db(app_services, args.to)
     return _send(app_services, args)
 
 

@@ -212,6 +212,11 @@ MIGRATIONS = [
     """,
 ]
 
+# The tables that hold the service's data, referenced ones first: what migrate-db copies. The
+# shared limits and the token (rate_limits, moyklass_tokens) start afresh on the new database.
+DATA_TABLES = ("mailings", "lesson_reminders", "clients", "client_tags", "messages", "api_keys",
+               "provider_pauses", "ignored_webhooks")
+
 
 def _rebuild_with_autoincrement(db: sqlite3.Connection, tables: tuple[str, ...]) -> None:
     """Recreate each table with `id INTEGER PRIMARY KEY AUTOINCREMENT`, keeping rows and indexes.
@@ -436,6 +441,29 @@ class Store:
     def send_slots(self, name: str, count: int, state_dir: Path) -> SharedSlots:
         """At most `count` holders at once for all processes using this database (files in `state_dir`)."""
         return SharedSlots(state_dir / f"{name}.slots", count)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Callable[[str], Iterator[tuple[list[str], list[tuple]]]]]:
+        """A consistent read of every table at one moment (one read transaction, while writers go
+        on): yields `batches(table)`, which gives (columns, up to 1000 rows) at a time."""
+        db = sqlite3.connect(self.path, timeout=self.timeout)
+        try:
+            db.execute("BEGIN")
+
+            def batches(table: str) -> Iterator[tuple[list[str], list[tuple]]]:
+                cursor = db.execute(f"SELECT * FROM {table}")
+                columns = [column[0] for column in cursor.description]
+                while rows := cursor.fetchmany(1000):
+                    yield columns, rows
+
+            yield batches
+        finally:
+            db.close()
+
+    def table_counts(self) -> dict[str, int]:
+        """Rows in each of DATA_TABLES."""
+        db = self.connection()
+        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in DATA_TABLES}
 
     def token_keeper(self, token_file: Path) -> TokenKeeper:
         """Where the MoyKlass token is shared: on one machine, the file TOKEN_FILE_PATH."""

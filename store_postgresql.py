@@ -22,7 +22,7 @@ import psycopg
 
 from database import PostgresConnection
 from locks import WouldWait
-from store import DatabaseUnavailable, Store
+from store import DATA_TABLES, DatabaseUnavailable, Store
 from token_store import Token, parse_expires_at
 
 # The schema as SQLite's migrations 1-6 leave it, in PostgreSQL's types: REAL there is a
@@ -225,6 +225,31 @@ class PostgresStore(Store):
 
     def token_keeper(self, token_file: Path) -> DatabaseTokenKeeper:
         return DatabaseTokenKeeper(self)
+
+    def copy_from(self, source: Store) -> dict[str, int]:
+        """Copy every data table of `source` (an SQLite store) into this empty database in one
+        transaction, ids kept, each identity then set past the highest id; the rows copied."""
+        if any(self.table_counts().values()):
+            raise DatabaseUnavailable("the PostgreSQL database is not empty: migrate-db copies into an empty one")
+        copied = dict.fromkeys(DATA_TABLES, 0)
+        try:
+            with source.snapshot() as batches, self.transaction() as db:
+                for table in DATA_TABLES:
+                    for columns, rows in batches(table):
+                        db.executemany(f"INSERT INTO {table} ({', '.join(columns)})"
+                                       f" VALUES ({', '.join('?' for _ in columns)})", rows)
+                        copied[table] += len(rows)
+                    if "id" in self._columns(db, table):
+                        db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                                   f" coalesce((SELECT max(id) FROM {table}), 0) + 1, false)")
+        except psycopg.Error as error:  # a row PostgreSQL refuses: nothing was copied
+            raise DatabaseUnavailable(f"PostgreSQL refused the copy, nothing was kept: {_first_line(error)}") from None
+        return copied
+
+    @staticmethod
+    def _columns(db: Any, table: str) -> set[str]:
+        return {row[0] for row in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))}
 
     def serialize_on(self, db: Any, key: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))

@@ -14,11 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+import api_keys
+import clients
 from locks import WouldWait
+from schemas import ClientCreate
 from sms_bulk_app import create_app
 from store import MIGRATIONS, SENDING, SENT
 from store_postgresql import POSTGRES_MIGRATIONS, PostgresStore
-from tests.conftest import ROOT, load_fixture, settings_store
+from tests.conftest import ROOT, load_fixture, run_command, settings_store
 
 
 def queued_store(url: str, count: int) -> PostgresStore:
@@ -172,3 +175,27 @@ def test_hosts_share_one_moyklass_token_through_the_database(settings, postgres_
         assert host.post("/webhook", json=payload).status_code == 200
     assert (moyklass.token_calls, len(oneclick.messages)) == (1, 2)
     assert not any((tmp_path / f"host{n}" / "token.json").exists() for n in (1, 2))
+
+
+def test_migrate_db_copies_a_sqlite_deployment_with_its_ids_and_counts(settings, postgres_url, moyklass, oneclick):
+    """Webhooks, a client with tags, an API key, a gap in the ids: all copied, ids kept, and the
+    next id after the highest; the service then runs on PostgreSQL where it stopped."""
+    moyklass.add_user(1001, "381641000001")
+    app = create_app(settings)
+    client = app.test_client()
+    assert client.post("/webhook", json=load_fixture("sub_lessons_left")).status_code == 200
+    store = app.extensions["sms_bulk_app"].store
+    store.enqueue_many("test", 3600, [("+381641000002", f"Poruka {i}", None, None) for i in range(5)])
+    store.connection().execute("DELETE FROM messages WHERE id = 3")  # a gap, as deletions leave
+    api_keys.create(store, "ops", ["read"], None)
+    clients.create(store, ClientCreate(phone="0641000009", name="Ana", tags=["robotika", "pon"]), "Europe/Belgrade")
+    result = run_command(settings, "migrate-db", "--to", postgres_url)
+    assert result.returncode == 0, result.stderr
+    assert "messages                   5 copied,         5 in PostgreSQL" in result.stdout
+    moved = settings_store(settings | {"DATABASE_URL": postgres_url})
+    assert [moved.message(i) is not None for i in range(1, 8)] == [True, True, False, True, True, True, False]
+    assert moved.message(1)["status"] == SENT and moved.client(1)["tags"] == ["pon", "robotika"]
+    assert moved.enqueue("test", 60, phone="+381641000003", text="next") == 7
+    again = run_command(settings, "migrate-db", "--to", postgres_url)
+    assert (again.returncode, again.stderr) == (
+        1, "migrate-db: the PostgreSQL database is not empty: migrate-db copies into an empty one\n")
