@@ -16,11 +16,20 @@ from datetime import time as clock_time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from schemas import MAILING_FIELDS, STATUS_NAMES, MailingCreate
-from store import MESSAGE_COLUMNS, QUEUED, SENDING, MailingProgress, Store
+from schemas import MAILING_FIELDS, MailingCreate
+from store import (
+    CANCELED_STATE,
+    FINISHED,
+    MESSAGE_COLUMNS,
+    QUEUED,
+    SCHEDULED,
+    SENDING,
+    STARTED,
+    STATUSES,
+    MailingProgress,
+    Store,
+)
 from texts import Template
-
-SCHEDULED, STARTED, FINISHED, CANCELED_STATE = "scheduled", "started", "finished", "canceled"
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +211,7 @@ def stats_all(store: Store) -> list[dict[str, Any]]:
 
 
 def _stats(progress: MailingProgress) -> dict[str, Any]:
-    counts = {status: progress.counts.get(status, 0) for status in STATUS_NAMES}
+    counts = {status: progress.counts.get(status, 0) for status in STATUSES}
     total = sum(counts.values())
     waiting = counts[QUEUED] + counts[SENDING]
     return {"id": progress.mailing_id, "state": progress.state, "total": total, "counts": counts,

@@ -26,7 +26,7 @@ from pydantic import (
 
 from events import EVENT_NAME, MOYKLASS_EVENTS
 from phones import InvalidPhone, to_e164
-from store import MAX_ID
+from store import MAILING_STATES, MAX_ID, STATUSES
 from texts import Template, TemplateError, measure
 
 MAILING_FIELDS = frozenset({"name", "first_name"})  # what a mailing's text may use, per client
@@ -318,7 +318,7 @@ class MailingUpdate(Strict):
         return None if value is None else check_mailing_text(value, info)
 
 
-MailingState = Literal["scheduled", "started", "finished", "canceled"]
+MailingState = Literal[MAILING_STATES]
 
 
 class Mailing(BaseModel):
@@ -339,8 +339,7 @@ class MailingList(BaseModel):
     items: list[Mailing]
 
 
-STATUS_NAMES = ("QUEUED", "SENDING", "SENT", "DELIVERED", "UNDELIVERED", "FAILED", "EXPIRED", "CANCELED")
-StatusName = Literal["QUEUED", "SENDING", "SENT", "DELIVERED", "UNDELIVERED", "FAILED", "EXPIRED", "CANCELED"]
+StatusName = Literal[STATUSES]
 
 
 class MailingStats(BaseModel):

@@ -41,6 +41,10 @@ QUEUED, SENDING, SENT = "QUEUED", "SENDING", "SENT"
 DELIVERED, UNDELIVERED = "DELIVERED", "UNDELIVERED"
 FAILED, EXPIRED, CANCELED = "FAILED", "EXPIRED", "CANCELED"
 STATUSES = (QUEUED, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED)
+
+# A mailing: scheduled -> started -> finished (no message left QUEUED or SENDING), or canceled.
+SCHEDULED, STARTED, FINISHED, CANCELED_STATE = "scheduled", "started", "finished", "canceled"
+MAILING_STATES = (SCHEDULED, STARTED, FINISHED, CANCELED_STATE)
 FINAL_STATUSES = frozenset({DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED})
 
 MAILING_COLUMNS = ("start_at", "end_at", "text", "filter", "window_from", "window_to")  # those a caller sets
@@ -775,8 +779,8 @@ class Store:
                    "deadline")
         count = 0
         with self.transaction() as db:
-            started = db.execute("UPDATE mailings SET state = 'started', started_at = ?, updated_at = ?"
-                                 " WHERE id = ? AND state = 'scheduled' AND updated_at = ?",
+            started = db.execute(f"UPDATE mailings SET state = '{STARTED}', started_at = ?, updated_at = ?"
+                                 f" WHERE id = ? AND state = '{SCHEDULED}' AND updated_at = ?",
                                  (now, now, mailing_id, read_at_update))
             if started.rowcount != 1:
                 return 0
@@ -806,8 +810,8 @@ class Store:
         just before each send (`lease_state`): only sends already on the wire finish."""
         now = time.time()
         with self.transaction() as db:
-            canceled = db.execute("UPDATE mailings SET state = 'canceled', updated_at = ? WHERE id = ?"
-                                  " AND state IN ('scheduled', 'started')", (now, mailing_id)).rowcount
+            canceled = db.execute(f"UPDATE mailings SET state = '{CANCELED_STATE}', updated_at = ? WHERE id = ?"
+                                  f" AND state IN ('{SCHEDULED}', '{STARTED}')", (now, mailing_id)).rowcount
             if canceled:
                 db.execute("UPDATE messages SET status = ?, done_at = ?, updated_at = ? WHERE mailing_id = ?"
                            " AND status = ?", (CANCELED, now, now, mailing_id, QUEUED))
@@ -819,7 +823,7 @@ class Store:
         with self.transaction() as db:
             return dict(db.execute(
                 f"INSERT INTO mailings (created_at, updated_at, state, {', '.join(MAILING_COLUMNS)})"
-                f" VALUES (?, ?, 'scheduled', {_placeholders(MAILING_COLUMNS)}) RETURNING *",
+                f" VALUES (?, ?, '{SCHEDULED}', {_placeholders(MAILING_COLUMNS)}) RETURNING *",
                 (now, now, *(mailing[column] for column in MAILING_COLUMNS))).fetchone())
 
     def mailing(self, mailing_id: int) -> dict[str, Any] | None:
@@ -832,14 +836,14 @@ class Store:
     def due_mailings(self, now: float) -> list[dict[str, Any]]:
         """Scheduled mailings whose start_at has come, the earliest first."""
         return [dict(row) for row in self.connection().execute(
-            "SELECT * FROM mailings WHERE state = 'scheduled' AND start_at <= ? ORDER BY start_at", (now,))]
+            f"SELECT * FROM mailings WHERE state = '{SCHEDULED}' AND start_at <= ? ORDER BY start_at", (now,))]
 
     def change_scheduled_mailing(self, mailing_id: int, mailing: dict[str, Any]) -> bool:
         """Set all MAILING_COLUMNS of a mailing still scheduled; False when it is not (any more)."""
         with self.transaction() as db:
             return db.execute(
                 f"UPDATE mailings SET {', '.join(f'{column} = ?' for column in MAILING_COLUMNS)}, updated_at = ?"
-                f" WHERE id = ? AND state = 'scheduled'",
+                f" WHERE id = ? AND state = '{SCHEDULED}'",
                 (*(mailing[column] for column in MAILING_COLUMNS), time.time(), mailing_id)).rowcount == 1
 
     def delete_unstarted_mailing(self, mailing_id: int) -> bool | None:
@@ -857,7 +861,7 @@ class Store:
     def restart_finished_mailing(self, mailing_id: int, now: float) -> None:
         """A finished mailing whose messages were queued again is started again."""
         with self.transaction() as db:
-            db.execute("UPDATE mailings SET state = 'started', updated_at = ? WHERE id = ? AND state = 'finished'",
+            db.execute(f"UPDATE mailings SET state = '{STARTED}', updated_at = ? WHERE id = ? AND state = '{FINISHED}'",
                        (now, mailing_id))
 
     def mailing_progress(self, mailing_id: int) -> MailingProgress | None:
@@ -977,12 +981,12 @@ class Store:
         Looked for before a write transaction is begun: the scheduler asks every second.
         """
         waiting = f"SELECT 1 FROM messages WHERE mailing_id = mailings.id AND status IN ('{QUEUED}', '{SENDING}')"
-        done = f"SELECT id FROM mailings WHERE state = 'started' AND NOT EXISTS ({waiting})"
+        done = f"SELECT id FROM mailings WHERE state = '{STARTED}' AND NOT EXISTS ({waiting})"
         if not self.connection().execute(done).fetchone():
             return []
         with self.transaction() as db:
             return [row[0] for row in db.execute(
-                f"UPDATE mailings SET state = 'finished', updated_at = ? WHERE id IN ({done}) RETURNING id",
+                f"UPDATE mailings SET state = '{FINISHED}', updated_at = ? WHERE id IN ({done}) RETURNING id",
                 (now,)).fetchall()]
 
     # --- clients and their tags; a client is a dict of CLIENT_COLUMNS and `tags` ---
