@@ -1,11 +1,13 @@
-"""How fast the worker drains the outbox to the gateway, beside a bare keep-alive HTTP loop.
+"""How fast the worker drains the outbox to the gateway, on SQLite and PostgreSQL, beside a bare keep-alive HTTP loop.
 
-    .venv/bin/python bench/bench_drain.py [--messages 100000] [--workers 1] [--rounds 3]
+    .venv/bin/python bench/bench_drain.py [--messages 20000] [--workers 1,2] [--rounds 3]
+                                          [--database sqlite|postgresql|both]
 
-Queues the messages in a fresh database, starts `python sms_bulk_app.py worker` against a
-fake OneClick (its own process) with the rate limit off, and times the drain; then runs a
-bare loop (http.client, keep-alive, as many threads as the worker) against the same fake.
-Prints medians of the rounds and the worker's peak RSS.
+Queues the messages in a fresh database (a file, or a database on a throwaway PostgreSQL
+cluster the script starts and stops), starts `python sms_bulk_app.py worker` (1, then 2 of them)
+against a fake OneClick (its own process) with the rate limit off, and times the drain; then runs
+a bare loop (http.client, keep-alive, as many threads as one worker) against the same fake.
+Prints medians of the rounds, both backends side by side, and the workers' peak RSS.
 """
 from __future__ import annotations
 
@@ -17,11 +19,21 @@ import statistics
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-from common import fake_settings, running_fakes, running_workers
+from common import (
+    add_database_option,
+    bench_store,
+    chosen_databases,
+    fake_settings,
+    fresh_database,
+    postgres_for,
+    print_side_by_side,
+    running_fakes,
+    running_workers,
+)
 
-from store import SENT, Store
+from store import SENT
+from tests.postgres import PostgresServer
 
 CONCURRENCY = 8
 
@@ -34,15 +46,15 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def drain(messages: int, workers: int) -> tuple[float, float]:
+def drain(messages: int, workers: int, engine: str, server: PostgresServer | None) -> tuple[float, float]:
     """Messages per second to drain `messages`, and the peak RSS of the first worker in MB."""
-    with tempfile.TemporaryDirectory() as data_dir, running_fakes(0.0) as fakes:
-        store = Store(Path(data_dir) / "sms_bulk_app.db")
-        store.initialize()
+    with (tempfile.TemporaryDirectory() as data_dir, fresh_database(engine, server, data_dir) as url,
+          running_fakes(0.0) as fakes):
+        store = bench_store(url)
         for start in range(0, messages, 10_000):
             store.enqueue_many("bench", 86400, [(f"+38164{1_000_000 + i:07d}", f"Poruka {i}", None, None)
                                                 for i in range(start, min(start + 10_000, messages))])
-        env = {"PATH": os.environ["PATH"], **fake_settings(fakes), "DATA_DIR": data_dir,
+        env = {"PATH": os.environ["PATH"], **fake_settings(fakes), "DATA_DIR": data_dir, "DATABASE_URL": url,
                "SMS_PROVIDER": "oneclick", "SMS_CONCURRENCY": str(CONCURRENCY), "SMS_DLR_MAX_SECONDS": "0"}
         started = time.monotonic()
         rss = 0.0
@@ -87,25 +99,36 @@ def bare_loop(seconds: float = 5.0) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--workers", default="1,2", help="numbers of worker processes, comma-separated")
     parser.add_argument("--rounds", type=int, default=3)
+    add_database_option(parser)
     args = parser.parse_args()
-    drains, peaks, bares = [], [], []
-    for round_number in range(1, args.rounds + 1):
-        rate, rss = drain(args.messages, args.workers)
-        bare = bare_loop()
-        drains.append(rate)
-        peaks.append(rss)
-        bares.append(bare)
-        print(f"round {round_number}: worker {rate:7.0f} messages/s (peak RSS {rss:.0f} MB),"
-              f" bare loop {bare:7.0f} requests/s", flush=True)
-    print(f"\nmedians of {args.rounds} rounds, {args.messages} messages, {args.workers} worker(s),"
-          f" {CONCURRENCY} senders each")
-    print(f"worker drain   {statistics.median(drains):7.0f} messages/s")
-    print(f"bare loop      {statistics.median(bares):7.0f} requests/s")
-    print(f"ratio          {statistics.median(drains) / statistics.median(bares):7.2f}")
-    print(f"worker peak RSS {max(peaks):6.0f} MB")
+    engines, counts = chosen_databases(args.database), [int(count) for count in args.workers.split(",")]
+    rates: dict[tuple[str, int], list[float]] = {(e, c): [] for e in engines for c in counts}
+    peaks: dict[tuple[str, int], list[float]] = {key: [] for key in rates}
+    bares = []
+    with postgres_for(engines) as server:
+        for round_number in range(1, args.rounds + 1):
+            for engine, count in rates:
+                rate, rss = drain(args.messages, count, engine, server)
+                rates[engine, count].append(rate)
+                peaks[engine, count].append(rss)
+                print(f"round {round_number}: {engine:<10} {count} worker(s) {rate:7.0f} messages/s"
+                      f" ({rate / count:6.0f} per worker, peak RSS {rss:.0f} MB)", flush=True)
+            bares.append(bare_loop())
+            print(f"round {round_number}: bare loop {bares[-1]:7.0f} requests/s", flush=True)
+    medians = {key: statistics.median(values) for key, values in rates.items()}
+    rows = []
+    for count in counts:
+        rows.append((f"{count} worker(s): messages/s", {e: f"{medians[e, count]:.0f}" for e in engines}))
+        rows.append((f"{count} worker(s): per worker", {e: f"{medians[e, count] / count:.0f}" for e in engines}))
+        rows.append((f"{count} worker(s): peak RSS MB", {e: f"{max(peaks[e, count]):.0f}" for e in engines}))
+    if len(counts) > 1:
+        rows.append((f"{counts[-1]} workers / {counts[0]}",
+                     {e: f"{medians[e, counts[-1]] / medians[e, counts[0]]:.2f}" for e in engines}))
+    print_side_by_side(f"medians of {args.rounds} rounds, {args.messages} messages, {CONCURRENCY} senders per worker;"
+                       f" bare loop {statistics.median(bares):.0f} requests/s ({CONCURRENCY} threads)", rows, engines)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes import serve  # noqa: E402  (needs the path above)
+from database import parse_database_url  # noqa: E402  (needs the path above)
+from sms_bulk_app import open_store  # noqa: E402
+from store import Store  # noqa: E402
+from tests.fakes import serve  # noqa: E402
+from tests.postgres import PostgresServer, find_bin_dir, start_server, stop_server  # noqa: E402
+
+DATABASES = ("sqlite", "postgresql")
 
 
 def free_port() -> int:
@@ -195,3 +202,62 @@ def load_options(description: str) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=32)
     return parser.parse_args()
+
+
+# --- both backends side by side ---------------------------------------------------------------
+
+def add_database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database", choices=(*DATABASES, "both"), default="both",
+                        help="the backend(s) to measure, side by side in one run (default: both)")
+
+
+def chosen_databases(choice: str) -> list[str]:
+    return list(DATABASES) if choice == "both" else [choice]
+
+
+@contextmanager
+def postgres_for(engines: list[str]) -> Iterator[PostgresServer | None]:
+    """A throwaway PostgreSQL cluster (tests/postgres.py) if "postgresql" is among `engines`, stopped at the end."""
+    if "postgresql" not in engines:
+        yield None
+        return
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        raise SystemExit("PostgreSQL is not installed (no initdb): run with --database sqlite")
+    server = start_server(bin_dir)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@contextmanager
+def fresh_database(engine: str, server: PostgresServer | None, data_dir: str) -> Iterator[str]:
+    """The DATABASE_URL of a new, empty database: a file in `data_dir`, or a database on `server`
+    (dropped at the end)."""
+    if engine == "sqlite":
+        yield f"sqlite://{Path(data_dir).resolve() / 'sms_bulk_app.db'}"
+        return
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    url = server.create_database(name)
+    try:
+        yield url
+    finally:
+        server.drop_database(name)
+
+
+def bench_store(url: str) -> Store:
+    """The database at `url`, migrated, for the benchmark's own set-up and checks (a generous statement
+    timeout on PostgreSQL: filling a million rows is not what is measured)."""
+    store = open_store(parse_database_url(url), 600.0)
+    store.initialize()
+    return store
+
+
+def print_side_by_side(title: str, rows: list[tuple[str, dict[str, str]]], engines: list[str]) -> None:
+    """A table: one line per measure, one column per backend."""
+    print(f"\n{title}")
+    width = max(len(label) for label, _ in rows)
+    print(f"{'':<{width}}  " + "  ".join(f"{engine:>12}" for engine in engines))
+    for label, values in rows:
+        print(f"{label:<{width}}  " + "  ".join(f"{values.get(engine, '-'):>12}" for engine in engines))
