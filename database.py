@@ -10,9 +10,10 @@ business, asked through `Backend`.
 """
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def _row_factory(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
 
 
 _QMARK = re.compile(r"\?")
+_STREAMS = itertools.count()  # names of server-side cursors
 
 
 def _pyformat(sql: str) -> str:
@@ -105,6 +107,14 @@ class PostgresConnection:
         cursor = self._connection.cursor()
         cursor.executemany(_pyformat(sql), list(rows))
         return cursor
+
+    def stream(self, sql: str, params: Sequence[Any] = (), batch: int = 5000) -> Iterator[Row]:
+        """The rows of a query read `batch` at a time through a server-side cursor, where execute
+        would load them all into memory; inside a transaction, which the cursor lives in."""
+        with self._connection.cursor(name=f"stream_{next(_STREAMS)}") as cursor:
+            cursor.itersize = batch
+            cursor.execute(_pyformat(sql), params)
+            yield from cursor
 
     @property
     def usable(self) -> bool:

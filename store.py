@@ -1076,8 +1076,11 @@ class Store:
         """The clients (id, phone, name, timezone) with any of the tags and any of the operator codes,
         read as they are iterated (inside start_mailing's transaction, when a mailing starts)."""
         conditions, params = _client_filter(tags, operator_codes)
-        yield from self.connection().execute(f"SELECT c.id, c.phone, c.name, c.timezone FROM clients c"
-                                             f"{_where(conditions)}", params)
+        yield from self._stream(f"SELECT c.id, c.phone, c.name, c.timezone FROM clients c{_where(conditions)}", params)
+
+    def _stream(self, sql: str, params: list[Any]) -> Iterator[Any]:
+        """The rows of a big query as they are iterated (SQLite's cursor reads them so)."""
+        return self.connection().execute(sql, params)
 
     @staticmethod
     def _set_tags(db: sqlite3.Connection, client_id: int, tags: Iterable[str]) -> None:

@@ -251,6 +251,9 @@ class PostgresStore(Store):
         return {row[0] for row in db.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))}
 
+    def _stream(self, sql: str, params: list[Any]) -> Iterator[Any]:
+        return self.connection().stream(sql, params)
+
     def serialize_on(self, db: Any, key: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
 

@@ -180,6 +180,7 @@ def test_hosts_share_one_moyklass_token_through_the_database(settings, postgres_
 def test_migrate_db_copies_a_sqlite_deployment_with_its_ids_and_counts(settings, postgres_url, moyklass, oneclick):
     """Webhooks, a client with tags, an API key, a gap in the ids: all copied, ids kept, and the
     next id after the highest; the service then runs on PostgreSQL where it stopped."""
+    settings.pop("DATABASE_URL", None)  # the deployment moved is SQLite's, also under SMS_TEST_DATABASE=postgresql
     moyklass.add_user(1001, "381641000001")
     app = create_app(settings)
     client = app.test_client()
