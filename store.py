@@ -325,6 +325,13 @@ def webhook_dedup_key(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def run_script(db: Any, script: str) -> None:
+    """Each statement of a migration's SQL, in the caller's transaction (execute takes one at a time)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def _placeholders(values: Iterable[Any]) -> str:
     return ", ".join("?" for _ in values)
 
@@ -375,9 +382,7 @@ class Store:
                     if callable(migration):
                         migration(db)
                     else:
-                        for statement in migration.split(";"):
-                            if statement.strip():
-                                db.execute(statement)
+                        run_script(db, migration)
                     db.execute(f"PRAGMA user_version = {number}")
                 broken = db.execute("PRAGMA foreign_key_check").fetchall()
                 if broken:

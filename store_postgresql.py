@@ -22,7 +22,7 @@ import psycopg
 
 from database import PostgresConnection
 from locks import WouldWait
-from store import DATA_TABLES, DatabaseUnavailable, Store
+from store import DATA_TABLES, DatabaseUnavailable, Store, run_script
 from token_store import Token, parse_expires_at
 
 # The schema as SQLite's migrations 1-6 leave it, in PostgreSQL's types: REAL there is a
@@ -178,9 +178,7 @@ class PostgresStore(Store):
             row = db.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else 0
             for migration in filter(None, POSTGRES_MIGRATIONS[version:]):
-                for statement in migration.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                run_script(db, migration)
             if len(POSTGRES_MIGRATIONS) > version:
                 db.execute("DELETE FROM schema_version")
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (len(POSTGRES_MIGRATIONS),))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from database import parse_database_url
+from config import load_config
 from sms_bulk_app import create_app, open_store
 from store import Store
 from tests.fakes import FakeMoyKlass, FakeOneClick
@@ -71,10 +71,7 @@ def settings(tmp_path, moyklass, oneclick, database_settings) -> dict[str, str]:
 def settings_store(settings: dict[str, str]) -> Store:
     """The store an app built from `settings` uses, opened and migrated: SQLite in DATA_DIR, or
     DATABASE_URL's."""
-    if "DATABASE_URL" in settings:
-        store = open_store(parse_database_url(settings["DATABASE_URL"]), 5.0)
-    else:
-        store = Store(Path(settings["DATA_DIR"]) / "sms_bulk_app.db")
+    store = open_store(load_config(settings).database, 5.0)
     store.initialize()
     return store
 
