@@ -23,13 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from database import parse_database_url  # noqa: E402  (needs the path above)
+from database import POSTGRESQL, SQLITE, parse_database_url  # noqa: E402  (needs the path above)
 from sms_bulk_app import open_store  # noqa: E402
 from store import Store  # noqa: E402
 from tests.fakes import serve  # noqa: E402
 from tests.postgres import PostgresServer, find_bin_dir, start_server, stop_server  # noqa: E402
 
-DATABASES = ("sqlite", "postgresql")
+DATABASES = (SQLITE, POSTGRESQL)
 
 
 def free_port() -> int:
@@ -218,7 +218,7 @@ def chosen_databases(choice: str) -> list[str]:
 @contextmanager
 def postgres_for(engines: list[str]) -> Iterator[PostgresServer | None]:
     """A throwaway PostgreSQL cluster (tests/postgres.py) if "postgresql" is among `engines`, stopped at the end."""
-    if "postgresql" not in engines:
+    if POSTGRESQL not in engines:
         yield None
         return
     bin_dir = find_bin_dir()
@@ -235,7 +235,7 @@ def postgres_for(engines: list[str]) -> Iterator[PostgresServer | None]:
 def fresh_database(engine: str, server: PostgresServer | None, data_dir: str) -> Iterator[str]:
     """The DATABASE_URL of a new, empty database: a file in `data_dir`, or a database on `server`
     (dropped at the end)."""
-    if engine == "sqlite":
+    if engine == SQLITE:
         yield f"sqlite://{Path(data_dir).resolve() / 'sms_bulk_app.db'}"
         return
     name = f"bench_{uuid.uuid4().hex[:12]}"
