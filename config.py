@@ -11,13 +11,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import phonenumbers
 
 from database import SQLITE, Backend, BadDatabaseUrl, parse_database_url
 from events import MOYKLASS_EVENTS, family_of
-from providers import PROVIDERS
+from providers import PROVIDERS, Provider, Setting, Shared
 from schemas import is_iana_time_zone
 from texts import TEMPLATE_FIELDS, Template, TemplateError
 
@@ -27,7 +28,6 @@ DEFAULT_SMS_TEXT = (
 # What SMS_TEXT is for: the reminder it was written for, and webhooks with no event (the seed's
 # minimal body). Every other event sends only with its own SMS_TEXT_<EVENT>.
 DEFAULT_TEXT_EVENTS = (None, "sub_lessons_left")
-ONECLICK_SEND_URL = "https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx"
 CONNECT_TIMEOUT = 3.05  # seconds to open a connection to MoyKlass or a gateway
 SENDER_PATTERN = re.compile(r"^(?:[A-Za-z0-9 .\-]{1,11}|\+?\d{1,15})$")
 
@@ -58,10 +58,9 @@ class Config:
     moyklass_api_url: str
     moyklass_rate_per_sec: float
     http_timeout: float
-    sms_provider: str
-    sms_api_url: str
-    sms_username: str | None
-    sms_password: str | None = field(repr=False)
+    sms_providers: tuple[str, ...]  # SMS_PROVIDERS, in order
+    provider_settings: dict[str, dict[str, Any]] = field(repr=False)  # by provider, by Setting.name
+    public_url: str | None
     sms_sender: str
     sms_text: Template
     sms_text_by_event: dict[str, Template] = field(default_factory=dict)
@@ -84,6 +83,16 @@ class Config:
     user_cache_seconds: int = 300  # MoyKlass users kept per process; 0: every lookup asks MoyKlass
     sms_recipients: str = "student"  # student | parent | both
     sms_parent_phone_attribute: str | None = None  # alias of the students' phone attribute for a parent
+
+    @property
+    def sms_provider(self) -> str:
+        """The provider every message is sent through: the first of SMS_PROVIDERS."""
+        return self.sms_providers[0]
+
+    @property
+    def shared(self) -> Shared:
+        """What every provider is built with besides its own settings."""
+        return Shared(self.http_timeouts, self.public_url)
 
     @property
     def http_timeouts(self) -> tuple[float, float]:
@@ -128,7 +137,9 @@ class Config:
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line or an error message."""
         database_password = urlsplit(self.database.url).password if self.database.url else None
-        return [s for s in (self.api_key, self.sms_password, self.webhook_secret, database_password) if s]
+        provider_secrets = [values[setting.name] for name, values in self.provider_settings.items()
+                            for setting in PROVIDERS[name].settings if setting.secret]
+        return [s for s in (self.api_key, self.webhook_secret, database_password, *provider_secrets) if s]
 
 
 class _Reader:
@@ -216,14 +227,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     read = _Reader(env)
 
     data_dir = Path(read.text("DATA_DIR", "data")).expanduser().resolve()
-    sms_provider = read.choice("SMS_PROVIDER", "console", tuple(PROVIDERS))
-    sms_username = read.text("SMS_USERNAME")
-    sms_password = read.text("SMS_PASSWORD")
-    if sms_provider == "oneclick":
-        for name, value in (("SMS_USERNAME", sms_username), ("SMS_PASSWORD", sms_password)):
-            if not value:
-                read.problems.append(f"{name} is required when SMS_PROVIDER=oneclick")
-
+    sms_providers = _provider_names(read)
+    provider_settings = {name: _provider_settings(read, PROVIDERS[name]) for name in sms_providers}
+    public_url = read.text("PUBLIC_URL")
     sms_sender = read.text("SMS_SENDER", "SmartLab")
     if not SENDER_PATTERN.match(sms_sender):
         read.problems.append(
@@ -268,10 +274,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         moyklass_api_url=read.url("MOYKLASS_API_URL", "https://api.moyklass.com/v1"),
         moyklass_rate_per_sec=read.number("MOYKLASS_RATE_PER_SEC", 6.0, 0.1),
         http_timeout=read.number("HTTP_TIMEOUT", 10.0, 0.1),
-        sms_provider=sms_provider,
-        sms_api_url=read.url("SMS_API_URL", ONECLICK_SEND_URL),
-        sms_username=sms_username,
-        sms_password=sms_password,
+        sms_providers=sms_providers,
+        provider_settings=provider_settings,
+        public_url=read.url("PUBLIC_URL", public_url) if public_url else None,
         sms_sender=sms_sender,
         sms_text=read.template("SMS_TEXT", DEFAULT_SMS_TEXT),
         sms_text_by_event=sms_text_by_event,
@@ -308,6 +313,55 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     if read.problems:
         raise ConfigError(read.problems)
     return config
+
+
+def _provider_names(read: _Reader) -> tuple[str, ...]:
+    """SMS_PROVIDERS (a comma list), else SMS_PROVIDER (one, the first release's), else console."""
+    raw = read.text("SMS_PROVIDERS") or read.text("SMS_PROVIDER") or "console"
+    names = tuple(name.strip().lower() for name in raw.split(",") if name.strip())
+    unknown = [name for name in names if name not in PROVIDERS]
+    if unknown:
+        read.problems.append(f"no provider {', '.join(map(repr, unknown))}: choose from {', '.join(PROVIDERS)}")
+    if len(set(names)) != len(names):
+        read.problems.append(f"SMS_PROVIDERS={raw!r} names a provider twice")
+    known = tuple(dict.fromkeys(name for name in names if name in PROVIDERS))
+    return known or ("console",)
+
+
+def _provider_settings(read: _Reader, provider: type[Provider]) -> dict[str, Any]:
+    """Every setting `provider` declares, from `<PROVIDER>_<SETTING>` (or its legacy name), checked
+    and typed; a missing required one is named with the provider that needs it."""
+    return {setting.name: _provider_setting(read, provider, setting) for setting in provider.settings}
+
+
+def _provider_setting(read: _Reader, provider: type[Provider], setting: Setting) -> Any:
+    name = provider.env_name(setting)
+    raw = read.text(name)
+    if raw is None and setting.legacy and read.text(setting.legacy) is not None:
+        name, raw = setting.legacy, read.text(setting.legacy)
+    if raw is None:
+        if setting.required:
+            also = f" (or {setting.legacy})" if setting.legacy else ""
+            read.problems.append(f"{provider.env_name(setting)}{also} is required when {provider.name} is used")
+        raw = setting.default
+    if raw is None:
+        return None
+    shown = "***" if setting.secret else repr(raw)
+    if setting.kind == "url":
+        if not re.match(r"^https?://[^/\s]+", raw):
+            read.problems.append(f"{name}={shown} is not an http(s) URL")
+        return raw.rstrip("/")
+    if setting.kind in ("integer", "number"):
+        try:
+            value = int(raw) if setting.kind == "integer" else float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            read.problems.append(f"{name}={shown} must be a {'whole ' if setting.kind == 'integer' else ''}number,"
+                                 " at least 0")
+            return None
+        return value
+    return raw
 
 
 def _database(read: _Reader, default_path: Path) -> Backend:

@@ -215,7 +215,8 @@ def build_services(config: Config) -> Services:
         limiter = store.rate_limiter("moyklass", config.moyklass_rate_per_sec, config.data_dir)
         moyklass = MoyKlassClient(config.moyklass_api_url, config.api_key, store.token_keeper(config.token_file_path),
                                   limiter, config.http_timeouts, config.user_cache_seconds)
-    return Services(config, store, Dispatcher(config, store, moyklass, create_provider(config)))
+    provider = create_provider(config.sms_provider, config.provider_settings[config.sms_provider], config.shared)
+    return Services(config, store, Dispatcher(config, store, moyklass, provider))
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:

@@ -25,10 +25,32 @@ def test_every_bad_setting_is_named_at_once():
                      "SMS_SENDER": "A very long sender name", "SMS_TRANSLITERATE": "maybe",
                      "MOYKLASS_API_URL": "ftp://x"})
     text = str(caught.value)
-    for name in ["PORT", "SMS_USERNAME", "SMS_PASSWORD", "{surname}", "SMS_TEXT_SUB_LESON_LEFT",
+    for name in ["PORT", "ONECLICK_USERNAME (or SMS_USERNAME)", "ONECLICK_PASSWORD (or SMS_PASSWORD)", "{surname}", "SMS_TEXT_SUB_LESON_LEFT",
                  "DEFAULT_REGION", "DEDUP_SECONDS", "SMS_SENDER", "SMS_TRANSLITERATE", "MOYKLASS_API_URL"]:
         assert name in text
     assert len(caught.value.problems) == 10
+
+
+def test_provider_settings_are_read_by_the_pattern_and_the_first_release_names_still_work():
+    new = load_config({"SMS_PROVIDERS": "oneclick", "ONECLICK_USERNAME": "school", "ONECLICK_PASSWORD": "pw-1",
+                       "ONECLICK_API_URL": "http://127.0.0.1:9/SendMsg.aspx/"})
+    old = load_config({"SMS_PROVIDER": "oneclick", "SMS_USERNAME": "school", "SMS_PASSWORD": "pw-1",
+                       "SMS_API_URL": "http://127.0.0.1:9/SendMsg.aspx"})
+    expected = {"USERNAME": "school", "PASSWORD": "pw-1", "API_URL": "http://127.0.0.1:9/SendMsg.aspx"}
+    assert new.provider_settings == old.provider_settings == {"oneclick": expected}
+    assert new.sms_providers == old.sms_providers == ("oneclick",)
+    assert "pw-1" in new.secrets() and "school" not in new.secrets()
+
+
+def test_bad_provider_settings_are_named_without_their_secret_values():
+    with pytest.raises(ConfigError) as caught:
+        load_config({"SMS_PROVIDERS": "oneclick, pigeon, oneclick", "ONECLICK_PASSWORD": "pw-1",
+                     "ONECLICK_API_URL": "gopher://x"})
+    assert sorted(caught.value.problems) == [
+        "ONECLICK_API_URL='gopher://x' is not an http(s) URL",
+        "ONECLICK_USERNAME (or SMS_USERNAME) is required when oneclick is used",
+        "SMS_PROVIDERS='oneclick, pigeon, oneclick' names a provider twice",
+        "no provider 'pigeon': choose from console, oneclick"]
 
 
 def test_nan_and_infinity_are_not_numbers():

@@ -1,98 +1,26 @@
-"""SMS gateways behind one interface: a class per provider, a registry from name to class.
-
-A provider declares what it is (name, phone format, longest text, delivery reports) and its
-`send()` returns a SendResult carrying the gateway's own verdict, never just "HTTP 200".
-"""
+"""OneClick (Serbia): the gateway the first release sent through."""
 from __future__ import annotations
 
-import enum
-import logging
-import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Mapping
+from typing import Any
 
 from http_client import HttpAnswer, KeepAliveClient, Unreachable
 from phones import international_digits
+from providers.base import Delivery, DeliveryReport, Outcome, Provider, SendResult, Setting, Shared
 
-if TYPE_CHECKING:
-    from config import Config
-
-log = logging.getLogger(__name__)
-
-
-class Outcome(enum.Enum):
-    SENT = "sent"  # the gateway accepted the message
-    REJECTED = "rejected"  # permanent: sending it again cannot help (invalid phone, bad text)
-    TRANSIENT = "transient"  # try again later (no connection, 5xx, gateway busy): it was not taken
-    UNKNOWN = "unknown"  # the request reached the gateway but no verdict came back: it may have been taken
-    AUTH = "auth"  # the gateway refused our credentials or sender: nothing will go out
-
-
-@dataclass(frozen=True)
-class SendResult:
-    outcome: Outcome
-    reference: str | None = None
-    code: str | None = None  # the gateway's own status code, for the log and the journal
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome is Outcome.SENT
-
-
-class Delivery(enum.Enum):
-    """What a delivery report says about a sent message."""
-
-    DELIVERED = "DELIVERED"
-    UNDELIVERED = "UNDELIVERED"  # the network could not deliver it
-    FAILED = "FAILED"  # the gateway gave up on it (invalid number, blacklisted, sending error)
-    PENDING = "PENDING"  # not final yet: ask again later
-    UNKNOWN = "UNKNOWN"  # the gateway does not know the message: asking again will not help
-
-
-@dataclass(frozen=True)
-class DeliveryReport:
-    state: Delivery
-    description: str = ""
-
-
-class Provider:
-    name: ClassVar[str]
-    max_segments: ClassVar[int] = 6  # longest text (in SMS parts) the gateway takes
-    supports_delivery_reports: ClassVar[bool] = False
-
-    @classmethod
-    def from_config(cls, config: Config) -> Provider:
-        return cls()
-
-    def format_phone(self, phone: str) -> str:
-        """The gateway's form of an E.164 number; E.164 itself unless a provider says otherwise."""
-        return phone
-
-    def send(self, phone: str, text: str, sender: str) -> SendResult:
-        raise NotImplementedError
-
-    def delivery_report(self, reference: str) -> DeliveryReport:
-        """Only for providers that declare `supports_delivery_reports`."""
-        raise NotImplementedError
-
-
-class ConsoleProvider(Provider):
-    """Writes each SMS to the log instead of sending it: for trying the service out."""
-
-    name = "console"
-
-    def send(self, phone: str, text: str, sender: str) -> SendResult:
-        reference = f"console-{uuid.uuid4().hex[:12]}"
-        log.warning("CONSOLE SMS (not sent) from %s to %s, ref %s: %s",
-                    sender, self.format_phone(phone), reference, text)
-        return SendResult(Outcome.SENT, reference=reference, code="0", message="written to the log")
+ONECLICK_SEND_URL = "https://sms.oneclick.rs/SmsWebBulkApi/SendMsg.aspx"
 
 
 class OneClickProvider(Provider):
     """OneClick (Serbia): JSON over HTTPS, `status == 0` in the answer means accepted."""
 
     name = "oneclick"
+    settings = (
+        Setting("API_URL", default=ONECLICK_SEND_URL, kind="url", legacy="SMS_API_URL",
+                help="SendMsg.aspx; delivery reports are asked of SentMsgDR.aspx beside it"),
+        Setting("USERNAME", required=True, legacy="SMS_USERNAME"),
+        Setting("PASSWORD", required=True, secret=True, legacy="SMS_PASSWORD"),
+    )
     supports_delivery_reports = True
     AUTH_CODES = frozenset({-10, -11, -20, -21, -30, -31})
     REJECTED_CODES = frozenset({-1})
@@ -111,9 +39,8 @@ class OneClickProvider(Provider):
         }
 
     @classmethod
-    def from_config(cls, config: Config) -> OneClickProvider:
-        http = KeepAliveClient(config.sms_api_url, config.http_timeouts)
-        return cls(config.sms_username, config.sms_password, http)
+    def from_settings(cls, values: Mapping[str, Any], shared: Shared) -> OneClickProvider:
+        return cls(values["USERNAME"], values["PASSWORD"], KeepAliveClient(values["API_URL"], shared.http_timeouts))
 
     def format_phone(self, phone: str) -> str:
         return international_digits(phone)
@@ -169,14 +96,3 @@ def _lower_keys(answer: Any) -> dict[str, Any]:
     if not isinstance(answer, dict):
         raise TypeError("answer is not a JSON object")
     return {str(key).lower(): value for key, value in answer.items()}
-
-
-PROVIDERS: dict[str, type[Provider]] = {
-    ConsoleProvider.name: ConsoleProvider,
-    OneClickProvider.name: OneClickProvider,
-}
-
-
-def create_provider(config: Config) -> Provider:
-    """The provider named by SMS_PROVIDER, built from the settings."""
-    return PROVIDERS[config.sms_provider].from_config(config)

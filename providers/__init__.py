@@ -1,0 +1,24 @@
+"""SMS gateways behind one interface: a module per provider, a registry from name to class.
+
+Everything a caller needs is exported here: `from providers import Provider, Outcome, ...`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from providers.base import Delivery, DeliveryReport, Outcome, Provider, SendResult, Setting, Shared
+from providers.console import ConsoleProvider
+from providers.oneclick import OneClickProvider
+
+PROVIDERS: dict[str, type[Provider]] = {
+    provider.name: provider for provider in (ConsoleProvider, OneClickProvider)
+}
+
+__all__ = ["PROVIDERS", "Delivery", "DeliveryReport", "Outcome", "Provider", "SendResult", "Setting", "Shared",
+           "create_provider"]
+
+
+def create_provider(name: str, values: Mapping[str, Any], shared: Shared) -> Provider:
+    """The provider `name`, built from its settings as config read them."""
+    return PROVIDERS[name].from_settings(values, shared)

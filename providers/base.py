@@ -1,0 +1,100 @@
+"""What every provider is: its settings, its verdicts, its delivery reports.
+
+A provider declares what it is (name, settings, phone format, longest text, delivery reports)
+and its `send()` returns a SendResult carrying the gateway's own verdict, never just "HTTP 200".
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+class Outcome(enum.Enum):
+    SENT = "sent"  # the gateway accepted the message
+    REJECTED = "rejected"  # permanent: sending it again cannot help (invalid phone, bad text)
+    TRANSIENT = "transient"  # try again later (no connection, 5xx, gateway busy): it was not taken
+    UNKNOWN = "unknown"  # the request reached the gateway but no verdict came back: it may have been taken
+    AUTH = "auth"  # the gateway refused our credentials or sender: nothing will go out
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    reference: str | None = None
+    code: str | None = None  # the gateway's own status code, for the log and the journal
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.SENT
+
+
+class Delivery(enum.Enum):
+    """What a delivery report says about a sent message."""
+
+    DELIVERED = "DELIVERED"
+    UNDELIVERED = "UNDELIVERED"  # the network could not deliver it
+    FAILED = "FAILED"  # the gateway gave up on it (invalid number, blacklisted, sending error)
+    PENDING = "PENDING"  # not final yet: ask again later
+    UNKNOWN = "UNKNOWN"  # the gateway does not know the message: asking again will not help
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    state: Delivery
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a provider, read from the environment as `<PROVIDER>_<name>` (ONECLICK_USERNAME).
+
+    `kind` is how it is checked: text, url (http or https), integer or number (at least 0).
+    `legacy` is an older name still read when the new one is not set (SMS_USERNAME for OneClick).
+    """
+
+    name: str
+    required: bool = False
+    secret: bool = False
+    default: str | None = None
+    kind: str = "text"
+    legacy: str | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every provider of the process is built with, besides its own settings."""
+
+    http_timeouts: tuple[float, float]  # (connect, the whole request)
+    public_url: str | None = None  # the service's own URL, for gateways that call back (PUBLIC_URL)
+
+
+class Provider:
+    name: ClassVar[str]
+    settings: ClassVar[tuple[Setting, ...]] = ()
+    max_segments: ClassVar[int] = 6  # longest text (in SMS parts) the gateway takes
+    supports_delivery_reports: ClassVar[bool] = False
+
+    @classmethod
+    def env_name(cls, setting: Setting) -> str:
+        """The environment variable of one of its settings: `<PROVIDER>_<SETTING>`."""
+        return f"{cls.name.upper()}_{setting.name}"
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any], shared: Shared) -> Provider:
+        """Built from its settings (checked and typed by config, by `Setting.name`)."""
+        return cls()
+
+    def format_phone(self, phone: str) -> str:
+        """The gateway's form of an E.164 number; E.164 itself unless a provider says otherwise."""
+        return phone
+
+    def send(self, phone: str, text: str, sender: str) -> SendResult:
+        raise NotImplementedError
+
+    def delivery_report(self, reference: str) -> DeliveryReport:
+        """Only for providers that declare `supports_delivery_reports`."""
+        raise NotImplementedError
