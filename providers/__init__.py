@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from providers.base import Delivery, DeliveryReport, Outcome, Provider, SendResult, Setting, Shared
+from providers.base import Delivery, DeliveryReport, Outcome, Provider, ReportSink, SendResult, Setting, Shared
 from providers.console import ConsoleProvider
 from providers.oneclick import OneClickProvider
 
@@ -15,8 +15,8 @@ PROVIDERS: dict[str, type[Provider]] = {
     provider.name: provider for provider in (ConsoleProvider, OneClickProvider)
 }
 
-__all__ = ["PROVIDERS", "Delivery", "DeliveryReport", "Outcome", "Provider", "SendResult", "Setting", "Shared",
-           "create_provider"]
+__all__ = ["PROVIDERS", "Delivery", "DeliveryReport", "Outcome", "Provider", "ReportSink", "SendResult", "Setting",
+           "Shared", "create_provider"]
 
 
 def create_provider(name: str, values: Mapping[str, Any], shared: Shared) -> Provider:

@@ -6,7 +6,7 @@ and its `send()` returns a SendResult carrying the gateway's own verdict, never 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -64,19 +64,27 @@ class Setting:
     help: str = ""
 
 
+# Where a provider hands a delivery report that arrives on its own (an SMPP deliver_sm): its name,
+# the gateway's reference of the message, the report. The report is kept until the message is
+# found, so one that comes before the send's result is written is not lost.
+ReportSink = Callable[[str, str, "DeliveryReport"], None]
+
+
 @dataclass(frozen=True)
 class Shared:
     """What every provider of the process is built with, besides its own settings."""
 
     http_timeouts: tuple[float, float]  # (connect, the whole request)
     public_url: str | None = None  # the service's own URL, for gateways that call back (PUBLIC_URL)
+    report_sink: ReportSink | None = None
 
 
 class Provider:
     name: ClassVar[str]
     settings: ClassVar[tuple[Setting, ...]] = ()
     max_segments: ClassVar[int] = 6  # longest text (in SMS parts) the gateway takes
-    supports_delivery_reports: ClassVar[bool] = False
+    supports_delivery_reports: ClassVar[bool] = False  # the worker asks `delivery_report()` for them
+    pushes_delivery_reports: ClassVar[bool] = False  # they come on their own (callbacks, deliver_sm)
 
     @classmethod
     def env_name(cls, setting: Setting) -> str:

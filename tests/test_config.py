@@ -25,7 +25,8 @@ def test_every_bad_setting_is_named_at_once():
                      "SMS_SENDER": "A very long sender name", "SMS_TRANSLITERATE": "maybe",
                      "MOYKLASS_API_URL": "ftp://x"})
     text = str(caught.value)
-    for name in ["PORT", "ONECLICK_USERNAME (or SMS_USERNAME)", "ONECLICK_PASSWORD (or SMS_PASSWORD)", "{surname}", "SMS_TEXT_SUB_LESON_LEFT",
+    for name in ["PORT", "ONECLICK_USERNAME (or SMS_USERNAME)", "ONECLICK_PASSWORD (or SMS_PASSWORD)", "{surname}",
+                 "SMS_TEXT_SUB_LESON_LEFT",
                  "DEFAULT_REGION", "DEDUP_SECONDS", "SMS_SENDER", "SMS_TRANSLITERATE", "MOYKLASS_API_URL"]:
         assert name in text
     assert len(caught.value.problems) == 10
