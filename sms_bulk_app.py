@@ -23,6 +23,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import api
+import callbacks
 from config import Config, load_config
 from database import POSTGRESQL, Backend
 from delivery import RECIPIENTS, Cause, Dispatcher
@@ -230,6 +231,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.extensions["sms_bulk_app"] = app_services
     app.register_blueprint(bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(callbacks.bp)
     app.register_blueprint(api.docs_blueprint())
     app.add_url_rule("/openapi.json", view_func=api.openapi)
     register_error_handlers(app)

@@ -10,9 +10,10 @@ from typing import Any
 from providers.base import Delivery, DeliveryReport, Outcome, Provider, ReportSink, SendResult, Setting, Shared
 from providers.console import ConsoleProvider
 from providers.oneclick import OneClickProvider
+from providers.twilio import TwilioProvider
 
 PROVIDERS: dict[str, type[Provider]] = {
-    provider.name: provider for provider in (ConsoleProvider, OneClickProvider)
+    provider.name: provider for provider in (ConsoleProvider, OneClickProvider, TwilioProvider)
 }
 
 __all__ = ["PROVIDERS", "Delivery", "DeliveryReport", "Outcome", "Provider", "ReportSink", "SendResult", "Setting",

@@ -92,6 +92,12 @@ class Provider:
         return f"{cls.name.upper()}_{setting.name}"
 
     @classmethod
+    def problems(cls, values: Mapping[str, Any]) -> list[str]:
+        """What is wrong with its settings taken together (one of two required), which no single
+        Setting can say; each problem names the variables without their values."""
+        return []
+
+    @classmethod
     def from_settings(cls, values: Mapping[str, Any], shared: Shared) -> Provider:
         """Built from its settings (checked and typed by config, by `Setting.name`)."""
         return cls()
