@@ -9,11 +9,15 @@ from typing import Any
 
 from providers.base import Delivery, DeliveryReport, Outcome, Provider, ReportSink, SendResult, Setting, Shared
 from providers.console import ConsoleProvider
+from providers.http_gateway import HttpGatewayProvider
 from providers.oneclick import OneClickProvider
+from providers.probe import ProbeProvider
+from providers.smsaero import SmsAeroProvider
 from providers.twilio import TwilioProvider
 
 PROVIDERS: dict[str, type[Provider]] = {
-    provider.name: provider for provider in (ConsoleProvider, OneClickProvider, TwilioProvider)
+    provider.name: provider for provider in (ConsoleProvider, OneClickProvider, TwilioProvider, SmsAeroProvider,
+                                             ProbeProvider, HttpGatewayProvider)
 }
 
 __all__ = ["PROVIDERS", "Delivery", "DeliveryReport", "Outcome", "Provider", "ReportSink", "SendResult", "Setting",
