@@ -23,20 +23,19 @@ from werkzeug.formparser import FormDataParser
 import api_keys
 import clients
 import mailings
+from bodies import InvalidJson, parse_json
 from clients import NotText, field_path
 from errors import ApiError, read_body
 from mailings import MailingConflict
+from models import ClientCreate, MailingCreate
 from schemas import (
     Client,
-    ClientCreate,
     ClientPage,
     ClientQuery,
     ClientUpdate,
     Error,
     ImportReport,
-    InvalidJson,
     Mailing,
-    MailingCreate,
     MailingList,
     MailingStats,
     MailingStatsList,
@@ -46,7 +45,6 @@ from schemas import (
     MessagePage,
     MessageQuery,
     Queued,
-    parse_json,
 )
 from store import MAX_ID, ClientConflict
 

@@ -30,10 +30,10 @@ from events import MOYKLASS_EVENTS
 from logs import ACCESS_LOGGER, setup_access_log
 from moyklass import MoyKlassError
 from phones import InvalidPhone, to_e164
-from schemas import too_many_parts
 from sms_bulk_app import Services, _load_config, build_services, create_app, new_worker, services
 from store import MAX_ID, DatabaseUnavailable
 from store_postgresql import PostgresStore
+from texts import too_many_parts
 from worker import run_until_signalled
 
 CSV_COLUMN_MEANINGS = {

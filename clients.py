@@ -12,8 +12,8 @@ from typing import Any
 import phonenumbers
 from pydantic import ValidationError
 
+from models import ClientCreate
 from phones import InvalidPhone, to_e164
-from schemas import ClientCreate
 from store import ClientConflict, ClientUpsert, Store
 
 PAGE_SIZE_MOYKLASS = 500

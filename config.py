@@ -18,8 +18,8 @@ import phonenumbers
 
 from database import SQLITE, Backend, BadDatabaseUrl, parse_database_url
 from events import MOYKLASS_EVENTS, family_of
+from models import is_iana_time_zone
 from providers import PROVIDERS, Provider, Setting, Shared
-from schemas import is_iana_time_zone
 from texts import TEMPLATE_FIELDS, Template, TemplateError
 
 DEFAULT_SMS_TEXT = (

@@ -16,7 +16,7 @@ from datetime import time as clock_time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from schemas import MAILING_FIELDS, MailingCreate
+from models import MAILING_FIELDS, MailingCreate
 from store import (
     CANCELED_STATE,
     FINISHED,

@@ -24,6 +24,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import api
 import callbacks
+from bodies import InvalidJson, parse_json
 from config import Config, load_config
 from database import POSTGRESQL, Backend
 from delivery import RECIPIENTS, Cause, Dispatcher
@@ -32,7 +33,6 @@ from events import EVENT_NAME, MalformedObject, family_of
 from logs import setup_logging
 from moyklass import MoyKlassClient
 from providers import create_provider
-from schemas import InvalidJson, parse_json
 from store import SENT, Store
 from store_postgresql import PostgresStore
 from worker import Worker, worker_id

@@ -115,3 +115,11 @@ def measure(text: str) -> Encoding:
         return Encoding("GSM-7", _pack(sizes, GSM7_SINGLE, GSM7_PART), sum(sizes))
     sizes = [2 if ord(c) > 0xFFFF else 1 for c in text]
     return Encoding("UCS-2", _pack(sizes, UCS2_SINGLE, UCS2_PART), sum(sizes))
+
+
+def too_many_parts(text: str, max_segments: int, counted: str = "") -> str | None:
+    """Why `text` cannot be sent by a provider taking at most `max_segments` parts; None if it can."""
+    parts = measure(text).segments
+    if parts <= max_segments:
+        return None
+    return f"the text needs {parts} SMS parts{counted}; the SMS provider takes at most {max_segments}"

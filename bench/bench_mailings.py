@@ -39,7 +39,7 @@ from common import (
 import api_keys
 import mailings
 from database import parse_database_url
-from schemas import MailingCreate
+from models import MailingCreate
 from sms_bulk_app import open_store
 from store import Store
 from tests.postgres import PostgresServer

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 import mailings
-from schemas import MailingCreate
+from models import MailingCreate
 from store import CANCELED, EXPIRED, FAILED, QUEUED, SENT, Store
 
 CREATED_AT = datetime(2026, 1, 1, tzinfo=UTC)  # the clock the mailings below are validated against

@@ -17,7 +17,7 @@ import pytest
 import api_keys
 import clients
 from locks import WouldWait
-from schemas import ClientCreate
+from models import ClientCreate
 from sms_bulk_app import create_app
 from store import MIGRATIONS, SENDING, SENT
 from store_postgresql import POSTGRES_MIGRATIONS, PostgresStore
