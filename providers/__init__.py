@@ -12,12 +12,13 @@ from providers.console import ConsoleProvider
 from providers.http_gateway import HttpGatewayProvider
 from providers.oneclick import OneClickProvider
 from providers.probe import ProbeProvider
+from providers.smpp import SmppProvider
 from providers.smsaero import SmsAeroProvider
 from providers.twilio import TwilioProvider
 
 PROVIDERS: dict[str, type[Provider]] = {
     provider.name: provider for provider in (ConsoleProvider, OneClickProvider, TwilioProvider, SmsAeroProvider,
-                                             ProbeProvider, HttpGatewayProvider)
+                                             ProbeProvider, HttpGatewayProvider, SmppProvider)
 }
 
 __all__ = ["PROVIDERS", "Delivery", "DeliveryReport", "Outcome", "Provider", "ReportSink", "SendResult", "Setting",
