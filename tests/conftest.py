@@ -40,9 +40,25 @@ def oneclick():
     fake.stop()
 
 
-# `SMS_TEST_DATABASE=postgresql pytest ...`: the apps of those tests keep their data in a fresh
-# database of the throwaway PostgreSQL server (tests/postgres.py) instead of SQLite.
+# `SMS_TEST_DATABASE=postgresql pytest ...`: the tests that keep data (those using the fixture
+# `database_settings`, through `settings`, `app`, `store`...) keep it in a fresh database of the
+# throwaway PostgreSQL server (tests/postgres.py) instead of SQLite; the others are deselected:
+# those the same on either backend, and those that ask for PostgreSQL themselves (`postgres_url`),
+# which the default run has run on it already. `make test` runs the suite both ways.
 TEST_DATABASE = os.environ.get("SMS_TEST_DATABASE", "sqlite")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if TEST_DATABASE == "sqlite":
+        return
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        (kept if "database_settings" in fixtures and "postgres_url" not in fixtures else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 # A test of SQLite itself (its file, another program locking it), not of the service's behaviour.
 sqlite_only = pytest.mark.skipif(TEST_DATABASE != "sqlite", reason="about the SQLite file itself")
@@ -66,6 +82,12 @@ def settings(tmp_path, moyklass, oneclick, database_settings) -> dict[str, str]:
         "SMS_PASSWORD": oneclick.password,
         "HTTP_TIMEOUT": "2",
     }
+
+
+@pytest.fixture
+def store(tmp_path, database_settings) -> Store:
+    """A migrated outbox of its own: a SQLite file, or a fresh PostgreSQL database."""
+    return settings_store(database_settings | {"DATA_DIR": str(tmp_path)})
 
 
 def settings_store(settings: dict[str, str]) -> Store:

@@ -1,4 +1,7 @@
-"""A locked database or a full disk on the webhook path: 503, and nothing half-written."""
+"""A locked database or a full disk on the webhook path: 503, and nothing half-written.
+
+Both are faults of the SQLite file on this host; PostgreSQL's are those of its server
+(tests/test_postgresql.py: the server unreachable)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from sms_bulk_app import create_app
-from tests.conftest import load_fixture
+from tests.conftest import load_fixture, sqlite_only
+
+pytestmark = sqlite_only
 
 
 def rows(settings) -> int:

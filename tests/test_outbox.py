@@ -18,13 +18,7 @@ from store import (
     InvalidTransition,
     Store,
 )
-
-
-@pytest.fixture
-def store(tmp_path) -> Store:
-    store = Store(tmp_path / "outbox.db")
-    store.initialize()
-    return store
+from tests.conftest import settings_store
 
 
 def queue(store: Store, count: int = 1) -> list[int]:
@@ -80,13 +74,13 @@ def test_a_claimed_message_is_nobody_elses_until_its_lease_expires(store):
     store.transition(taken_over[0]["id"], SENT, "w2")
 
 
-def test_threads_claiming_together_never_share_a_message(store, tmp_path):
+def test_threads_claiming_together_never_share_a_message(store, tmp_path, database_settings):
     queue(store, 1000)
     claimed: list[int] = []
     lock = threading.Lock()
 
     def claim_all(owner: str) -> None:
-        own = Store(tmp_path / "outbox.db")  # a connection of its own, as another process has
+        own = settings_store(database_settings | {"DATA_DIR": str(tmp_path)})  # its own, as another process's
         while batch := own.claim(owner, 7, 30):
             with lock:
                 claimed.extend(m["id"] for m in batch)
