@@ -318,7 +318,7 @@ class SmppProvider(Provider):
         self._enquire_link_seconds = max(enquire_link_seconds, READ_TICK_SECONDS)
         self._connect_timeout, self._send_timeout = timeouts
         self._sink = report_sink
-        self.bind_mode = "bind_transceiver" if report_sink else "bind_transmitter"
+        self.bind_mode = "bind_transmitter" if report_sink is None else "bind_transceiver"
         self._session: _Session | None = None
         self._binding = threading.Lock()
         self._bind_delay, self._next_bind_at, self._bind_error = 0.0, 0.0, SendResult(Outcome.TRANSIENT)
@@ -327,7 +327,7 @@ class SmppProvider(Provider):
         self._parts_lock = threading.Lock()
         self._later_parts: OrderedDict[str, str] = OrderedDict()  # a later part's id -> the first part's
         self._stopping = threading.Event()
-        if report_sink:
+        if report_sink is not None:
             threading.Thread(target=self._keep_bound, name="smpp-binder", daemon=True).start()
 
     @classmethod

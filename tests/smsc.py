@@ -1,5 +1,5 @@
-"""The test SMSC (tests/smsc/smsc.js, node-smpp's server mode) as a fixture: started on free 127.0.0.1 ports,
-driven and read through its control port, stopped after the test.
+"""The test SMSC (tests/smsc/smsc.js, node-smpp's server mode): started on free 127.0.0.1 ports, driven and
+read through its control port.
 
 It needs node and `npm ci --prefix tests/smsc`; without them the tests skip (and fail in CI), as tests/postgres.py
 does for PostgreSQL.
@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -74,11 +73,3 @@ def start_smsc(log_path: Path, receipt_delay_ms: int = 200) -> Smsc:
 def stop_smsc(smsc: Smsc) -> None:
     smsc.process.terminate()
     smsc.process.wait(timeout=10)
-
-
-@pytest.fixture
-def smsc(tmp_path: Path) -> Iterator[Smsc]:
-    """A fresh test SMSC for one test; what it printed is in smsc.out."""
-    server = start_smsc(tmp_path / "smsc.out")
-    yield server
-    stop_smsc(server)
