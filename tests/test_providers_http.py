@@ -10,9 +10,10 @@ from urllib.parse import parse_qs
 import pytest
 
 from config import load_config
+from http_client import KeepAliveClient
 from providers import Delivery, Outcome, Shared, create_provider
 from providers.http_gateway import HttpGatewayProvider
-from providers.smsaero import SMSAERO_GATES, SmsAeroProvider
+from providers.smsaero import SmsAeroProvider
 from store import DELIVERED, QUEUED, SENT
 from tests.conftest import running_worker, settings_store, wait_until
 from tests.fake_gateways import FakeLocalGateway, FakeProbe, FakeSmsAero, closed_url, json_body
@@ -131,20 +132,18 @@ def test_smsaero_a_report_that_cannot_be_had_is_asked_for_again(smsaero):
 
 def test_smsaero_gates_are_the_official_three_unless_api_url_names_one(smsaero):
     default = provider_from(smsaero_env(smsaero, SMSAERO_API_URL=""))
-    assert [(gate.host, gate.path, gate.secure) for gate in default._gates] == [
+    assert [(gate.host, gate.path, gate.secure) for gate in default.gates] == [
         ("gate.smsaero.ru", "/v2", True), ("gate.smsaero.org", "/v2", True), ("gate.smsaero.net", "/v2", True)]
-    assert SMSAERO_GATES[0] == "https://gate.smsaero.ru/v2"
-    assert [gate.port for gate in provider_from(smsaero_env(smsaero))._gates] == [smsaero._server.server_address[1]]
+    named = provider_from(smsaero_env(smsaero))
+    assert [f"http://{gate.host}:{gate.port}{gate.path}" for gate in named.gates] == [smsaero.api_url]
 
 
 def test_smsaero_an_unreachable_gate_falls_back_to_the_next_and_a_silent_one_does_not(smsaero):
     second = FakeSmsAero(smsaero.email, smsaero.api_key).start()
     try:
-        provider = SmsAeroProvider.from_settings(
-            {"EMAIL": smsaero.email, "API_KEY": smsaero.api_key, "SIGN": None, "API_URL": None}, SHARED)
-        provider._gates = [SmsAeroProvider.from_settings(
-            {"EMAIL": "", "API_KEY": "", "SIGN": None, "API_URL": url}, SHARED)._gates[0]
-            for url in (closed_url("/v2"), smsaero.api_url, second.api_url)]
+        gates = [KeepAliveClient(url, SHARED.http_timeouts) for url in (closed_url("/v2"), smsaero.api_url,
+                                                                         second.api_url)]
+        provider = SmsAeroProvider(smsaero.email, smsaero.api_key, None, gates)
         assert provider.send(PHONE, "Prvi", "SmartLab").ok  # the first gate refuses connections
         assert provider.send(PHONE, "Drugi", "SmartLab").ok
         assert [m["text"] for m in smsaero.messages] == ["Prvi", "Drugi"] and second.received == []
@@ -168,7 +167,7 @@ def test_smsaero_through_the_worker_ends_delivered_and_logs_no_key(worker_settin
     assert (row["gateway_ref"], row["report_text"]) == ("41000", "delivery")
     assert [(m["number"], m["text"]) for m in smsaero.messages] == [("381641234567", "Zdravo iz SMS Aero")]
     log = worker_log(settings)
-    assert "Sent message 1" in log or "ref 41000" in log
+    assert "Sent message 1 (event -, user -) to +381*******67 via smsaero: ref 41000" in log
     assert smsaero.api_key not in log
 
 
@@ -217,8 +216,9 @@ def test_probe_verdicts(probe):
 
 
 def test_probe_default_url_is_the_public_server(probe):
-    provider = provider_from({"SMS_PROVIDERS": "probe", "PROBE_TOKEN": probe.token})
-    assert (provider._http.host, provider._http.path, provider._http.secure) == ("probe.fbrq.cloud", "/v1", True)
+    config = load_config({"SMS_PROVIDERS": "probe", "PROBE_TOKEN": probe.token})
+    assert config.provider_settings["probe"] == {"TOKEN": probe.token, "API_URL": "https://probe.fbrq.cloud/v1"}
+    assert probe.token in config.secrets()
 
 
 def test_probe_through_the_worker_ends_sent_and_logs_no_token(worker_settings, probe):
@@ -340,3 +340,12 @@ def test_http_gateway_through_the_worker_ends_sent_and_logs_no_secret(worker_set
     assert store.message(1)["gateway_ref"] == "gw-1"
     assert [json.loads(r["body"]) for r in gateway.received] == [{"number": "381641234567", "message": TRICKY_TEXT}]
     assert gateway.api_key not in worker_log(settings)
+
+
+def test_every_secret_setting_is_masked_in_logs(smsaero, probe, gateway):
+    """config.secrets() feeds the log's masking: the key, the token, the headers and the secret."""
+    for env, secret_values in [
+            (smsaero_env(smsaero), {smsaero.api_key}),
+            (probe_env(probe), {probe.token}),
+            (gateway_env(gateway), {"X-Api-Key: {secret}; Accept: application/json", gateway.api_key})]:
+        assert set(load_config(env).secrets()) == secret_values
