@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,9 +33,8 @@ class SmsAeroProvider(Provider):
     REPORT_STATES = {1: Delivery.DELIVERED, 2: Delivery.UNDELIVERED, 6: Delivery.FAILED}
 
     def __init__(self, email: str, api_key: str, sign: str | None, gates: list[KeepAliveClient]):
-        self._gates = gates
+        self.gates = gates
         self._gate = 0  # the gate that answered last: the first one tried
-        self._lock = threading.Lock()
         self.sign = sign
         credentials = base64.b64encode(f"{email}:{api_key}".encode()).decode()
         self._headers = {"Authorization": f"Basic {credentials}",
@@ -72,20 +70,20 @@ class SmsAeroProvider(Provider):
 
     def _post(self, selector: str, body: dict[str, Any]) -> HttpAnswer:
         """POST to the gate that answered last, else to the next ones in turn; Unreachable if none did."""
-        first = self._gate
-        for step in range(len(self._gates)):
-            index = (first + step) % len(self._gates)
-            gate = self._gates[index]
+        first, failure = self._gate, Unreachable("connection", "no gate to ask")
+        for step in range(len(self.gates)):
+            index = (first + step) % len(self.gates)
+            gate = self.gates[index]
             try:
                 answer = gate.post_json(f"{gate.path.rstrip('/')}/{selector}", body, self._headers)
             except Unreachable as error:
-                if error.reached or step == len(self._gates) - 1:
+                if error.reached:
                     raise
+                failure = error
                 continue
-            with self._lock:
-                self._gate = index
+            self._gate = index  # one int: threads that race here each store a gate that answered
             return answer
-        raise AssertionError("there is always at least one gate")
+        raise failure
 
     def _verdict(self, response: HttpAnswer) -> SendResult:
         http = response.status
