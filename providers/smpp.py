@@ -306,7 +306,6 @@ class SmppProvider(Provider):
         Setting("ENQUIRE_LINK_SECONDS", default="30", kind="number",
                 help="an enquire_link after this long without a PDU from the SMSC"),
     )
-    max_segments = 6
     pushes_delivery_reports = True
 
     def __init__(self, host: str, port: int, system_id: str, password: str, *, system_type: str = "",
@@ -368,8 +367,9 @@ class SmppProvider(Provider):
             if answer.status != consts.SMPP_ESME_ROK:
                 return self._partly(self._refused(answer.status), ids, where)
             ids.append((answer.message_id or b"").decode("latin-1"))
+            if number > 1:
+                self._remember_part(ids[-1], ids[0])  # before the next part: its receipt may come first
         self._calm_down()
-        self._remember_parts(ids)
         return SendResult(Outcome.SENT, reference=ids[0], code="0",
                           message=f"{len(ids)} parts: {' '.join(ids)}" if len(ids) > 1 else "")
 
@@ -478,13 +478,10 @@ class SmppProvider(Provider):
         time.sleep(wait)
         return None
 
-    def _remember_parts(self, ids: list[str]) -> None:
-        if len(ids) < 2:
-            return
+    def _remember_part(self, later: str, first: str) -> None:
         with self._parts_lock:
-            for later in ids[1:]:
-                self._later_parts[later] = ids[0]
-            while len(self._later_parts) > REMEMBERED_PARTS:
+            self._later_parts[later] = first
+            if len(self._later_parts) > REMEMBERED_PARTS:
                 self._later_parts.popitem(last=False)
 
     def _on_deliver(self, pdu: Command) -> int:
