@@ -10,9 +10,11 @@ import csv
 import io
 import json
 import logging
+import string
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,6 +28,7 @@ from store import (
     SENDING,
     STARTED,
     STATUSES,
+    FanOut,
     MailingProgress,
     Store,
 )
@@ -169,7 +172,7 @@ def retry_failed(store: Store, mailing_id: int, now: float) -> int:
 
 def start_due(store: Store, now: float) -> list[tuple[int, int]]:
     """Start every scheduled mailing whose start_at has come: (mailing id, messages queued)."""
-    return [(row["id"], store.start_mailing(row["id"], row["updated_at"], now, _messages(store, row, now)))
+    return [(row["id"], store.start_mailing(row["id"], row["updated_at"], now, _fan_out(row, now)))
             for row in store.due_mailings(now)]
 
 
@@ -182,21 +185,19 @@ def finish_done(store: Store, now: float) -> list[int]:
     return finished
 
 
-def _messages(store: Store, mailing: dict[str, Any], now: float) -> Iterator[dict[str, Any]]:
+def _fan_out(mailing: dict[str, Any], now: float) -> FanOut:
     """One message per matching client, due when the client's window opens next."""
     selector = json.loads(mailing["filter"])
     template = Template(mailing["text"], MAILING_FIELDS)
     window = (mailing["window_from"], mailing["window_to"]) if mailing["window_from"] else None
-    openings: dict[str, float] = {}
-    for client in store.mailing_recipients(selector.get("tags", []), selector.get("operator_codes", [])):
-        zone = client["timezone"]
-        if zone not in openings:
-            openings[zone] = next_opening(now, zone, window)
-        name = client["name"]
-        yield {"client_id": client["id"], "phone": client["phone"], "timezone": zone,
-               "text": template.render({"name": name, "first_name": name.split()[0] if name else ""}),
-               "next_attempt_at": openings[zone], "window_from": mailing["window_from"],
-               "window_to": mailing["window_to"], "deadline": mailing["end_at"]}
+
+    def render(name: str) -> str:
+        return template.render({"name": name, "first_name": name.split()[0] if name else ""})
+
+    return FanOut(selector.get("tags", []), selector.get("operator_codes", []),
+                  [(literal, placeholder) for literal, placeholder, _, _ in string.Formatter().parse(template.source)],
+                  render, partial(next_opening, now, window=window), mailing["window_from"], mailing["window_to"],
+                  mailing["end_at"])
 
 
 # --- statistics ---

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,10 @@ SCHEDULED, STARTED, FINISHED, CANCELED_STATE = "scheduled", "started", "finished
 MAILING_STATES = (SCHEDULED, STARTED, FINISHED, CANCELED_STATE)
 FINAL_STATUSES = frozenset({DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED})
 
+# Clients (by id) written by one INSERT of a fan-out: each statement stays well inside
+# DATABASE_TIMEOUT (PostgreSQL's statement_timeout), and its trigger's transition tables small.
+FAN_OUT_CLIENTS = 50_000
+LATE_ERROR = "its window does not open before the mailing ends"  # a mailing message EXPIRED at its start
 MAILING_COLUMNS = ("start_at", "end_at", "text", "filter", "window_from", "window_to")  # those a caller sets
 # The columns of a message the API shows.
 MESSAGE_COLUMNS = ("id", "status", "phone", "text", "encoding", "segments", "attempts", "mailing_id", "client_id",
@@ -214,12 +219,76 @@ MIGRATIONS = [
         until_rejected INTEGER NOT NULL
     );
     """,
+    # Counters per mailing, kept by triggers, so its statistics need not count its messages.
+    lambda db: add_mailing_counts(db, _sqlite_count_triggers()),
 ]
 
 # The tables that hold the service's data, referenced ones first: what migrate-db copies. The
 # shared limits and the token (rate_limits, moyklass_tokens) start afresh on the new database.
 DATA_TABLES = ("mailings", "lesson_reminders", "clients", "client_tags", "messages", "api_keys",
                "provider_pauses", "ignored_webhooks")
+
+
+# mailing_counts' columns: one per status, and `segments`, those of its messages with a sent_at.
+COUNT_COLUMNS = tuple(status.lower() for status in STATUSES)
+
+
+def is_status_sql(row: str, status: str) -> str:
+    return f"CASE WHEN {row}.status = '{status}' THEN 1 ELSE 0 END"
+
+
+def sent_segments_sql(row: str) -> str:
+    return f"CASE WHEN {row}.sent_at IS NOT NULL THEN coalesce({row}.segments, 0) ELSE 0 END"
+
+
+def mailing_counts_schema(integer: str) -> list[str]:
+    """The counters' table, its backfill from the messages there are, and the index that gives a
+    mailing's first and last sent_at (a minimum is not kept exact by counting: a message sent again
+    moves its sent_at later)."""
+    columns = ", ".join(f"{column} {integer} NOT NULL DEFAULT 0" for column in (*COUNT_COLUMNS, "segments"))
+    sums = ", ".join([*(f"sum({is_status_sql('m', status)})" for status in STATUSES), f"sum({sent_segments_sql('m')})"])
+    return [f"CREATE TABLE mailing_counts (mailing_id {integer} PRIMARY KEY, {columns})",
+            # Only webhooks have a dedup key and only leased messages a lease: a million mailing
+            # messages need not put a NULL into each of those indexes (a tenth of a fan-out's time).
+            "DROP INDEX messages_dedup",
+            "CREATE INDEX messages_dedup ON messages (dedup_key, created_at) WHERE dedup_key IS NOT NULL",
+            "DROP INDEX messages_lease",
+            "CREATE INDEX messages_lease ON messages (status, lease_until) WHERE lease_until IS NOT NULL",
+            f"INSERT INTO mailing_counts (mailing_id, {', '.join(COUNT_COLUMNS)}, segments)"
+            f" SELECT m.mailing_id, {sums} FROM messages m WHERE m.mailing_id IS NOT NULL GROUP BY m.mailing_id",
+            "CREATE INDEX messages_mailing_sent ON messages (mailing_id, sent_at)"
+            " WHERE mailing_id IS NOT NULL AND sent_at IS NOT NULL"]
+
+
+def _sqlite_count_triggers() -> list[str]:
+    """Row triggers: SQLite compiles them into the statement, so a message's status change costs
+    one more primary-key update, and an UPDATE that sets none of status, sent_at, segments nothing."""
+    def change(plus: str | None, minus: str | None) -> str:
+        """SET clauses adding row `plus` and taking away row `minus` (either may be None)."""
+        def term(value: Callable[[str], str]) -> str:
+            return (f" + {value(plus)}" if plus else "") + (f" - {value(minus)}" if minus else "")
+        return ", ".join([*(f"{column} = {column}{term(partial(is_status_sql, status=status))}"
+                            for column, status in zip(COUNT_COLUMNS, STATUSES, strict=True)),
+                          f"segments = segments{term(sent_segments_sql)}"])
+
+    insert_values = ", ".join([*(is_status_sql("new", status) for status in STATUSES), sent_segments_sql("new")])
+    add = ", ".join(f"{column} = {column} + excluded.{column}" for column in (*COUNT_COLUMNS, "segments"))
+    moved = f"old.status IS NOT new.status OR {sent_segments_sql('old')} != {sent_segments_sql('new')}"
+    return [
+        "CREATE TRIGGER messages_counted_insert AFTER INSERT ON messages WHEN new.mailing_id IS NOT NULL BEGIN"
+        f" INSERT INTO mailing_counts (mailing_id, {', '.join(COUNT_COLUMNS)}, segments)"
+        f" VALUES (new.mailing_id, {insert_values}) ON CONFLICT (mailing_id) DO UPDATE SET {add}; END",
+        "CREATE TRIGGER messages_counted_update AFTER UPDATE OF status, sent_at, segments ON messages"
+        f" WHEN new.mailing_id IS NOT NULL AND ({moved}) BEGIN"
+        f" UPDATE mailing_counts SET {change('new', 'old')} WHERE mailing_id = new.mailing_id; END",
+        "CREATE TRIGGER messages_counted_delete AFTER DELETE ON messages WHEN old.mailing_id IS NOT NULL BEGIN"
+        f" UPDATE mailing_counts SET {change(None, 'old')} WHERE mailing_id = old.mailing_id; END",
+    ]
+
+
+def add_mailing_counts(db: Any, triggers: list[str], integer: str = "INTEGER") -> None:
+    for statement in (*mailing_counts_schema(integer), *triggers):
+        db.execute(statement)
 
 
 def _rebuild_with_autoincrement(db: sqlite3.Connection, tables: tuple[str, ...]) -> None:
@@ -298,6 +367,29 @@ class MailingProgress:
     segments: int  # of the messages sent
     first_sent_at: float | None
     last_sent_at: float | None
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """What starting a mailing queues: one message per client matching the filter, its text the
+    template with the client's `name` and `first_name` (its first word, as Python's str.split()
+    gives it), due when `opening(timezone)` says the client's window opens next."""
+
+    tags: list[str]
+    operator_codes: list[str]
+    pieces: list[tuple[str, str | None]]  # the template: (literal text, then a placeholder or None)
+    render: Callable[[str], str]  # the text for a name, for the names SQL cannot split as Python does
+    opening: Callable[[str], float]  # when the window opens next in a time zone
+    window_from: str | None
+    window_to: str | None
+    deadline: float  # the mailing's end_at
+
+
+# What Python's str.split() splits at (every c with c.isspace()). A name of words separated by
+# single spaces, with none of the others, splits in SQL at its first space just as in Python.
+PYTHON_SPACES = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                 "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+OTHER_SPACES = PYTHON_SPACES.replace(" ", "")
 
 
 @dataclass(frozen=True)
@@ -772,41 +864,109 @@ class Store:
 
     # --- mailings: their state lives in `mailings`, their messages here ---
 
-    def start_mailing(self, mailing_id: int, read_at_update: float, now: float,
-                      messages: Iterable[dict[str, Any]]) -> int:
+    def start_mailing(self, mailing_id: int, read_at_update: float, now: float, fan_out: FanOut) -> int:
         """Mark a scheduled mailing started and queue its messages, all in one transaction: a
         crash leaves it either not started or started with every message. One message per client
         per mailing, ever; a client whose window opens only after the end is EXPIRED at once.
 
-        `messages` were made from the mailing as it was at `read_at_update` (its updated_at): if
-        it was changed since, nothing happens (0) and the next turn starts it as it is now."""
-        columns = ("client_id", "phone", "timezone", "text", "next_attempt_at", "window_from", "window_to",
-                   "deadline")
-        count = 0
+        `fan_out` was made from the mailing as it was at `read_at_update` (its updated_at): if
+        it was changed since, nothing happens (0) and the next turn starts it as it is now.
+
+        The messages are written by the database itself, INSERT ... SELECT from the clients
+        joined to the openings of their time zones (computed here, once per zone): rendering and
+        inserting a row at a time in Python took 28 s for a million clients on SQLite, 65 s on
+        PostgreSQL. Only clients whose names SQL cannot split as Python does are written from here.
+        """
         with self.transaction() as db:
             started = db.execute(f"UPDATE mailings SET state = '{STARTED}', started_at = ?, updated_at = ?"
                                  f" WHERE id = ? AND state = '{SCHEDULED}' AND updated_at = ?",
                                  (now, now, mailing_id, read_at_update))
             if started.rowcount != 1:
                 return 0
-            batch: list[tuple] = []
-            for message in messages:
-                late = message["next_attempt_at"] >= message["deadline"]
-                batch.append((now, now, mailing_id, EXPIRED if late else QUEUED, now if late else None,
-                              "its window does not open before the mailing ends" if late else None,
-                              *(message[column] for column in columns)))
-                if len(batch) == 5000:
-                    count += self._insert_mailing_messages(db, batch, columns)
-                    batch = []
-            count += self._insert_mailing_messages(db, batch, columns)
+            conditions, params = _client_filter(fan_out.tags, fan_out.operator_codes)
+            text, text_params = self._text_sql(fan_out.pieces)
+            if any(placeholder == "first_name" for _, placeholder in fan_out.pieces):
+                plain, plain_params = self._plain_name()
+            else:
+                plain, plain_params = "1 = 1", []
+            openings: dict[str, float] = {}
+            count = 0
+            # Zones are read, then their clients written; a client added meanwhile (PostgreSQL
+            # writes go on) in a zone not read yet is found by the next round.
+            while zones := [row[0] for row in db.execute(
+                    "SELECT DISTINCT c.timezone FROM clients c" + _where(
+                        [*conditions, f"c.timezone NOT IN ({_placeholders(openings)})"] if openings else conditions),
+                    (*params, *openings)).fetchall()]:
+                new = {zone: fan_out.opening(zone) for zone in zones}
+                openings |= new
+                values = ", ".join("(CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION))" for _ in new)
+                late = "o.opening >= ?"
+                insert = (
+                    "INSERT INTO messages (source, created_at, updated_at, mailing_id, status, done_at, last_error,"
+                    " client_id, phone, timezone, text, next_attempt_at, window_from, window_to, deadline)"
+                    f" WITH openings (timezone, opening) AS (VALUES {values})"
+                    f" SELECT 'mailing', ?, ?, ?, CASE WHEN {late} THEN '{EXPIRED}' ELSE '{QUEUED}' END,"
+                    f" CASE WHEN {late} THEN CAST(? AS DOUBLE PRECISION) END,"
+                    f" CASE WHEN {late} THEN CAST(? AS TEXT) END,"
+                    f" c.id, c.phone, c.timezone, {text}, o.opening, CAST(? AS TEXT), CAST(? AS TEXT),"
+                    " CAST(? AS DOUBLE PRECISION) FROM clients c JOIN openings o ON o.timezone = c.timezone"
+                    f" WHERE {' AND '.join([*conditions, plain])} AND c.id >= ? AND c.id < ? ON CONFLICT DO NOTHING")
+                fixed = (*(value for item in new.items() for value in item), now, now, mailing_id, fan_out.deadline,
+                         fan_out.deadline, now, fan_out.deadline, LATE_ERROR, *text_params, fan_out.window_from,
+                         fan_out.window_to, fan_out.deadline, *params, *plain_params)
+                low, high = db.execute("SELECT min(id), max(id) FROM clients").fetchone()
+                for first in range(low, high + 1, FAN_OUT_CLIENTS):
+                    count += db.execute(insert, (*fixed, first, first + FAN_OUT_CLIENTS)).rowcount
+            if plain_params:
+                count += self._start_by_name(db, mailing_id, now, fan_out, openings,
+                                             _where([*conditions, f"NOT {plain}"]), [*params, *plain_params])
         return count
 
+    def _start_by_name(self, db: sqlite3.Connection, mailing_id: int, now: float, fan_out: FanOut,
+                       openings: dict[str, float], where: str, params: list[Any]) -> int:
+        """The messages to clients whose texts Python renders (see start_mailing), 5,000 to an INSERT."""
+        count, batch = 0, []
+        for client in self._stream(f"SELECT c.id, c.phone, c.name, c.timezone FROM clients c{where}", params):
+            zone = client["timezone"]
+            if zone not in openings:
+                openings[zone] = fan_out.opening(zone)
+            late = openings[zone] >= fan_out.deadline
+            batch.append((now, now, mailing_id, EXPIRED if late else QUEUED, now if late else None,
+                          LATE_ERROR if late else None, client["id"], client["phone"], zone,
+                          fan_out.render(client["name"]), openings[zone], fan_out.window_from, fan_out.window_to,
+                          fan_out.deadline))
+            if len(batch) == 5000:
+                count += self._insert_mailing_messages(db, batch)
+                batch = []
+        return count + self._insert_mailing_messages(db, batch)
+
     @staticmethod
-    def _insert_mailing_messages(db: sqlite3.Connection, batch: list[tuple], columns: tuple[str, ...]) -> int:
-        names = ("created_at", "updated_at", "mailing_id", "status", "done_at", "last_error", *columns)
+    def _insert_mailing_messages(db: sqlite3.Connection, batch: list[tuple]) -> int:
+        names = ("created_at", "updated_at", "mailing_id", "status", "done_at", "last_error", "client_id", "phone",
+                 "timezone", "text", "next_attempt_at", "window_from", "window_to", "deadline")
         db.executemany(f"INSERT INTO messages (source, {', '.join(names)})"
                        f" VALUES ('mailing', {_placeholders(names)}) ON CONFLICT DO NOTHING", batch)
         return len(batch)
+
+    # A name's first word in SQL, for a name _plain_name accepts.
+    first_word_sql = "CASE WHEN instr(c.name, ' ') > 0 THEN substr(c.name, 1, instr(c.name, ' ') - 1) ELSE c.name END"
+
+    def _plain_name(self) -> tuple[str, list[Any]]:
+        """SQL true for a client's name made of words between single spaces, no other space of
+        PYTHON_SPACES in it (its first word in SQL is then str.split()'s), and its parameters."""
+        return ("(c.name NOT GLOB ? AND c.name NOT GLOB ' *' AND c.name NOT GLOB '* ' AND c.name NOT GLOB '*  *')",
+                [f"*[{OTHER_SPACES}]*"])
+
+    def _text_sql(self, pieces: list[tuple[str, str | None]]) -> tuple[str, list[Any]]:
+        """A mailing's text for client `c` as an SQL expression, and its parameters (FanOut.pieces)."""
+        parts, params = [], []
+        for literal, placeholder in pieces:
+            if literal:
+                parts.append("CAST(? AS TEXT)")
+                params.append(literal)
+            if placeholder is not None:
+                parts.append({"name": "c.name", "first_name": self.first_word_sql}[placeholder])
+        return " || ".join(parts) or "''", params
 
     def cancel_mailing(self, mailing_id: int) -> bool:
         """A scheduled or started mailing will not start, or its QUEUED messages become CANCELED at
@@ -869,30 +1029,25 @@ class Store:
             db.execute(f"UPDATE mailings SET state = '{STARTED}', updated_at = ? WHERE id = ? AND state = '{FINISHED}'",
                        (now, mailing_id))
 
+    # A mailing `g` with its counters (mailing_counts, kept by triggers) and first and last sent_at
+    # (an index probe each): constant time, where counting its messages took 0.7 s for a million.
+    _PROGRESS = (f"SELECT g.id, g.state, {', '.join(f'c.{column}' for column in COUNT_COLUMNS)}, c.segments,"
+                 " (SELECT min(m.sent_at) FROM messages m WHERE m.mailing_id = g.id AND m.sent_at IS NOT NULL),"
+                 " (SELECT max(m.sent_at) FROM messages m WHERE m.mailing_id = g.id AND m.sent_at IS NOT NULL)"
+                 " FROM mailings g LEFT JOIN mailing_counts c ON c.mailing_id = g.id")
+
+    @staticmethod
+    def _progress(row: Any) -> MailingProgress:
+        counts = {status: row[2 + index] for index, status in enumerate(STATUSES) if row[2 + index]}
+        return MailingProgress(row[0], row[1], counts, row[2 + len(STATUSES)] or 0, *row[3 + len(STATUSES):])
+
     def mailing_progress(self, mailing_id: int) -> MailingProgress | None:
-        db = self.connection()
-        mailing = db.execute("SELECT id, state FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
-        if mailing is None:
-            return None
-        counts = dict(db.execute("SELECT status, count(*) FROM messages WHERE mailing_id = ? GROUP BY status",
-                                 (mailing_id,)).fetchall())
-        sent = db.execute("SELECT CAST(coalesce(sum(segments), 0) AS BIGINT), min(sent_at), max(sent_at) FROM messages"
-                          " WHERE mailing_id = ? AND sent_at IS NOT NULL", (mailing_id,)).fetchone()
-        return MailingProgress(mailing["id"], mailing["state"], counts, *sent)
+        row = self.connection().execute(f"{self._PROGRESS} WHERE g.id = ?", (mailing_id,)).fetchone()
+        return self._progress(row) if row else None
 
     def mailings_progress(self) -> list[MailingProgress]:
-        """The progress of every mailing, by id, in three queries in all."""
-        db = self.connection()
-        counts: dict[int, dict[str, int]] = {}
-        for mailing_id, status, count in db.execute("SELECT mailing_id, status, count(*) FROM messages"
-                                                    " WHERE mailing_id IS NOT NULL GROUP BY mailing_id, status"):
-            counts.setdefault(mailing_id, {})[status] = count
-        sent = {row[0]: tuple(row[1:]) for row in db.execute(
-            "SELECT mailing_id, CAST(coalesce(sum(segments), 0) AS BIGINT), min(sent_at), max(sent_at) FROM messages"
-            " WHERE mailing_id IS NOT NULL AND sent_at IS NOT NULL GROUP BY mailing_id")}
-        nothing_sent = (0, None, None)
-        return [MailingProgress(row["id"], row["state"], counts.get(row["id"], {}), *sent.get(row["id"], nothing_sent))
-                for row in db.execute("SELECT id, state FROM mailings ORDER BY id")]
+        """The progress of every mailing, by id."""
+        return [self._progress(row) for row in self.connection().execute(f"{self._PROGRESS} ORDER BY g.id")]
 
     def mailing_messages(self, mailing_id: int, status: str | None, limit: int, offset: int
                          ) -> tuple[list[dict[str, Any]], int]:
@@ -1076,12 +1231,6 @@ class Store:
                        (*columns.values(), client_id))
         if changes.get("tags") is not None:
             self._set_tags(db, client_id, changes["tags"])
-
-    def mailing_recipients(self, tags: list[str], operator_codes: list[str]) -> Iterator[sqlite3.Row]:
-        """The clients (id, phone, name, timezone) with any of the tags and any of the operator codes,
-        read as they are iterated (inside start_mailing's transaction, when a mailing starts)."""
-        conditions, params = _client_filter(tags, operator_codes)
-        yield from self._stream(f"SELECT c.id, c.phone, c.name, c.timezone FROM clients c{_where(conditions)}", params)
 
     def _stream(self, sql: str, params: list[Any]) -> Iterator[Any]:
         """The rows of a big query as they are iterated (SQLite's cursor reads them so)."""

@@ -13,7 +13,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,18 @@ import psycopg
 
 from database import PostgresConnection
 from locks import WouldWait
-from store import DATA_TABLES, DatabaseUnavailable, Store, run_script
+from store import (
+    COUNT_COLUMNS,
+    DATA_TABLES,
+    OTHER_SPACES,
+    STATUSES,
+    DatabaseUnavailable,
+    Store,
+    add_mailing_counts,
+    is_status_sql,
+    run_script,
+    sent_segments_sql,
+)
 from token_store import Token, parse_expires_at
 
 # The schema as SQLite's migrations 1-6 leave it, in PostgreSQL's types: REAL there is a
@@ -148,11 +159,42 @@ CREATE TABLE ignored_webhooks (
 )
 """
 BASELINE_VERSION = 6  # the SQLite migrations BASELINE stands for
-POSTGRES_MIGRATIONS: list[str | None] = [None] * (BASELINE_VERSION - 1) + [BASELINE] + [
+POSTGRES_MIGRATIONS: list[str | Callable[[Any], None] | None] = [None] * (BASELINE_VERSION - 1) + [BASELINE] + [
     "CREATE TABLE rate_limits (name TEXT PRIMARY KEY, next_free DOUBLE PRECISION NOT NULL)",
     "CREATE TABLE moyklass_tokens (name TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at TEXT NOT NULL,"
     " until_rejected BOOLEAN NOT NULL)",
+    lambda db: add_mailing_counts(db, _postgres_count_triggers(), "BIGINT"),
 ]
+
+
+def _postgres_count_triggers() -> list[str]:
+    """Statement triggers reading the statement's rows as transition tables: a fan-out of a
+    million rows, or a cancel, updates each mailing's counters once, where a row trigger would
+    run a function a million times. Changes that leave every counter as it was (a lease taken
+    over, a message of no mailing) write nothing, so take no lock on the counters' row."""
+    sums = ", ".join([*(f"sum(d.sign * {is_status_sql('d', status)})" for status in STATUSES),
+                      f"sum(d.sign * {sent_segments_sql('d')})"])
+    changed = " OR ".join([*(f"sum(d.sign * {is_status_sql('d', status)}) != 0" for status in STATUSES),
+                           f"sum(d.sign * {sent_segments_sql('d')}) != 0"])
+    add = ", ".join(f"{column} = c.{column} + excluded.{column}" for column in (*COUNT_COLUMNS, "segments"))
+    statements = []
+    for operation, tables in (("INSERT", ("new_rows",)), ("UPDATE", ("old_rows", "new_rows")),
+                              ("DELETE", ("old_rows",))):
+        rows = " UNION ALL ".join(f"SELECT mailing_id, status, sent_at, segments, {-1 if table == 'old_rows' else 1}"
+                                  f" AS sign FROM {table} WHERE mailing_id IS NOT NULL" for table in tables)
+        function = f"count_mailing_messages_{operation.lower()}"
+        # Rows in mailing order: two transactions counting for the same mailings lock them in one order.
+        statements.append(
+            f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" INSERT INTO mailing_counts AS c (mailing_id, {', '.join(COUNT_COLUMNS)}, segments)"
+            f" SELECT d.mailing_id, {sums} FROM ({rows}) AS d GROUP BY d.mailing_id HAVING {changed}"
+            f" ORDER BY d.mailing_id ON CONFLICT (mailing_id) DO UPDATE SET {add}; RETURN NULL; END $$")
+        referencing = " ".join(f"{table.split('_')[0].upper()} TABLE AS {table}" for table in tables)
+        statements.append(f"CREATE TRIGGER messages_counted_{operation.lower()} AFTER {operation} ON messages"
+                          f" REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {function}()")
+    return statements
+
+
 TOKEN_LOCK = 0x5_3B_0C  # pg_advisory_xact_lock key: one host fetches the MoyKlass token at a time
 POLL_START, POLL_MAX = 0.002, 0.05  # a send slot is polled while all are taken, the pause doubling
 MIGRATION_LOCK = 0x5_3B_0B  # pg_advisory_xact_lock key: one host migrates at a time
@@ -162,6 +204,10 @@ class PostgresStore(Store):
     """Store on PostgreSQL: a connection per thread and process, transactions READ COMMITTED."""
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    first_word_sql = "split_part(c.name, ' ', 1)"
+
+    def _plain_name(self) -> tuple[str, list[Any]]:
+        return "c.name !~ ?", [f"[{OTHER_SPACES}]|^ | $|  "]
 
     def __init__(self, url: str, timeout: float = 5.0):
         self.url = url
@@ -178,7 +224,10 @@ class PostgresStore(Store):
             row = db.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else 0
             for migration in filter(None, POSTGRES_MIGRATIONS[version:]):
-                run_script(db, migration)
+                if callable(migration):
+                    migration(db)
+                else:
+                    run_script(db, migration)
             if len(POSTGRES_MIGRATIONS) > version:
                 db.execute("DELETE FROM schema_version")
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (len(POSTGRES_MIGRATIONS),))

@@ -1,22 +1,29 @@
 """The mailing scheduler with a clock the test controls: start, windows across time zones, end cut-off."""
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 
 import mailings
+from database import INTEGRITY_ERRORS
 from models import MailingCreate
-from store import CANCELED, EXPIRED, FAILED, QUEUED, SENT, Store
+from store import CANCELED, EXPIRED, FAILED, PYTHON_SPACES, QUEUED, SENT, Store
+from store_postgresql import PostgresStore
+from tests.conftest import TEST_DATABASE
+from texts import Template
 
 CREATED_AT = datetime(2026, 1, 1, tzinfo=UTC)  # the clock the mailings below are validated against
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
-    store = Store(tmp_path / "outbox.db")
+def store(tmp_path, request) -> Store:
+    """SQLite, or PostgreSQL with SMS_TEST_DATABASE=postgresql (tests/conftest.py)."""
+    if TEST_DATABASE == "postgresql":
+        store = PostgresStore(request.getfixturevalue("postgres_url"))
+    else:
+        store = Store(tmp_path / "outbox.db")
     store.initialize()
     return store
 
@@ -28,7 +35,7 @@ def at(text: str) -> float:
 def add_client(store: Store, phone: str, timezone: str, tags=("a",), name="Ana Ilić", code="64") -> int:
     with store.transaction() as db:
         client_id = db.execute("INSERT INTO clients (phone, operator_code, timezone, name, created_at)"
-                               " VALUES (?, ?, ?, ?, 0)", (phone, code, timezone, name)).lastrowid
+                               " VALUES (?, ?, ?, ?, 0) RETURNING id", (phone, code, timezone, name)).fetchone()[0]
         db.executemany("INSERT INTO client_tags (tag, client_id) VALUES (?, ?)", [(t, client_id) for t in tags])
     return client_id
 
@@ -141,8 +148,9 @@ def test_one_message_per_client_per_mailing_ever(store):
     mailing_id = new_mailing(store, "2030-03-10T10:00:00+00:00", "2030-03-10T20:00:00+00:00")
     mailings.start_due(store, at("2030-03-10T10:00:00+00:00"))
     updated_at = store.connection().execute("SELECT updated_at FROM mailings WHERE id = ?", (mailing_id,)).fetchone()[0]
-    assert store.start_mailing(mailing_id, updated_at, at("2030-03-10T10:00:05+00:00"), iter([])) == 0  # once only
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+    again = mailings._fan_out(store.mailing(mailing_id), at("2030-03-10T10:00:05+00:00"))
+    assert store.start_mailing(mailing_id, updated_at, at("2030-03-10T10:00:05+00:00"), again) == 0  # once only
+    with pytest.raises(INTEGRITY_ERRORS):
         with store.transaction() as db:
             db.execute("INSERT INTO messages (created_at, updated_at, source, status, next_attempt_at, deadline,"
                        " mailing_id, client_id) VALUES (0, 0, 'mailing', 'QUEUED', 0, 0, ?, ?)", (mailing_id, client))
@@ -238,8 +246,8 @@ def test_a_mailing_changed_after_the_scheduler_read_it_starts_as_changed(store):
                              selector={"tags": ["old"]}, text="OLD TEXT")
     read = store.connection().execute("SELECT updated_at FROM mailings WHERE id = ?", (mailing_id,)).fetchone()[0]
     mailings.update(store, mailing_id, {"text": "NEW TEXT", "filter": {"tags": ["new"]}}, {"now": CREATED_AT})
-    stale = [{"client_id": 1, "phone": "+381641000001", "timezone": "UTC", "text": "OLD TEXT",
-              "next_attempt_at": 0.0, "window_from": None, "window_to": None, "deadline": 1e10}]
+    stale = mailings._fan_out(store.mailing(mailing_id) | {"text": "OLD TEXT", "filter": '{"tags": ["old"]}'},
+                              at("2030-03-10T10:00:01+00:00"))
     assert store.start_mailing(mailing_id, read, at("2030-03-10T10:00:01+00:00"), stale) == 0
     assert mailings.get(store, mailing_id)["state"] == "scheduled" and rows(store, mailing_id) == {}
     mailings.start_due(store, at("2030-03-10T10:00:02+00:00"))
@@ -257,3 +265,94 @@ def test_a_finished_mailing_cannot_be_cancelled_and_a_cancelled_one_stays_so(sto
     other = new_mailing(store, "2030-03-11T10:00:00+00:00", "2030-03-11T20:00:00+00:00")
     assert mailings.cancel(store, other)["state"] == "canceled"
     assert mailings.cancel(store, other)["state"] == "canceled"
+
+
+NAMES = ["Ana Ilić", "Marko", "", "Jelena  Jović", " Petar Perić", "Ivan ", "Tab\tName", "Nbsp\xa0Name",
+         "Three Word Name", "Ideographic\u3000Space", "Line\nBreak", "Ćirilica Ђорђе"]
+
+
+@pytest.mark.parametrize("text", ["Zdravo {first_name}, upis {{sutra}}.", "{name}|{first_name}|{name}",
+                                  "Bez imena {{ i }} zagrada", "{first_name}"])
+def test_the_fan_out_renders_every_name_as_python_does_with_windows_and_late_clients_expired(store, text):
+    """The fan-out renders in SQL what it can prove equal to Template.render: each row against it."""
+    zones = ["UTC", "Asia/Yekaterinburg", "America/Los_Angeles"]
+    clients = {add_client(store, f"+3816410000{i:02d}", zones[i % 3], name=name): (name, zones[i % 3])
+               for i, name in enumerate(NAMES)}
+    add_client(store, "+381641000099", "UTC", tags=("other",), name="Not Matched")
+    now, end = at("2030-03-10T17:00:00+00:00"), at("2030-03-10T23:00:00+00:00")
+    mailing_id = new_mailing(store, "2030-03-10T12:00:00+00:00", "2030-03-10T23:00:00+00:00",
+                             window=("09:00", "21:00"), text=text)
+    assert mailings.start_due(store, now) == [(mailing_id, len(NAMES))]
+    template = Template(text)
+    queued = rows(store, mailing_id)
+    assert set(queued) == set(clients)
+    for client_id, (name, zone) in clients.items():
+        row = queued[client_id]
+        first = name.split()[0] if name else ""
+        assert row["text"] == template.render({"name": name, "first_name": first}), name
+        opening = mailings.next_opening(now, zone, ("09:00", "21:00"))
+        assert (row["next_attempt_at"], row["timezone"], row["window_from"], row["window_to"], row["deadline"]) == (
+            opening, zone, "09:00", "21:00", end)
+        if opening >= end:  # Yekaterinburg: 22:00 there, its window opens after the end
+            assert (row["status"], row["done_at"], row["last_error"]) == (
+                EXPIRED, now, "its window does not open before the mailing ends"), zone
+        else:
+            assert (row["status"], row["done_at"], row["last_error"]) == (QUEUED, None, None), zone
+    assert {row["status"] for row in queued.values()} == {QUEUED, EXPIRED}
+
+
+def test_python_spaces_are_every_character_str_split_splits_at():
+    assert set(PYTHON_SPACES) == {c for c in map(chr, range(0x110000)) if c.isspace()}
+
+
+def recount(store: Store) -> dict[int, tuple]:
+    """Each mailing's counters as counting its messages gives them."""
+    db = store.connection()
+    found: dict[int, tuple] = {}
+    for mailing_id in [row[0] for row in db.execute("SELECT id FROM mailings ORDER BY id")]:
+        counts = dict(db.execute("SELECT status, count(*) FROM messages WHERE mailing_id = ? GROUP BY status",
+                                 (mailing_id,)).fetchall())
+        sent = db.execute("SELECT coalesce(sum(segments), 0), min(sent_at), max(sent_at) FROM messages"
+                          " WHERE mailing_id = ? AND sent_at IS NOT NULL", (mailing_id,)).fetchone()
+        found[mailing_id] = (counts, *sent)
+    return found
+
+
+def counters(store: Store) -> dict[int, tuple]:
+    return {progress.mailing_id: (progress.counts, progress.segments, progress.first_sent_at, progress.last_sent_at)
+            for progress in store.mailings_progress()}
+
+
+def test_the_counters_of_every_mailing_equal_a_recount_after_a_mixed_workload(store):
+    """Sends, failures, reports, a lease taken over, a retry, a cancel, expiry, a message deleted:
+    the counters the triggers keep (migration 9) are what counting the messages gives."""
+    for i in range(12):
+        add_client(store, f"+3816410001{i:02d}", "UTC")
+    first = new_mailing(store, "2026-01-01T10:00:00+00:00", "2099-03-10T20:00:00+00:00")
+    second = new_mailing(store, "2026-01-01T10:00:00+00:00", "2099-03-10T20:00:00+00:00")
+    short = new_mailing(store, "2026-01-01T10:00:00+00:00", "2026-01-01T11:00:00+00:00")
+    mailings.start_due(store, at("2026-01-01T10:00:00+00:00"))
+    store.enqueue_many("test", 3600, [("+381641000001", "not of a mailing", None, None)] * 3)
+    assert store.expire_overdue(at("2026-01-01T12:00:00+00:00")) == 12  # the short one's
+    claimed = store.claim("w", 16, 30)
+    for index, message in enumerate(claimed):
+        outcome = (SENT, SENT, FAILED, QUEUED)[index % 4]
+        store.transition(message["id"], outcome, "w", count_attempt=True,
+                         **({"segments": 1 + index % 3} if outcome == SENT else {}))
+    sent = [m["id"] for m in claimed if store.message(m["id"])["status"] == SENT]
+    store.transition(sent[0], FAILED)  # a delivery report: sent, then failed
+    store.claim("w2", 3, -1)  # leases that expire at once: taken over by the next claim
+    store.claim("w3", 3, 30)
+    mailings.retry_failed(store, first, at("2026-01-01T12:00:00+00:00"))
+    for message in store.claim("w4", 4, 30):  # sent again: a later sent_at than the first time
+        store.transition(message["id"], SENT, "w4", segments=2)
+    still_sent = [m for m in sent[1:] if store.message(m)["status"] == SENT]
+    store.transition(still_sent[0], "DELIVERED")
+    store.transition(still_sent[1], "UNDELIVERED")
+    mailings.cancel(store, second)
+    with store.transaction() as db:
+        db.execute("DELETE FROM messages WHERE id = (SELECT max(id) FROM messages WHERE mailing_id = ?)", (first,))
+    assert counters(store) == recount(store)
+    assert {status for counts, *_ in recount(store).values() for status in counts} == {
+        QUEUED, "SENDING", SENT, "DELIVERED", "UNDELIVERED", FAILED, EXPIRED, CANCELED}
+    assert recount(store)[short][0] == {EXPIRED: 12}

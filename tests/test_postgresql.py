@@ -19,7 +19,7 @@ import clients
 from locks import WouldWait
 from models import ClientCreate
 from sms_bulk_app import create_app
-from store import MIGRATIONS, SENDING, SENT
+from store import MIGRATIONS, SENDING, SENT, run_script
 from store_postgresql import POSTGRES_MIGRATIONS, PostgresStore
 from tests.conftest import ROOT, load_fixture, run_command, settings_store
 
@@ -85,6 +85,24 @@ def test_hosts_starting_together_migrate_once(postgres_url):
     version = stores[0].connection().execute("SELECT version FROM schema_version").fetchall()
     assert [row[0] for row in version] == [len(MIGRATIONS)]
     assert len(POSTGRES_MIGRATIONS) == len(MIGRATIONS)  # a migration is written for both databases
+
+
+def test_migration_9_counts_the_messages_a_database_had_before_it(postgres_url):
+    """A database of the release before the counters (version 8) upgrades with its mailings counted."""
+    store = PostgresStore(postgres_url)
+    with store.transaction() as db:
+        run_script(db, "CREATE TABLE schema_version (version BIGINT NOT NULL); INSERT INTO schema_version VALUES (8)")
+        for migration in filter(None, POSTGRES_MIGRATIONS[:8]):
+            run_script(db, migration)
+        db.execute("INSERT INTO mailings (id, created_at, updated_at, start_at, end_at, text, filter, state)"
+                   " VALUES (3, 1, 1, 1, 2, 'Zdravo', '{}', 'started')")
+        db.executemany("INSERT INTO messages (created_at, updated_at, source, status, next_attempt_at, deadline,"
+                       " mailing_id, client_id, segments, sent_at) VALUES (1, 1, 'mailing', ?, 1, 2, 3, ?, ?, ?)",
+                       [(SENT, 1, 2, 5.0), (SENT, 2, 1, 7.0), ("FAILED", 3, None, None), ("QUEUED", 4, None, None)])
+    store.initialize()
+    progress = store.mailing_progress(3)
+    assert (progress.counts, progress.segments, progress.first_sent_at, progress.last_sent_at) == (
+        {SENT: 2, "FAILED": 1, "QUEUED": 1}, 3, 5.0, 7.0)
 
 
 def test_a_postgresql_that_cannot_be_reached_stops_the_start_with_one_line(tmp_path):
