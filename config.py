@@ -19,7 +19,7 @@ import phonenumbers
 from database import SQLITE, Backend, BadDatabaseUrl, parse_database_url
 from events import MOYKLASS_EVENTS, family_of
 from models import is_iana_time_zone
-from providers import PROVIDERS, Provider, Setting, Shared
+from providers import PROVIDERS, Provider, Setting
 from texts import TEMPLATE_FIELDS, Template, TemplateError
 
 DEFAULT_SMS_TEXT = (
@@ -88,11 +88,6 @@ class Config:
     def sms_provider(self) -> str:
         """The provider every message is sent through: the first of SMS_PROVIDERS."""
         return self.sms_providers[0]
-
-    @property
-    def shared(self) -> Shared:
-        """What every provider is built with besides its own settings."""
-        return Shared(self.http_timeouts, self.public_url)
 
     @property
     def http_timeouts(self) -> tuple[float, float]:

@@ -31,7 +31,7 @@ from locks import WouldWait
 from mailings import next_opening
 from moyklass import MOYKLASS_MAX_ID, LessonNotFound, MoyKlassClient, MoyKlassError, UserNotFound, template_fields
 from phones import InvalidPhone, mask, to_e164
-from providers import Delivery, Outcome, Provider, SendResult
+from providers import Delivery, DeliveryReport, Outcome, Provider, ReportSink, SendResult
 from store import (
     CANCELED,
     DELIVERED,
@@ -454,6 +454,18 @@ class Dispatcher:
     def _jittered(delay: float) -> float:
         """Spread retries so that messages failed together do not come back together."""
         return delay * random.uniform(0.8, 1.2)
+
+
+def pushed_report_sink(store: Store) -> ReportSink:
+    """Where providers hand the delivery reports that come on their own: the final ones are kept
+    and applied to their message (Store.record_pushed_report); the others say nothing new."""
+    final = {Delivery.DELIVERED: DELIVERED, Delivery.UNDELIVERED: UNDELIVERED, Delivery.FAILED: FAILED}
+
+    def record(provider: str, reference: str, report: DeliveryReport) -> None:
+        if report.state in final:
+            store.record_pushed_report(provider, reference, final[report.state], report.description, time.time())
+
+    return record
 
 
 @dataclass(frozen=True)

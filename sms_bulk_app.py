@@ -27,12 +27,12 @@ import callbacks
 from bodies import InvalidJson, parse_json
 from config import Config, load_config
 from database import POSTGRESQL, Backend
-from delivery import RECIPIENTS, Cause, Dispatcher
+from delivery import RECIPIENTS, Cause, Dispatcher, pushed_report_sink
 from errors import ApiError, read_body, register_error_handlers
 from events import EVENT_NAME, MalformedObject, family_of
 from logs import setup_logging
 from moyklass import MoyKlassClient
-from providers import create_provider
+from providers import Shared, create_provider
 from store import SENT, Store
 from store_postgresql import PostgresStore
 from worker import Worker, worker_id
@@ -216,7 +216,8 @@ def build_services(config: Config) -> Services:
         limiter = store.rate_limiter("moyklass", config.moyklass_rate_per_sec, config.data_dir)
         moyklass = MoyKlassClient(config.moyklass_api_url, config.api_key, store.token_keeper(config.token_file_path),
                                   limiter, config.http_timeouts, config.user_cache_seconds)
-    provider = create_provider(config.sms_provider, config.provider_settings[config.sms_provider], config.shared)
+    shared = Shared(config.http_timeouts, config.public_url, pushed_report_sink(store))
+    provider = create_provider(config.sms_provider, config.provider_settings[config.sms_provider], shared)
     return Services(config, store, Dispatcher(config, store, moyklass, provider))
 
 

@@ -164,6 +164,10 @@ POSTGRES_MIGRATIONS: list[str | Callable[[Any], None] | None] = [None] * (BASELI
     "CREATE TABLE moyklass_tokens (name TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at TEXT NOT NULL,"
     " until_rejected BOOLEAN NOT NULL)",
     lambda db: add_mailing_counts(db, _postgres_count_triggers(), "BIGINT"),
+    "CREATE TABLE pushed_reports (id BIGSERIAL PRIMARY KEY, provider TEXT NOT NULL, reference TEXT NOT NULL,"
+    " state TEXT NOT NULL, description TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL);"
+    " CREATE INDEX pushed_reports_reference ON pushed_reports (provider, reference);"
+    " CREATE INDEX messages_gateway_ref ON messages (provider, gateway_ref) WHERE gateway_ref IS NOT NULL",
 ]
 
 

@@ -103,13 +103,15 @@ class Worker:
             self._shut_down(pool, in_flight)
 
     def _schedule(self, now: float) -> None:
-        """Start the mailings whose time has come; expire what waited past its deadline."""
+        """Start the mailings whose time has come; expire what waited past its deadline; apply the
+        delivery reports gateways pushed before their message's send was written."""
         for mailing_id, queued in mailings.start_due(self.store, now):
             log.info("Mailing %d started: %d messages queued", mailing_id, queued)
         expired = self.store.expire_overdue(now)
         if expired:
             log.info("%d messages expired unsent: their deadline passed", expired)
         mailings.finish_done(self.store, now)
+        self.store.apply_pushed_reports(now, self.dispatcher.config.sms_dlr_max_seconds)
 
     def _collect(self, done: set[Future], in_flight: dict[Future, int | None]) -> None:
         """Take the results of finished sends and write them, all in one transaction."""

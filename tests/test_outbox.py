@@ -1,4 +1,5 @@
-"""store.py: the status machine, leases and claims on a real SQLite file."""
+"""store.py: the status machine, leases, claims and pushed reports, on a real SQLite file or PostgreSQL
+database (SMS_TEST_DATABASE)."""
 from __future__ import annotations
 
 import threading
@@ -117,3 +118,51 @@ def test_counts_cover_every_status(store):
     queue(store, 2)
     assert store.counts() == {QUEUED: 2, SENDING: 0, SENT: 0, DELIVERED: 0, UNDELIVERED: 0,
                               FAILED: 0, EXPIRED: 0, CANCELED: 0}
+
+
+def sent_through(store: Store, provider: str, reference: str) -> int:
+    [message_id] = queue(store)
+    store.claim("w1", 1, 30)
+    store.transition(message_id, SENT, "w1", count_attempt=True, gateway_ref=reference, provider=provider)
+    return message_id
+
+
+def test_a_pushed_report_of_a_sent_message_is_applied_at_once(store):
+    message_id = sent_through(store, "twilio", "SM1")
+    assert store.record_pushed_report("twilio", "SM1", DELIVERED, "delivered", time.time())
+    row = store.message(message_id)
+    assert (row["status"], row["report_text"]) == (DELIVERED, "delivered") and row["done_at"]
+    assert store.table_counts()["pushed_reports"] == 0
+
+
+def test_a_report_pushed_before_the_send_is_written_waits_for_it(store):
+    [message_id] = queue(store)
+    store.claim("w1", 1, 30)  # SENDING: the gateway answered, its answer not yet written
+    assert not store.record_pushed_report("smpp", "77", UNDELIVERED, "stat:UNDELIV", time.time())
+    assert store.apply_pushed_reports(time.time(), 3600) == 0 and store.message(message_id)["status"] == SENDING
+    store.transition(message_id, SENT, "w1", count_attempt=True, gateway_ref="77", provider="smpp")
+    assert store.apply_pushed_reports(time.time(), 3600) == 1
+    assert (store.message(message_id)["status"], store.message(message_id)["report_text"]) == (UNDELIVERED,
+                                                                                               "stat:UNDELIV")
+    assert store.table_counts()["pushed_reports"] == 0
+
+
+def test_a_pushed_report_finds_only_its_providers_message_and_a_repeat_changes_nothing(store):
+    twilio = sent_through(store, "twilio", "X1")
+    smpp = sent_through(store, "smpp", "X1")
+    assert store.record_pushed_report("smpp", "X1", FAILED, "stat:REJECTD", time.time())
+    assert (store.message(smpp)["status"], store.message(twilio)["status"]) == (FAILED, SENT)
+    assert not store.record_pushed_report("smpp", "X1", DELIVERED, "late and contrary", time.time())
+    assert store.message(smpp)["status"] == FAILED and store.table_counts()["pushed_reports"] == 0
+
+
+def test_a_pushed_report_whose_message_never_comes_is_forgotten_after_keep_seconds(store):
+    store.record_pushed_report("twilio", "SM-unknown", DELIVERED, "", time.time() - 7200)
+    store.record_pushed_report("twilio", "SM-recent", DELIVERED, "", time.time())
+    assert store.apply_pushed_reports(time.time(), 3600) == 0
+    assert store.table_counts()["pushed_reports"] == 1
+
+
+def test_a_pushed_report_must_be_final(store):
+    with pytest.raises(ValueError, match="not 'SENT'"):
+        store.record_pushed_report("twilio", "SM1", SENT, "", time.time())
