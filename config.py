@@ -325,8 +325,11 @@ def _provider_names(read: _Reader) -> tuple[str, ...]:
 
 def _provider_settings(read: _Reader, provider: type[Provider]) -> dict[str, Any]:
     """Every setting `provider` declares, from `<PROVIDER>_<SETTING>` (or its legacy name), checked
-    and typed; a missing required one is named with the provider that needs it."""
-    return {setting.name: _provider_setting(read, provider, setting) for setting in provider.settings}
+    and typed, then together (`Provider.problems`); a missing required one is named with the
+    provider that needs it."""
+    values = {setting.name: _provider_setting(read, provider, setting) for setting in provider.settings}
+    read.problems.extend(provider.problems(values))
+    return values
 
 
 def _provider_setting(read: _Reader, provider: type[Provider], setting: Setting) -> Any:
