@@ -162,6 +162,10 @@ class FakeTwilio:
         self.received: list[dict[str, Any]] = []
         self.messages: dict[str, dict[str, Any]] = {}  # sid -> the Message, with the fields it was created from
         self.fail_next: list[int] = []
+        # A status to call back with before answering the create: Twilio's callback can come before
+        # the sender has even read the answer. The callbacks' HTTP statuses are kept in `callbacks`.
+        self.callback_first: str | None = None
+        self.callbacks: list[int] = []
         self._sids = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
 
@@ -192,6 +196,8 @@ class FakeTwilio:
         with self.lock:
             status, answer = self._route(request)
             self.received.append(request | {"status": status})
+        if status == 201 and self.callback_first:
+            self.post_status(answer["sid"], self.callback_first)
         return status, answer
 
     def _route(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -248,6 +254,8 @@ class FakeTwilio:
         if error_code is not None:
             params["ErrorCode"] = str(error_code)
         target = url or message["fields"]["StatusCallback"]
-        return requests.post(target, data=urlencode(params), timeout=5, headers={
+        response = requests.post(target, data=urlencode(params), timeout=5, headers={
             "Content-Type": "application/x-www-form-urlencoded",
             "X-Twilio-Signature": sign(self.auth_token, target, params)})
+        self.callbacks.append(response.status_code)
+        return response

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
+from werkzeug.serving import make_server
 
 from callbacks import twilio_signature, valid_twilio_signature
 from config import load_config
@@ -15,7 +18,8 @@ from http_client import HttpAnswer, KeepAliveClient
 from providers import Delivery, DeliveryReport, Outcome, Shared, create_provider
 from providers.twilio import TwilioProvider
 from sms_bulk_app import create_app, services
-from store import DELIVERED, FAILED, UNDELIVERED
+from store import DELIVERED, FAILED, SENT, UNDELIVERED
+from tests.conftest import free_port, running_worker, settings_store, wait_until
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FROM, SPEC, FakeTwilio, request_problems, resolve, sign
 
 PUBLIC_URL = "https://sms.example.com"
@@ -300,3 +304,52 @@ def test_a_signed_callback_without_a_message_sid_is_400(recorded):
     client, calls = recorded
     assert callback(client, {"MessageStatus": "delivered"}).status_code == 400
     assert calls == []
+
+
+# --- End to end: the real worker sends, the fake calls back -------------------------------------------
+
+@contextmanager
+def serving(app, port: int):
+    """The app on 127.0.0.1:`port` in a thread, where the fake Twilio calls back."""
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def end_to_end(worker_settings, twilio) -> dict[str, str]:
+    port = free_port()
+    return worker_settings | {"SMS_PROVIDERS": "twilio", "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+                              "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_FROM": FROM, "TWILIO_API_URL": twilio.url,
+                              "PUBLIC_URL": f"http://127.0.0.1:{port}"}
+
+
+def test_sent_by_the_worker_then_delivered_by_twilios_signed_callback(end_to_end, twilio):
+    store = settings_store(end_to_end)
+    [message_id] = store.enqueue_many("test", 3600, [("+381641234567", "Zdravo iz Twilija", None, None)])
+    port = int(end_to_end["PUBLIC_URL"].rsplit(":", 1)[1])
+    with serving(create_app(end_to_end), port), running_worker(end_to_end):
+        row = wait_until(lambda: (m := store.message(message_id))["status"] == SENT and m, what="SENT")
+        assert sent_fields(twilio) == [{"To": "+381641234567", "Body": "Zdravo iz Twilija", "From": FROM,
+                                        "StatusCallback": f"{end_to_end['PUBLIC_URL']}/callbacks/twilio"}]
+        assert (row["gateway_ref"], row["report_next_at"]) == (next(iter(twilio.messages)), None)  # not polled
+        assert twilio.post_status(row["gateway_ref"], "delivered").status_code == 204
+        wait_until(lambda: store.message(message_id)["status"] == DELIVERED, what="DELIVERED")
+    assert store.message(message_id)["report_text"] == "Twilio: delivered"
+    assert [r["method"] for r in twilio.received] == ["POST"]
+    assert all(r["problems"] == [] for r in twilio.received)
+
+
+def test_a_callback_that_comes_before_the_send_is_written_is_not_lost(end_to_end, twilio):
+    twilio.callback_first = "undelivered"
+    store = settings_store(end_to_end)
+    [message_id] = store.enqueue_many("test", 3600, [("+381641234567", "Zdravo", None, None)])
+    port = int(end_to_end["PUBLIC_URL"].rsplit(":", 1)[1])
+    with serving(create_app(end_to_end), port), running_worker(end_to_end):
+        wait_until(lambda: store.message(message_id)["status"] == UNDELIVERED, what="UNDELIVERED")
+    assert twilio.callbacks == [204]  # answered while the worker still waited for Twilio's answer
+    row = store.message(message_id)
+    assert (row["gateway_ref"], row["report_text"]) == (next(iter(twilio.messages)), "Twilio: undelivered")
