@@ -7,11 +7,11 @@ in flight at once (the window). A submit_sm that could not be written is TRANSIE
 whose answer never came (the session dropped, or the send's time ran out) is UNKNOWN: the SMSC
 may have taken it.
 
-Delivery receipts come as deliver_sm on the session. With a report sink (the worker) the provider
-binds as a transceiver, binds at once, and binds again after a drop so receipts keep coming while
-nothing is sent. Without one (the web process, commands) it binds as a transmitter only when it
-sends: the SMSC then routes receipts to a session that can keep them, instead of one that would
-have to drop them.
+Nothing binds before the first send, so a command that never sends never binds. Delivery receipts
+come as deliver_sm on the session. With a report sink the provider binds as a transceiver and, from
+its first send on, keeps a session bound (binding again after a drop or an unbind) so receipts keep
+coming while nothing is sent. Without one it binds as a transmitter: the SMSC then routes receipts
+to a session that can keep them, instead of one that would have to drop them.
 
 A long text goes as concatenated parts (a UDH with an 8-bit reference). The message's reference is
 its first part's message_id; the ids of the other parts are remembered by the process that sent
@@ -326,8 +326,7 @@ class SmppProvider(Provider):
         self._parts_lock = threading.Lock()
         self._later_parts: OrderedDict[str, str] = OrderedDict()  # a later part's id -> the first part's
         self._stopping = threading.Event()
-        if report_sink is not None:
-            threading.Thread(target=self._keep_bound, name="smpp-binder", daemon=True).start()
+        self._keeper_pid: int | None = None  # the process whose thread keeps the session bound
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any], shared: Shared) -> SmppProvider:
@@ -402,6 +401,9 @@ class SmppProvider(Provider):
                           self.host, self.port, error, self._bind_delay)
                 raise
             self._bind_delay = 0.0
+            if self._sink is not None and self._keeper_pid != os.getpid():
+                self._keeper_pid = os.getpid()
+                threading.Thread(target=self._keep_bound, name="smpp-binder", daemon=True).start()
             return self._session
         finally:
             self._binding.release()
@@ -429,7 +431,7 @@ class SmppProvider(Provider):
             log.warning("SMPP: the session to %s:%d ended: %s", self.host, self.port, reason)
 
     def _keep_bound(self) -> None:
-        """With a report sink: keep a session bound, so receipts arrive while nothing is sent."""
+        """With a report sink, from the first bind on: a session stays bound, for receipts while nothing is sent."""
         while not self._stopping.is_set():
             try:
                 session = self._bound_session(time.monotonic() + self._send_timeout)

@@ -11,7 +11,7 @@ from smpplib import exceptions
 
 from providers import PROVIDERS, Delivery, DeliveryReport, Outcome
 from providers.smpp import GSM7_CODES, GSM7_TABLE, SmppProvider, encode_parts
-from store import SENT
+from store import DELIVERED
 from tests.conftest import free_port, running_worker, settings_store, wait_until
 from tests.smsc import PASSWORD, SYSTEM_ID, Smsc, start_smsc, stop_smsc
 from texts import GSM7_BASIC, GSM7_EXTENDED, measure
@@ -176,9 +176,15 @@ def test_a_dropped_connection_is_bound_again_and_the_next_send_goes_out(smsc, co
     assert [submit["session"] for submit in smsc.pdus("submit_sm")] == [1, 2]
 
 
+def test_nothing_binds_before_the_first_send(smsc, connect):
+    connect(Reports())  # as every process builds it, commands that never send included
+    time.sleep(0.5)
+    assert smsc.events() == []
+
+
 def test_with_a_report_sink_the_session_is_bound_again_without_a_send(smsc, connect):
-    connect(Reports())
-    wait_until(lambda: len(smsc.pdus("bind_transceiver")) == 1, what="the first bind")
+    assert connect(Reports()).send(PHONE, "1", "SmartLab").outcome is Outcome.SENT
+    assert len(smsc.pdus("bind_transceiver")) == 1
     smsc.control(unbind=True)  # the SMSC unbinds: answered, then bound again at once
     wait_until(lambda: len(smsc.pdus("bind_transceiver")) == 2, what="a second bind")
     assert len(smsc.pdus("unbind_resp")) == 1
@@ -281,16 +287,18 @@ def test_sender_threads_share_one_session(smsc, connect):
     assert len(smsc.pdus("bind_transmitter")) == 1 and len(smsc.pdus("submit_sm")) == 40
 
 
-def test_a_queued_message_is_sent_through_the_smsc_by_the_worker(smsc, worker_settings):
+def test_a_queued_message_is_sent_through_the_smsc_by_the_worker_and_its_receipt_delivers_it(smsc, worker_settings):
     worker_settings |= {"SMS_PROVIDERS": "smpp", "SMPP_HOST": "127.0.0.1", "SMPP_PORT": str(smsc.port),
                         "SMPP_SYSTEM_ID": SYSTEM_ID, "SMPP_PASSWORD": PASSWORD, "SMS_SENDER": "SmartLab"}
     assert "smpp" in PROVIDERS
     store = settings_store(worker_settings)
     store.enqueue_many("test", 3600, [(PHONE, "Zdravo iz škole", None, None)])
     with running_worker(worker_settings):
-        wait_until(lambda: store.message(1)["status"] == SENT, what="SENT")
+        wait_until(lambda: store.message(1)["status"] == DELIVERED, what="DELIVERED")
     row = store.message(1)
     [submit] = smsc.pdus("submit_sm")
-    assert (row["provider"], row["gateway_ref"], row["encoding"]) == ("smpp", "1000", "UCS-2")
+    assert (row["provider"], row["gateway_ref"], row["encoding"], row["report_text"]) == \
+        ("smpp", "1000", "UCS-2", "DELIVRD err:000")
     assert submit["destination_addr"] == "381641234567"
     assert bytes.fromhex(submit["short_message"]).decode("utf-16-be") == "Zdravo iz škole"
+    assert len(smsc.pdus("bind_transceiver")) == 1 and smsc.pdus("deliver_sm_resp")[0]["command_status"] == 0
