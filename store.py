@@ -56,7 +56,7 @@ LATE_ERROR = "its window does not open before the mailing ends"  # a mailing mes
 MAILING_COLUMNS = ("start_at", "end_at", "text", "filter", "window_from", "window_to")  # those a caller sets
 # The columns of a message the API shows.
 MESSAGE_COLUMNS = ("id", "status", "phone", "text", "encoding", "segments", "attempts", "mailing_id", "client_id",
-                   "user_id", "gateway_ref", "last_error", "created_at", "sent_at")
+                   "user_id", "provider", "gateway_ref", "cost", "currency", "last_error", "created_at", "sent_at")
 CLIENT_COLUMNS = ("phone", "operator_code", "timezone", "name", "moyklass_user_id")  # and created_at, set here
 
 # new status -> the statuses it may be reached from
@@ -235,6 +235,21 @@ MIGRATIONS = [
     CREATE INDEX pushed_reports_reference ON pushed_reports (provider, reference);
     CREATE INDEX messages_gateway_ref ON messages (provider, gateway_ref) WHERE gateway_ref IS NOT NULL;
     """,
+    # Several providers: what each message cost (NULL for those sent before), each provider's run
+    # of failed sends (the circuit breaker, see Store.record_provider_failure), and the indexes of
+    # each provider's figures (sent and failed in the last hour, cost per day).
+    """
+    ALTER TABLE messages ADD COLUMN cost REAL;
+    ALTER TABLE messages ADD COLUMN currency TEXT;
+    CREATE TABLE provider_health (
+        provider TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        down_until REAL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX messages_provider_sent ON messages (provider, sent_at) WHERE sent_at IS NOT NULL;
+    CREATE INDEX messages_provider_failed ON messages (provider, done_at) WHERE status = 'FAILED';
+    """,
 ]
 
 # The tables that hold the service's data, referenced ones first: what migrate-db copies. The
@@ -353,7 +368,7 @@ class Change:
     message_id: int
     status: str
     fields: dict[str, Any] = field(default_factory=dict)
-    count_attempt: bool = False
+    count_attempt: int = 0  # sends made (True: one; a failover makes several in one attempt)
     unknown_outcome: bool = False  # the send reached the gateway but no verdict came back
 
 
@@ -371,6 +386,55 @@ class ProviderPause:
     provider: str
     retry_at: float
     reason: str
+
+
+@dataclass(frozen=True)
+class ProviderState:
+    """What the database says of a provider: paused (credentials or balance refused), down (a
+    run of failed sends, see record_provider_failure), or neither."""
+
+    failures: int = 0  # failed sends in a row
+    paused_until: float | None = None
+    pause_reason: str = ""
+    down_until: float | None = None
+    down_reason: str = ""
+
+
+@dataclass(frozen=True)
+class CostLine:
+    """Messages sent (SENT and after) of one group (a day, a mailing) through one provider."""
+
+    group: Any  # the day (YYYY-MM-DD, UTC) or the mailing id
+    provider: str
+    currency: str  # "" when the provider has no price
+    messages: int
+    parts: int
+    cost: float
+
+
+@dataclass(frozen=True)
+class Mailing:
+    """A mailing as stored: times are seconds since the epoch, `filter` its JSON."""
+
+    id: int
+    created_at: float
+    updated_at: float
+    start_at: float
+    end_at: float
+    text: str
+    filter: str
+    window_from: str | None
+    window_to: str | None
+    state: str
+    started_at: float | None
+
+    @property
+    def window(self) -> tuple[str, str] | None:
+        """The local-time window ("09:00", "21:00") of each client, or None: any time."""
+        return (self.window_from, self.window_to) if self.window_from and self.window_to else None
+
+
+MAILING_ROW = ", ".join(Mailing.__dataclass_fields__)  # the columns a Mailing is read from, in its order
 
 
 @dataclass(frozen=True)
@@ -810,7 +874,7 @@ class Store:
             fields["report_next_at"] = None
         assignments = ", ".join(f"{name} = ?" for name in fields)
         if change.count_attempt:
-            assignments += ", attempts = attempts + 1"
+            assignments += f", attempts = attempts + {int(change.count_attempt)}"
         if change.unknown_outcome:
             assignments += ", unknown_outcomes = unknown_outcomes + 1"
         condition = f"status IN ({_placeholders(allowed)})"
@@ -996,26 +1060,27 @@ class Store:
                            " AND status = ?", (CANCELED, now, now, mailing_id, QUEUED))
             return canceled == 1
 
-    def create_mailing(self, mailing: dict[str, Any]) -> dict[str, Any]:
+    def create_mailing(self, mailing: dict[str, Any]) -> Mailing:
         """Insert a scheduled mailing (its MAILING_COLUMNS); it as stored."""
         now = time.time()
         with self.transaction() as db:
-            return dict(db.execute(
+            return Mailing(*db.execute(
                 f"INSERT INTO mailings (created_at, updated_at, state, {', '.join(MAILING_COLUMNS)})"
-                f" VALUES (?, ?, '{SCHEDULED}', {_placeholders(MAILING_COLUMNS)}) RETURNING *",
+                f" VALUES (?, ?, '{SCHEDULED}', {_placeholders(MAILING_COLUMNS)}) RETURNING {MAILING_ROW}",
                 (now, now, *(mailing[column] for column in MAILING_COLUMNS))).fetchone())
 
-    def mailing(self, mailing_id: int) -> dict[str, Any] | None:
-        row = self.connection().execute("SELECT * FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
-        return dict(row) if row else None
+    def mailing(self, mailing_id: int) -> Mailing | None:
+        row = self.connection().execute(f"SELECT {MAILING_ROW} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
+        return Mailing(*row) if row else None
 
-    def mailings(self) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.connection().execute("SELECT * FROM mailings ORDER BY id")]
+    def mailings(self) -> list[Mailing]:
+        return [Mailing(*row) for row in self.connection().execute(f"SELECT {MAILING_ROW} FROM mailings ORDER BY id")]
 
-    def due_mailings(self, now: float) -> list[dict[str, Any]]:
+    def due_mailings(self, now: float) -> list[Mailing]:
         """Scheduled mailings whose start_at has come, the earliest first."""
-        return [dict(row) for row in self.connection().execute(
-            f"SELECT * FROM mailings WHERE state = '{SCHEDULED}' AND start_at <= ? ORDER BY start_at", (now,))]
+        return [Mailing(*row) for row in self.connection().execute(
+            f"SELECT {MAILING_ROW} FROM mailings WHERE state = '{SCHEDULED}' AND start_at <= ? ORDER BY start_at",
+            (now,))]
 
     def change_scheduled_mailing(self, mailing_id: int, mailing: dict[str, Any]) -> bool:
         """Set all MAILING_COLUMNS of a mailing still scheduled; False when it is not (any more)."""
@@ -1118,6 +1183,78 @@ class Store:
             "SELECT provider, retry_at, reason FROM provider_pauses WHERE provider = ?",
             (provider,)).fetchone()
         return ProviderPause(*row) if row else None
+
+    def provider_states(self) -> dict[str, ProviderState]:
+        """Every provider paused, down or failing, by name; those missing are healthy."""
+        db = self.connection()
+        states: dict[str, dict[str, Any]] = {}
+        for provider, retry_at, reason in db.execute("SELECT provider, retry_at, reason FROM provider_pauses"):
+            states.setdefault(provider, {}).update(paused_until=retry_at, pause_reason=reason)
+        for provider, failures, down_until, reason in db.execute(
+                "SELECT provider, failures, down_until, reason FROM provider_health"):
+            states.setdefault(provider, {}).update(failures=failures, down_until=down_until, down_reason=reason)
+        return {provider: ProviderState(**state) for provider, state in states.items()}
+
+    def record_provider_failure(self, provider: str, reason: str, down_after: int, down_until: float) -> bool:
+        """Count a failed send (not taken, or no answer) of `provider`; from the `down_after`-th in a
+        row it is down until `down_until`, each further failure pushing that back. True if it is down."""
+        with self.transaction() as db:
+            failures = db.execute(
+                "INSERT INTO provider_health (provider, failures, reason) VALUES (?, 1, ?) ON CONFLICT (provider)"
+                " DO UPDATE SET failures = provider_health.failures + 1, reason = excluded.reason RETURNING failures",
+                (provider, reason)).fetchone()[0]
+            if failures < down_after:
+                return False
+            db.execute("UPDATE provider_health SET down_until = ? WHERE provider = ?", (down_until, provider))
+            return True
+
+    def record_provider_success(self, provider: str) -> bool:
+        """A send through `provider` was taken: its run of failures ends. True if it had one."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM provider_health WHERE provider = ?", (provider,)).rowcount > 0
+
+    def provider_activity(self, since: float) -> dict[str, tuple[int, int]]:
+        """(messages sent, messages FAILED) since `since`, by provider."""
+        db = self.connection()
+        sent = dict(db.execute("SELECT provider, count(*) FROM messages WHERE sent_at >= ? AND provider IS NOT NULL"
+                               " GROUP BY provider", (since,)).fetchall())
+        failed = dict(db.execute(f"SELECT provider, count(*) FROM messages WHERE status = '{FAILED}' AND done_at >= ?"
+                                 " AND provider IS NOT NULL GROUP BY provider", (since,)).fetchall())
+        return {provider: (sent.get(provider, 0), failed.get(provider, 0)) for provider in sent.keys() | failed.keys()}
+
+    # The UTC day (YYYY-MM-DD) of a message's sent_at.
+    sent_day_sql = "date(sent_at, 'unixepoch')"
+    _COST_COLUMNS = ("provider, coalesce(currency, ''), count(*), CAST(coalesce(sum(segments), 0) AS BIGINT),"
+                     " coalesce(sum(cost), 0)")
+
+    def costs_by_day(self, since: float) -> list[CostLine]:
+        """What was sent since `since`, by UTC day (the latest first), provider and currency."""
+        rows = self.connection().execute(
+            f"SELECT {self.sent_day_sql} AS day, {self._COST_COLUMNS} FROM messages WHERE sent_at >= ?"
+            f" AND provider IS NOT NULL GROUP BY day, provider, currency ORDER BY day DESC, provider", (since,))
+        return [CostLine(*row) for row in rows]
+
+    def mailing_costs(self, mailing_id: int | None = None) -> list[CostLine]:
+        """What each mailing (or the one) sent, by provider and currency. Summed from its sent messages
+        (an index gives them), not kept in mailing_counts: a mailing's providers and currencies vary."""
+        where, params = ("mailing_id = ?", [mailing_id]) if mailing_id is not None else ("mailing_id IS NOT NULL", [])
+        rows = self.connection().execute(
+            f"SELECT mailing_id, {self._COST_COLUMNS} FROM messages WHERE {where} AND sent_at IS NOT NULL"
+            " AND provider IS NOT NULL GROUP BY mailing_id, provider, currency ORDER BY mailing_id, provider", params)
+        return [CostLine(*row) for row in rows]
+
+    def count_clients_by_prefix(self, tags: list[str], operator_codes: list[str], prefixes: list[str]) -> list[int]:
+        """The clients a filter matches (all with neither list), by the first of `prefixes` (digits of
+        E.164 without "+", the longest first) their phone starts with; the last count: no prefix."""
+        conditions, params = _client_filter(tags, operator_codes)
+        cases = " ".join(f"WHEN c.phone LIKE ? THEN {index}" for index in range(len(prefixes)))
+        bucket = f"CASE {cases} ELSE {len(prefixes)} END" if prefixes else "0"
+        counts = [0] * (len(prefixes) + 1)
+        for index, count in self.connection().execute(
+                f"SELECT {bucket} AS route, count(*) FROM clients c{_where(conditions)} GROUP BY route",
+                [*(f"+{prefix}%" for prefix in prefixes), *params]):
+            counts[index] = count
+        return counts
 
     def unknown_outcomes(self) -> tuple[int, int]:
         """(messages, sends) whose send reached the gateway without a verdict coming back."""

@@ -39,13 +39,15 @@ def test_the_messages_export_neutralizes_cells_a_spreadsheet_would_run_as_formul
         assert response.status_code == 200
         return list(csv.DictReader(io.StringIO(response.get_data(as_text=True), newline="")))
 
-    rows = export(by_name["id"])
+    rows = sorted(export(by_name["id"]), key=lambda row: row["phone"])  # the clients' order
     assert [row["text"] for row in rows] == ["'=cmd|' /C calc'!A0", "'+HYPERLINK(\"http://evil.example\",\"x\")",
                                              "'@SUM(1+1)", "'-2+3", "'\tTab", "'\rReturn", "Ana Ilić"]
     assert [row["phone"] for row in rows] == [f"'+38164100000{i}" for i in range(len(FORMULA_NAMES))]
     assert [row["status"] for row in rows] == ["QUEUED"] * len(FORMULA_NAMES)
-    assert rows[0]["id"] == "1" and rows[0]["created_at"][:4] == str(now.year)  # numbers and times as they were
-    assert export(formula["id"])[-1]["text"] == "'=1+2 Ana"
+    assert {row["id"] for row in rows} == {str(i) for i in range(1, len(FORMULA_NAMES) + 1)}  # numbers as they were
+    assert rows[0]["created_at"][:4] == str(now.year)  # and times
+    texts = {row["phone"]: row["text"] for row in export(formula["id"])}
+    assert texts[f"'+38164100000{len(FORMULA_NAMES) - 1}"] == "'=1+2 Ana"
 
 
 # --- imports as spreadsheets write them ---
@@ -181,3 +183,15 @@ def test_bytes_in_none_of_the_encodings_are_a_clear_400(settings):
     assert (response.status_code, response.get_json()["message"]) == (
         400, "the CSV is not text in UTF-8, cp1250 or cp1251 (read as cp1251: 'charmap' codec can't decode byte"
              " 0x98 in position 6: character maps to <undefined>)")
+
+
+def test_a_batch_written_together_creates_updates_and_tags_as_row_by_row_would(api):
+    """A batch's new clients go in one INSERT, their tags in one statement; a client already there is
+    changed (its tags replaced only when given), and a phone twice in one batch updates its first line."""
+    import_csv, names = api
+    assert import_csv(b"phone,name,tags\n0641000001,Ana,a;b\n0641000002,Bojan,\n")["created"] == 2
+    report = import_csv(b"phone,name,tags\n0641000001,Ana Nova,\n0641000002,,c\n0641000003,Vera,d;e\n"
+                        b"0641000004,Goran,f\n0641000004,Goran Drugi,g\n")
+    assert (report["created"], report["updated"], report["rejected"]) == (2, 3, [])
+    assert names() == {"+381641000001": ("Ana Nova", ["a", "b"]), "+381641000002": ("Bojan", ["c"]),
+                       "+381641000003": ("Vera", ["d", "e"]), "+381641000004": ("Goran Drugi", ["g"])}
