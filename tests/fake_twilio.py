@@ -223,7 +223,7 @@ class FakeTwilio:
             status, code, text = ERRORS.get(fields["To"], (400, 21211, f"The 'To' number {fields['To']} is not"
                                                                         " a valid phone number."))
             return status, twilio_error(status, code, text)
-        sid = f"SM{next(self._sids):032x}"
+        sid = "SM" + hashlib.md5(str(next(self._sids)).encode()).hexdigest()  # 32 hex digits, as Twilio's
         self.messages[sid] = {
             "sid": sid, "account_sid": self.account_sid, "api_version": "2010-04-01", "body": fields.get("Body"),
             "to": fields["To"], "from": fields.get("From"), "messaging_service_sid": fields.get("MessagingServiceSid"),

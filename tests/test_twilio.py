@@ -13,7 +13,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from callbacks import twilio_signature, valid_twilio_signature
-from config import load_config
+from config import ConfigError, load_config
 from http_client import HttpAnswer, KeepAliveClient
 from providers import Delivery, DeliveryReport, Outcome, Shared, create_provider
 from providers.twilio import TwilioProvider
@@ -48,7 +48,7 @@ def sent_fields(twilio: FakeTwilio) -> list[dict[str, str]]:
 
 def test_a_message_is_sent_as_exactly_these_form_fields_with_basic_auth(twilio):
     result = make_provider(twilio).send("+381641234567", "Zdravo, čas je sutra", "SmartLab")
-    assert result.outcome is Outcome.SENT and result.reference == "SM" + "0" * 31 + "1"
+    assert result.outcome is Outcome.SENT and result.reference == next(iter(twilio.messages))
     [request] = twilio.received
     assert (request["method"], request["path"], request["status"]) == ("POST", MESSAGES_PATH, 201)
     assert request["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
@@ -185,10 +185,15 @@ def test_from_or_a_messaging_service_is_required_and_sids_are_checked():
 def test_config_reads_twilios_settings_and_keeps_the_token_secret(tmp_path):
     config = load_config({"DATA_DIR": str(tmp_path), "SMS_PROVIDERS": "twilio", "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
                           "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_FROM": FROM})
-    assert config.provider_settings["twilio"] == {"ACCOUNT_SID": ACCOUNT_SID, "AUTH_TOKEN": AUTH_TOKEN,
-                                                  "FROM": FROM, "MESSAGING_SERVICE_SID": None,
-                                                  "API_URL": "https://api.twilio.com"}
+    assert config.provider_settings["twilio"] | {"ACCOUNT_SID": ACCOUNT_SID, "AUTH_TOKEN": AUTH_TOKEN, "FROM": FROM,
+                                                 "MESSAGING_SERVICE_SID": None, "API_URL": "https://api.twilio.com"} \
+        == config.provider_settings["twilio"]
     assert AUTH_TOKEN in config.secrets()
+    with pytest.raises(ConfigError) as caught:
+        load_config({"DATA_DIR": str(tmp_path), "SMS_PROVIDERS": "twilio", "TWILIO_ACCOUNT_SID": "AC1",
+                     "TWILIO_AUTH_TOKEN": AUTH_TOKEN})
+    assert caught.value.problems == ["TWILIO_ACCOUNT_SID must be AC followed by 32 hex digits",
+                                     "TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID is required when twilio is used"]
 
 
 # --- The signature of callbacks -----------------------------------------------------------------------
