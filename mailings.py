@@ -29,6 +29,7 @@ from store import (
     STARTED,
     STATUSES,
     FanOut,
+    Mailing,
     MailingProgress,
     Store,
 )
@@ -84,11 +85,11 @@ def _offset_change(low: float, high: float, zone: ZoneInfo) -> float:
     return high
 
 
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    window = {"from": row["window_from"], "to": row["window_to"]} if row["window_from"] else None
-    return {"id": row["id"], "start_at": _utc(row["start_at"]), "end_at": _utc(row["end_at"]), "text": row["text"],
-            "filter": json.loads(row["filter"]), "window": window, "state": row["state"],
-            "created_at": _utc(row["created_at"]), "started_at": _utc(row["started_at"])}
+def _public(mailing: Mailing) -> dict[str, Any]:
+    window = {"from": mailing.window_from, "to": mailing.window_to} if mailing.window else None
+    return {"id": mailing.id, "start_at": _utc(mailing.start_at), "end_at": _utc(mailing.end_at), "text": mailing.text,
+            "filter": json.loads(mailing.filter), "window": window, "state": mailing.state,
+            "created_at": _utc(mailing.created_at), "started_at": _utc(mailing.started_at)}
 
 
 def _utc(moment: float | None) -> datetime | None:
@@ -108,12 +109,12 @@ def create(store: Store, mailing: MailingCreate) -> dict[str, Any]:
 
 
 def get(store: Store, mailing_id: int) -> dict[str, Any] | None:
-    row = store.mailing(mailing_id)
-    return _public(row) if row else None
+    mailing = store.mailing(mailing_id)
+    return _public(mailing) if mailing else None
 
 
 def list_all(store: Store) -> list[dict[str, Any]]:
-    return [_public(row) for row in store.mailings()]
+    return [_public(mailing) for mailing in store.mailings()]
 
 
 def update(store: Store, mailing_id: int, changes: dict[str, Any], context: Mapping[str, Any]
@@ -158,11 +159,11 @@ def cancel(store: Store, mailing_id: int) -> dict[str, Any] | None:
 def retry_failed(store: Store, mailing_id: int, now: float) -> int:
     """Queue the mailing's FAILED and UNDELIVERED messages again, before its end_at; a finished
     mailing given messages to send is started again."""
-    row = store.mailing(mailing_id)
-    if row["state"] not in (STARTED, FINISHED) or row["end_at"] <= now:
+    mailing = store.mailing(mailing_id)
+    if mailing.state not in (STARTED, FINISHED) or mailing.end_at <= now:
         raise MailingConflict(f"mailing {mailing_id} is not running: nothing can be sent for it any more")
-    queued = store.retry_failed(deadline=row["end_at"], mailing_id=mailing_id)
-    if queued and row["state"] == FINISHED:
+    queued = store.retry_failed(deadline=mailing.end_at, mailing_id=mailing_id)
+    if queued and mailing.state == FINISHED:
         # After the messages are queued: finish_done cannot finish it again in between.
         store.restart_finished_mailing(mailing_id, now)
     return queued
@@ -172,8 +173,8 @@ def retry_failed(store: Store, mailing_id: int, now: float) -> int:
 
 def start_due(store: Store, now: float) -> list[tuple[int, int]]:
     """Start every scheduled mailing whose start_at has come: (mailing id, messages queued)."""
-    return [(row["id"], store.start_mailing(row["id"], row["updated_at"], now, _fan_out(row, now)))
-            for row in store.due_mailings(now)]
+    return [(mailing.id, store.start_mailing(mailing.id, mailing.updated_at, now, _fan_out(mailing, now)))
+            for mailing in store.due_mailings(now)]
 
 
 def finish_done(store: Store, now: float) -> list[int]:
@@ -185,19 +186,18 @@ def finish_done(store: Store, now: float) -> list[int]:
     return finished
 
 
-def _fan_out(mailing: dict[str, Any], now: float) -> FanOut:
+def _fan_out(mailing: Mailing, now: float) -> FanOut:
     """One message per matching client, due when the client's window opens next."""
-    selector = json.loads(mailing["filter"])
-    template = Template(mailing["text"], MAILING_FIELDS)
-    window = (mailing["window_from"], mailing["window_to"]) if mailing["window_from"] else None
+    selector = json.loads(mailing.filter)
+    template = Template(mailing.text, MAILING_FIELDS)
 
     def render(name: str) -> str:
         return template.render({"name": name, "first_name": name.split()[0] if name else ""})
 
     return FanOut(selector.get("tags", []), selector.get("operator_codes", []),
                   [(literal, placeholder) for literal, placeholder, _, _ in string.Formatter().parse(template.source)],
-                  render, partial(next_opening, now, window=window), mailing["window_from"], mailing["window_to"],
-                  mailing["end_at"])
+                  render, partial(next_opening, now, window=mailing.window), mailing.window_from, mailing.window_to,
+                  mailing.end_at)
 
 
 # --- statistics ---

@@ -1,6 +1,7 @@
 """The mailing scheduler with a clock the test controls: start, windows across time zones, end cut-off."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -246,7 +247,7 @@ def test_a_mailing_changed_after_the_scheduler_read_it_starts_as_changed(store):
                              selector={"tags": ["old"]}, text="OLD TEXT")
     read = store.connection().execute("SELECT updated_at FROM mailings WHERE id = ?", (mailing_id,)).fetchone()[0]
     mailings.update(store, mailing_id, {"text": "NEW TEXT", "filter": {"tags": ["new"]}}, {"now": CREATED_AT})
-    stale = mailings._fan_out(store.mailing(mailing_id) | {"text": "OLD TEXT", "filter": '{"tags": ["old"]}'},
+    stale = mailings._fan_out(replace(store.mailing(mailing_id), text="OLD TEXT", filter='{"tags": ["old"]}'),
                               at("2030-03-10T10:00:01+00:00"))
     assert store.start_mailing(mailing_id, read, at("2030-03-10T10:00:01+00:00"), stale) == 0
     assert mailings.get(store, mailing_id)["state"] == "scheduled" and rows(store, mailing_id) == {}
