@@ -10,10 +10,14 @@ run:
 	$(VENV)/bin/pip install -q -r requirements.txt
 	$(VENV)/bin/python sms_bulk_app.py
 
-# Install and run the tests. As root with apt-get, Debian's nginx and systemd are installed for
-# the tests that check nginx.conf and the unit with the real tools, and its postgresql for the
-# tests on a throwaway PostgreSQL server (Debian keeps initdb in /usr/lib/postgresql/<version>/bin,
-# off PATH); elsewhere those tests are skipped (in CI they fail instead).
+# Install and run the tests, on SQLite, then again (every test that keeps data) on a throwaway
+# PostgreSQL server. As root with apt-get, Debian's nginx and systemd are installed for the tests
+# that check nginx.conf and the unit with the real tools, its postgresql for the PostgreSQL tests
+# (Debian keeps initdb in /usr/lib/postgresql/<version>/bin, off PATH), and nodejs and npm for the
+# SMSC simulator of the SMPP tests (tests/smsc, its packages from its lock file); elsewhere those
+# tests are skipped (in CI they fail instead). pytest-xdist runs them TEST_JOBS at a time: most
+# wait on real processes, not on the CPU.
+TEST_JOBS ?= 3
 test:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
@@ -21,9 +25,13 @@ test:
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing$$missing for the deployment and PostgreSQL tests"; \
+		echo "installing$$missing for the deployment, PostgreSQL and SMPP tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@if command -v npm >/dev/null; then npm ci --prefix tests/smsc --no-audit --no-fund --loglevel=error; fi
 	$(VENV)/bin/ruff check .
-	PATH="$$PATH:/usr/sbin" $(VENV)/bin/python -m pytest -q
+	PATH="$$PATH:/usr/sbin" $(VENV)/bin/python -m pytest -q -n $(TEST_JOBS)
+	PATH="$$PATH:/usr/sbin" SMS_TEST_DATABASE=postgresql $(VENV)/bin/python -m pytest -q -n $(TEST_JOBS)
