@@ -42,6 +42,9 @@ QUEUED, SENDING, SENT = "QUEUED", "SENDING", "SENT"
 DELIVERED, UNDELIVERED = "DELIVERED", "UNDELIVERED"
 FAILED, EXPIRED, CANCELED = "FAILED", "EXPIRED", "CANCELED"
 STATUSES = (QUEUED, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, EXPIRED, CANCELED)
+# A message's priority as stored (messages.priority): the worker claims the lower first. Every
+# message is "normal" unless a batch request says otherwise.
+PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
 # A mailing: scheduled -> started -> finished (no message left QUEUED or SENDING), or canceled.
 SCHEDULED, STARTED, FINISHED, CANCELED_STATE = "scheduled", "started", "finished", "canceled"
@@ -250,12 +253,56 @@ MIGRATIONS = [
     CREATE INDEX messages_provider_sent ON messages (provider, sent_at) WHERE sent_at IS NOT NULL;
     CREATE INDEX messages_provider_failed ON messages (provider, done_at) WHERE status = 'FAILED';
     """,
+    # Templates with versions and approval, batch requests (their messages have a priority and
+    # name their request; `recent_texts` holds a phone and text's first message within DEDUP_SECONDS),
+    # and the index of the reports (messages by created_at). The claim takes each priority in turn.
+    """
+    CREATE TABLE templates (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE template_versions (
+        template_id INTEGER NOT NULL REFERENCES templates (id),
+        version INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        approved_at REAL,
+        approved_by TEXT,
+        PRIMARY KEY (template_id, version)
+    );
+    CREATE TABLE batch_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        template_id INTEGER NOT NULL REFERENCES templates (id),
+        template_version INTEGER NOT NULL,
+        api_key_id INTEGER,
+        recipients INTEGER NOT NULL,
+        rejected TEXT NOT NULL
+    );
+    CREATE TABLE recent_texts (
+        key TEXT PRIMARY KEY,
+        message_id INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX recent_texts_created ON recent_texts (created_at);
+    ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE messages ADD COLUMN request_id INTEGER REFERENCES batch_requests (id);
+    DROP INDEX messages_due;
+    CREATE INDEX messages_due ON messages (status, priority, next_attempt_at);
+    CREATE INDEX messages_request_status ON messages (request_id, status) WHERE request_id IS NOT NULL;
+    CREATE INDEX messages_created ON messages (created_at);
+    """,
 ]
 
 # The tables that hold the service's data, referenced ones first: what migrate-db copies. The
-# shared limits and the token (rate_limits, moyklass_tokens) start afresh on the new database.
-DATA_TABLES = ("mailings", "lesson_reminders", "clients", "client_tags", "messages", "api_keys",
-               "provider_pauses", "ignored_webhooks", "pushed_reports")
+# shared limits, the token and the anti-duplicate window (rate_limits, moyklass_tokens,
+# recent_texts) start afresh on the new database.
+DATA_TABLES = ("mailings", "lesson_reminders", "clients", "client_tags", "templates", "template_versions",
+               "batch_requests", "messages", "api_keys", "provider_pauses", "ignored_webhooks", "pushed_reports",
+               "users")
 
 
 # mailing_counts' columns: one per status, and `segments`, those of its messages with a sent_at.
@@ -487,6 +534,76 @@ class ApiKey:
     id: int
     name: str
     scopes: frozenset[str]
+
+
+class TemplateConflict(Exception):
+    """Another template has this name."""
+
+
+@dataclass(frozen=True)
+class StoredTemplate:
+    """A template with its latest version and the approved version in use (None: none yet)."""
+
+    id: int
+    name: str
+    created_at: float
+    updated_at: float
+    version: int
+    text: str
+    approved_version: int | None
+    approved_text: str | None
+
+
+@dataclass(frozen=True)
+class TemplateVersion:
+    version: int
+    text: str
+    created_at: float
+    created_by: str  # the API key's name, or "cli"
+    approved_at: float | None
+    approved_by: str | None
+
+
+@dataclass(frozen=True)
+class BatchMessage:
+    """One recipient of a batch request, checked and rendered."""
+
+    index: int  # its place in the request
+    phone: str
+    text: str
+    due: float  # its send_at, or now
+    priority: int  # PRIORITIES' value
+
+
+@dataclass(frozen=True)
+class BatchRequestState:
+    id: int
+    created_at: float
+    template_id: int
+    template_version: int
+    recipients: int  # in the request, rejected ones too
+    rejected: str  # JSON: [{"index", "reason"}]
+    counts: dict[str, int]  # its messages by status, only the statuses they have
+
+
+@dataclass(frozen=True)
+class ReportBucket:
+    """Messages created in one quarter hour (`bucket` * 900 s since the epoch), of one provider."""
+
+    bucket: int
+    provider: str | None  # None: not sent (yet)
+    total: int
+    sent: int
+    delivered: int
+    failed: int  # FAILED or UNDELIVERED
+    parts: int  # of the messages sent
+    cost: float
+
+
+REPORT_BUCKET_SECONDS = 900  # every UTC offset in use is a whole number of quarter hours
+DUPLICATE = "duplicate"  # a batch request's message CANCELED as a repeat starts its last_error so
+REPORT_COLUMNS = ("id", "created_at", "status", "phone", "text", "provider", "segments", "cost", "currency",
+                  "request_id", "mailing_id", "sent_at", "last_error")
 
 
 def webhook_dedup_key(payload: dict[str, Any]) -> str:
@@ -795,8 +912,9 @@ class Store:
     # --- the worker's side ---
 
     def claim(self, owner: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
-        """Lease up to `limit` due messages to `owner`: QUEUED ones whose time has come, and
-        SENDING ones whose lease expired (their worker died: they may have reached the gateway).
+        """Lease up to `limit` due messages to `owner`: QUEUED ones whose time has come, the higher
+        priority first, then SENDING ones whose lease expired (their worker died: they may have
+        reached the gateway).
 
         Returns the rows the UPDATE changed, as they are after it: under a database with
         several writers a row picked by the subquery may be gone by the time it is updated.
@@ -804,12 +922,18 @@ class Store:
         now = time.time()
         allowed = sorted(TRANSITIONS[SENDING])
         with self.transaction() as db:
-            rows = db.execute(
-                f"UPDATE messages SET status = ?, lease_owner = ?, lease_until = ?, updated_at = ?"
-                f" WHERE id IN (SELECT id FROM messages WHERE status = ? AND next_attempt_at <= ?"
-                f" ORDER BY next_attempt_at LIMIT ?{self.skip_locked}) AND status IN ({_placeholders(allowed)})"
-                " RETURNING *",
-                (SENDING, owner, now + lease_seconds, now, QUEUED, now, limit, *allowed)).fetchall()
+            rows: list[Any] = []
+            # A priority at a time, each the index messages_due's (status, priority, next_attempt_at)
+            # range: one ORDER BY priority, next_attempt_at would scan past every message not yet due.
+            for priority in PRIORITIES.values():
+                if len(rows) < limit:
+                    rows += db.execute(
+                        f"UPDATE messages SET status = ?, lease_owner = ?, lease_until = ?, updated_at = ?"
+                        f" WHERE id IN (SELECT id FROM messages WHERE status = ? AND priority = ?"
+                        f" AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?{self.skip_locked})"
+                        f" AND status IN ({_placeholders(allowed)}) RETURNING *",
+                        (SENDING, owner, now + lease_seconds, now, QUEUED, priority, now, limit - len(rows),
+                         *allowed)).fetchall()
             if len(rows) < limit:
                 rows += db.execute(
                     "UPDATE messages SET lease_owner = ?, lease_until = ?, updated_at = ?"
@@ -1534,3 +1658,163 @@ class Store:
                 " quota_day = ? WHERE id = ? AND (daily_quota IS NULL"
                 " OR CASE WHEN quota_day = ? THEN quota_used ELSE 0 END < daily_quota)",
                 (day, day, key_id, day)).rowcount == 1
+
+    # --- templates, their versions and approval (migration 12) ---
+
+    _TEMPLATE = ("SELECT t.id, t.name, t.created_at, t.updated_at, l.version, l.text, a.version, a.text"
+                 " FROM templates t JOIN template_versions l ON l.template_id = t.id AND l.version ="
+                 " (SELECT max(version) FROM template_versions WHERE template_id = t.id)"
+                 " LEFT JOIN template_versions a ON a.template_id = t.id AND a.version = (SELECT max(version)"
+                 " FROM template_versions WHERE template_id = t.id AND approved_at IS NOT NULL)")
+
+    def create_template(self, name: str, text: str, by: str, approved: bool) -> StoredTemplate:
+        """A new template, its text version 1 (approved at once when `approved`). Raises TemplateConflict."""
+        now = time.time()
+        try:
+            with self.transaction() as db:
+                template_id = db.execute("INSERT INTO templates (name, created_at, updated_at) VALUES (?, ?, ?)"
+                                         " RETURNING id", (name, now, now)).fetchone()[0]
+                self._add_version(db, template_id, 1, text, by, approved, now)
+                return self._template(db, "t.id = ?", template_id)
+        except INTEGRITY_ERRORS as error:
+            raise TemplateConflict(f"another template is named {name!r}") from error
+
+    def add_template_version(self, template_id: int, text: str, by: str, approved: bool) -> StoredTemplate | None:
+        """A new latest version (approved at once when `approved`); None when there is no such template.
+        Its row's update makes two editors of one template take turns, so versions are never taken twice."""
+        now = time.time()
+        with self.transaction() as db:
+            if db.execute("UPDATE templates SET updated_at = ? WHERE id = ? RETURNING id",
+                          (now, template_id)).fetchone() is None:
+                return None
+            latest = db.execute("SELECT max(version) FROM template_versions WHERE template_id = ?",
+                                (template_id,)).fetchone()[0]
+            self._add_version(db, template_id, latest + 1, text, by, approved, now)
+            return self._template(db, "t.id = ?", template_id)
+
+    @staticmethod
+    def _add_version(db: Any, template_id: int, version: int, text: str, by: str, approved: bool,
+                     now: float) -> None:
+        db.execute("INSERT INTO template_versions (template_id, version, text, created_at, created_by, approved_at,"
+                   " approved_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (template_id, version, text, now, by, now if approved else None, by if approved else None))
+
+    def approve_template(self, template_id: int, version: int, by: str) -> bool:
+        """Approve `version` of the template if it is still the latest; False otherwise (a newer one came)."""
+        now = time.time()
+        with self.transaction() as db:
+            return db.execute(
+                "UPDATE template_versions SET approved_at = coalesce(approved_at, ?),"
+                " approved_by = coalesce(approved_by, ?) WHERE template_id = ? AND version = ? AND version ="
+                " (SELECT max(version) FROM template_versions WHERE template_id = ?)",
+                (now, by, template_id, version, template_id)).rowcount == 1
+
+    def template(self, template_id: int) -> StoredTemplate | None:
+        return self._template(self.connection(), "t.id = ?", template_id)
+
+    def template_named(self, name: str) -> StoredTemplate | None:
+        return self._template(self.connection(), "t.name = ?", name)
+
+    def templates(self) -> list[StoredTemplate]:
+        """Every template, by name."""
+        return [StoredTemplate(*row) for row in self.connection().execute(f"{self._TEMPLATE} ORDER BY t.name")]
+
+    def _template(self, db: Any, where: str, value: Any) -> StoredTemplate | None:
+        row = db.execute(f"{self._TEMPLATE} WHERE {where}", (value,)).fetchone()
+        return StoredTemplate(*row) if row else None
+
+    def template_versions(self, template_id: int) -> list[TemplateVersion]:
+        """Every version of the template, the first first."""
+        return [TemplateVersion(*row) for row in self.connection().execute(
+            "SELECT version, text, created_at, created_by, approved_at, approved_by FROM template_versions"
+            " WHERE template_id = ? ORDER BY version", (template_id,))]
+
+    # --- batch requests: their messages go into the outbox here, with the anti-duplicate window ---
+
+    def accept_batch_request(self, template: StoredTemplate, api_key_id: int | None, recipients: int,
+                             rejected: str, messages: list[BatchMessage], dedup_seconds: int,
+                             valid_seconds: int) -> tuple[int, dict[int, tuple[int, str]]]:
+        """Record a batch request and queue its messages, all in one transaction: (its id, each
+        recipient's index -> (message id, status)).
+
+        A message whose phone and text went out (from any batch request) less than `dedup_seconds`
+        ago is written CANCELED as a duplicate. Which came first is decided by `recent_texts`, one row
+        per phone and text: an INSERT that takes the row, or takes it over once its window has passed,
+        is atomic on either database (on PostgreSQL a second request waits for the first's row, then
+        finds it taken), so two identical requests at once send once. The rows are taken in key order:
+        two requests sharing several texts cannot each hold one the other waits for.
+        """
+        now = time.time()
+        outcome: dict[int, tuple[int, str]] = {}
+        with self.transaction() as db:
+            request_id = db.execute(
+                "INSERT INTO batch_requests (created_at, template_id, template_version, api_key_id, recipients,"
+                " rejected) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (now, template.id, template.approved_version, api_key_id, recipients, rejected)).fetchone()[0]
+            if dedup_seconds:
+                db.execute("DELETE FROM recent_texts WHERE created_at < ?", (now - dedup_seconds,))
+            keyed = sorted(messages, key=lambda m: (_text_key(m.phone, m.text), m.index))
+            for message in keyed:
+                key, error = _text_key(message.phone, message.text), None
+                if dedup_seconds and db.execute(
+                        "INSERT INTO recent_texts (key, message_id, created_at) VALUES (?, NULL, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET message_id = NULL, created_at = excluded.created_at"
+                        " WHERE recent_texts.created_at < ? RETURNING key",
+                        (key, now, now - dedup_seconds)).fetchone() is None:
+                    earlier = db.execute("SELECT message_id FROM recent_texts WHERE key = ?", (key,)).fetchone()[0]
+                    error = (f"{DUPLICATE}: the same text went to this phone less than {dedup_seconds} s before"
+                             f" (message {earlier})")
+                status = QUEUED if error is None else CANCELED
+                message_id = db.execute(
+                    "INSERT INTO messages (created_at, updated_at, source, request_id, phone, text, priority, status,"
+                    " last_error, next_attempt_at, deadline, done_at) VALUES (?, ?, 'request', ?, ?, ?, ?, ?, ?, ?,"
+                    " ?, ?) RETURNING id",
+                    (now, now, request_id, message.phone, message.text, message.priority, status, error,
+                     message.due, message.due + valid_seconds, now if status == CANCELED else None)).fetchone()[0]
+                if dedup_seconds and status == QUEUED:
+                    db.execute("UPDATE recent_texts SET message_id = ? WHERE key = ?", (message_id, key))
+                outcome[message.index] = (message_id, status)
+        return request_id, outcome
+
+    def batch_request(self, request_id: int) -> BatchRequestState | None:
+        db = self.connection()
+        row = db.execute("SELECT id, created_at, template_id, template_version, recipients, rejected"
+                         " FROM batch_requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            return None
+        counts = dict(db.execute("SELECT status, count(*) FROM messages WHERE request_id = ? GROUP BY status",
+                                 (request_id,)).fetchall())
+        return BatchRequestState(*row, counts={status: counts[status] for status in STATUSES if status in counts})
+
+    # --- reports: messages by the moment they were created (the index messages_created) ---
+
+    quarter_hour_sql = f"CAST(created_at / {REPORT_BUCKET_SECONDS} AS INTEGER)"  # created_at > 0: truncation floors
+
+    def report_buckets(self, start: float, end: float) -> list[ReportBucket]:
+        """The messages created in [start, end), by quarter hour and provider."""
+        sent = "sent_at IS NOT NULL"
+        rows = self.connection().execute(
+            f"SELECT {self.quarter_hour_sql} AS bucket, provider, count(*),"
+            f" sum(CASE WHEN {sent} THEN 1 ELSE 0 END), sum({is_status_sql('messages', DELIVERED)}),"
+            f" sum(CASE WHEN status IN ('{FAILED}', '{UNDELIVERED}') THEN 1 ELSE 0 END),"
+            f" CAST(coalesce(sum(CASE WHEN {sent} THEN segments END), 0) AS BIGINT), coalesce(sum(cost), 0)"
+            " FROM messages WHERE created_at >= ? AND created_at < ? GROUP BY bucket, provider ORDER BY bucket",
+            (start, end))
+        return [ReportBucket(*row) for row in rows]
+
+    def report_message_chunks(self, start: float, end: float) -> Iterator[list[Any]]:
+        """The messages (REPORT_COLUMNS) created in [start, end), oldest first, 1000 at a time: each
+        chunk a query of its own from where the last ended, so no transaction stays open while the
+        export is downloaded, and none of it is held in memory."""
+        after: tuple[float, int] = (start, 0)
+        while rows := self.connection().execute(
+                f"SELECT {', '.join(REPORT_COLUMNS)} FROM messages WHERE created_at >= ? AND created_at < ?"
+                " AND (created_at > ? OR (created_at = ? AND id > ?)) ORDER BY created_at, id LIMIT 1000",
+                (start, end, after[0], after[0], after[1])).fetchall():
+            yield rows
+            after = (rows[-1]["created_at"], rows[-1]["id"])
+
+
+def _text_key(phone: str, text: str) -> str:
+    """A phone and a text as `recent_texts` knows them."""
+    return hashlib.sha256(f"{phone}\0{text}".encode()).hexdigest()
