@@ -295,6 +295,34 @@ MIGRATIONS = [
     CREATE INDEX messages_request_status ON messages (request_id, status) WHERE request_id IS NOT NULL;
     CREATE INDEX messages_created ON messages (created_at);
     """,
+    # The web console: people's accounts, their sessions (by the SHA-256 of their token), failed
+    # logins (throttling, shared by every process), and the indexes of the dashboard's figures.
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        email TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        must_change_password INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        disabled_at REAL
+    );
+    CREATE TABLE console_sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users (id),
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX console_sessions_user ON console_sessions (user_id);
+    CREATE TABLE login_failures (
+        key TEXT NOT NULL,
+        failed_at REAL NOT NULL
+    );
+    CREATE INDEX login_failures_key ON login_failures (key, failed_at);
+    CREATE INDEX login_failures_at ON login_failures (failed_at);
+    CREATE INDEX messages_sent_at ON messages (sent_at) WHERE sent_at IS NOT NULL;
+    CREATE INDEX messages_done ON messages (status, done_at) WHERE done_at IS NOT NULL;
+    """,
 ]
 
 # The tables that hold the service's data, referenced ones first: what migrate-db copies. The
@@ -1659,6 +1687,106 @@ class Store:
                 " OR CASE WHEN quota_day = ? THEN quota_used ELSE 0 END < daily_quota)",
                 (day, day, key_id, day)).rowcount == 1
 
+    # --- the console: people's accounts, their sessions, failed logins, the dashboard's figures ---
+
+    def create_user(self, email: str, role: str, password_hash: str, must_change_password: bool, now: float) -> int:
+        """A new account's id; UserExists if the email has one."""
+        try:
+            with self.transaction() as db:
+                return db.execute(
+                    "INSERT INTO users (email, role, password_hash, must_change_password, created_at)"
+                    " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                    (email, role, password_hash, must_change_password, now)).fetchone()[0]
+        except INTEGRITY_ERRORS:
+            raise UserExists(email) from None
+
+    def users(self) -> list[User]:
+        return [_user(row) for row in self.connection().execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")]
+
+    def user_by_email(self, email: str) -> User | None:
+        row = self.connection().execute(f"SELECT {USER_COLUMNS} FROM users WHERE email = ?", (email,)).fetchone()
+        return _user(row) if row else None
+
+    def disable_user(self, user_id: int) -> bool:
+        """Disable an active account and end its sessions; False if there is no such active account."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM console_sessions WHERE user_id = ?", (user_id,))
+            return db.execute("UPDATE users SET disabled_at = ? WHERE id = ? AND disabled_at IS NULL",
+                              (time.time(), user_id)).rowcount == 1
+
+    def set_user_password(self, user_id: int, password_hash: str, keep_session: str) -> None:
+        """A new password the person chose; every session of theirs but `keep_session` (a token hash) ends."""
+        with self.transaction() as db:
+            db.execute("UPDATE users SET password_hash = ?, must_change_password = ? WHERE id = ?",
+                       (password_hash, False, user_id))
+            db.execute("DELETE FROM console_sessions WHERE user_id = ? AND token_hash <> ?", (user_id, keep_session))
+
+    def create_console_session(self, token_hash: str, user_id: int, now: float, expires_at: float) -> None:
+        """Keep a new session (those expired are forgotten)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (now,))
+            db.execute("INSERT INTO console_sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                       (token_hash, user_id, now, expires_at))
+
+    def console_session_user(self, token_hash: str, now: float) -> User | None:
+        """The active account of an unexpired session, or None."""
+        row = self.connection().execute(
+            f"SELECT {', '.join(f'u.{name}' for name in USER_COLUMNS.split(', '))} FROM console_sessions s"
+            " JOIN users u ON u.id = s.user_id WHERE s.token_hash = ? AND s.expires_at > ? AND u.disabled_at IS NULL",
+            (token_hash, now)).fetchone()
+        return _user(row) if row else None
+
+    def end_console_session(self, token_hash: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM console_sessions WHERE token_hash = ?", (token_hash,))
+
+    def record_login_failure(self, keys: list[str], now: float, forget_before: float) -> None:
+        """A failed login, counted under each key (the account, the client address); failures
+        older than `forget_before` are forgotten."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM login_failures WHERE failed_at < ?", (forget_before,))
+            db.executemany("INSERT INTO login_failures (key, failed_at) VALUES (?, ?)", [(key, now) for key in keys])
+
+    def login_failures(self, keys: list[str], since: float) -> dict[str, tuple[int, float]]:
+        """For each key with failed logins since `since`: (how many, the time of the oldest)."""
+        rows = self.connection().execute(
+            f"SELECT key, count(*), min(failed_at) FROM login_failures WHERE key IN ({_placeholders(keys)})"
+            " AND failed_at >= ? GROUP BY key", (*keys, since))
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def clear_login_failures(self, key: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+
+    def daily_activity(self, day_starts: list[float]) -> list[DayActivity]:
+        """Each day from day_starts[i] to day_starts[i + 1]: messages sent and their parts (by
+        sent_at), DELIVERED and FAILED or UNDELIVERED (by done_at)."""
+        days = len(day_starts) - 1
+        first, end = day_starts[0], day_starts[-1]
+
+        def day_of(column: str) -> str:
+            return "CASE " + " ".join(f"WHEN {column} < ? THEN {day}" for day in range(days)) + " END"
+
+        rows = self.connection().execute(
+            f"SELECT day, sum(sent), sum(parts), sum(delivered), sum(failed) FROM ("
+            f" SELECT {day_of('sent_at')} AS day, 1 AS sent, coalesce(segments, 0) AS parts, 0 AS delivered,"
+            f" 0 AS failed FROM messages WHERE sent_at >= ? AND sent_at < ?"
+            f" UNION ALL SELECT {day_of('done_at')}, 0, 0, CASE WHEN status = ? THEN 1 ELSE 0 END,"
+            f" CASE WHEN status = ? THEN 0 ELSE 1 END FROM messages"
+            f" WHERE status IN (?, ?, ?) AND done_at >= ? AND done_at < ?) AS d GROUP BY day",
+            (*day_starts[1:], first, end, *day_starts[1:], DELIVERED, DELIVERED, DELIVERED, FAILED, UNDELIVERED,
+             first, end))
+        found = {row[0]: DayActivity(*(int(value) for value in row[1:])) for row in rows}
+        return [found.get(day, DayActivity(0, 0, 0, 0)) for day in range(days)]
+
+    def recent_failures(self, since: float, limit: int) -> list[dict[str, Any]]:
+        """The latest FAILED and UNDELIVERED messages finished since `since`, the newest first."""
+        return [dict(row) for row in self.connection().execute(
+            "SELECT id, source, event, mailing_id, phone, provider, status, error_code, last_error, done_at"
+            " FROM messages WHERE status IN (?, ?) AND done_at >= ? ORDER BY done_at DESC LIMIT ?",
+            (FAILED, UNDELIVERED, since, limit))]
+
+
     # --- templates, their versions and approval (migration 12) ---
 
     _TEMPLATE = ("SELECT t.id, t.name, t.created_at, t.updated_at, l.version, l.text, a.version, a.text"
@@ -1813,6 +1941,38 @@ class Store:
                 (start, end, after[0], after[0], after[1])).fetchall():
             yield rows
             after = (rows[-1]["created_at"], rows[-1]["id"])
+
+
+class UserExists(Exception):
+    """An account for this email exists already."""
+
+
+@dataclass(frozen=True)
+class User:
+    """A person's console account."""
+
+    id: int
+    email: str
+    role: str
+    password_hash: str = field(repr=False)
+    must_change_password: bool
+    created_at: float
+    disabled_at: float | None
+
+
+USER_COLUMNS = "id, email, role, password_hash, must_change_password, created_at, disabled_at"
+
+
+def _user(row: Any) -> User:
+    return User(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+
+
+@dataclass(frozen=True)
+class DayActivity:
+    sent: int
+    parts: int
+    delivered: int
+    failed: int  # FAILED or UNDELIVERED
 
 
 def _text_key(phone: str, text: str) -> str:

@@ -1,0 +1,97 @@
+"""Login, logout, password change and the language switch."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from werkzeug.wrappers import Response
+
+from console import accounts
+from console.access import PUBLIC, requires
+from console.forms import ActionForm, LanguageForm, LoginForm, PasswordForm
+
+log = logging.getLogger("sms_bulk_app")
+
+bp = Blueprint("auth", __name__)
+
+
+def _store():
+    return current_app.extensions["sms_bulk_app"].store
+
+
+def _local(target: str | None) -> str:
+    """`target` if it is a path on this site (never another host: //evil.example), else the dashboard."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return url_for("console.pages.dashboard_page")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@requires(PUBLIC)
+def login() -> Response | tuple[str, int] | str:
+    form = LoginForm(next=request.args.get("next"))
+    if not form.validate_on_submit():
+        return render_template("login.html", form=form), 400 if form.is_submitted() else 200
+    now = time.time()
+    result = accounts.log_in(_store(), form.email.data, form.password.data, request.remote_addr or "-", now)
+    if result.retry_after is not None:
+        minutes = math.ceil(result.retry_after / 60)
+        log.warning("Console login throttled (too many failures for the account or the address)")
+        return render_template("login.html", form=form, error=_(
+            "Too many failed logins. Try again in %(minutes)d min.", minutes=minutes)), 429
+    if result.user is None:
+        log.info("Console login refused")
+        return render_template("login.html", form=form, error=_("Wrong email or password.")), 401
+    session.clear()
+    session.permanent = True
+    session["sid"] = accounts.start_session(_store(), result.user, now)
+    log.info("Console login: user %d (%s)", result.user.id, result.user.role)
+    if result.user.must_change_password:
+        return redirect(url_for("console.auth.password"))
+    return redirect(_local(form.next.data))
+
+
+@bp.post("/logout")
+@requires(accounts.VIEWER, first_password=True)
+def logout() -> Response:
+    if ActionForm().validate_on_submit():
+        _store().end_console_session(accounts.token_hash(session["sid"]))
+        session.clear()
+    return redirect(url_for("console.auth.login"))
+
+
+@bp.route("/password", methods=["GET", "POST"])
+@requires(accounts.VIEWER, first_password=True)
+def password() -> Response | tuple[str, int] | str:
+    form = PasswordForm()
+    if not form.validate_on_submit():
+        return render_template("password.html", form=form), 400 if form.is_submitted() else 200
+    try:
+        accounts.change_password(_store(), g.user, form.current.data, form.new.data, session["sid"])
+    except accounts.AccountError as error:
+        return render_template("password.html", form=form, error=_translated(error)), 400
+    log.info("Console password changed: user %d", g.user.id)
+    return redirect(url_for("console.pages.dashboard_page"))
+
+
+def _translated(error: accounts.AccountError) -> str:
+    """The page's words for a refusal of accounts.py (whose own words are the command line's)."""
+    texts = {
+        accounts.WRONG_PASSWORD: _("The current password is wrong."),
+        accounts.SAME_PASSWORD: _("The new password must differ from the current one."),
+        accounts.EMAIL_AS_PASSWORD: _("A password must not be the email address."),
+    }
+    return texts.get(str(error), _("A password has at least %(count)d characters.",
+                                   count=accounts.MIN_PASSWORD_LENGTH))
+
+
+@bp.post("/language")
+@requires(PUBLIC)
+def language() -> Response:
+    form = LanguageForm()
+    if form.validate_on_submit() and form.lang.data in ("en", "ru"):
+        session["lang"] = form.lang.data
+    return redirect(_local(form.next.data))
