@@ -59,8 +59,9 @@ class ConsoleSessionInterface(SecureCookieSessionInterface):
 
 
 def init_app(app: Flask, csrf_exempt: Iterable[Blueprint]) -> None:
-    """Add the console to `app`, whose services are built; the blueprints in `csrf_exempt` take no
-    cookies (webhook, callbacks, API) and are not asked for a CSRF token."""
+    """Add the console to `app`, whose services are built. Every POST is asked for its CSRF token
+    (CSRFProtect, before any view) but those of `csrf_exempt`, which take no cookies (webhook,
+    callbacks, API)."""
     config = app.extensions["sms_bulk_app"].config
     app.secret_key = secret_key(config.secret_key, config.data_dir)
     app.config.update(

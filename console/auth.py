@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response
 
 from console import accounts
 from console.access import PUBLIC, requires
-from console.forms import ActionForm, LanguageForm, LoginForm, PasswordForm
+from console.forms import LanguageForm, LoginForm, PasswordForm
 
 log = logging.getLogger("sms_bulk_app")
 
@@ -57,9 +57,8 @@ def login() -> Response | tuple[str, int] | str:
 @bp.post("/logout")
 @requires(accounts.VIEWER, first_password=True)
 def logout() -> Response:
-    if ActionForm().validate_on_submit():
-        _store().end_console_session(accounts.token_hash(session["sid"]))
-        session.clear()
+    _store().end_console_session(accounts.token_hash(session["sid"]))
+    session.clear()
     return redirect(url_for("console.auth.login"))
 
 

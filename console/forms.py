@@ -27,10 +27,6 @@ class UserForm(FlaskForm):
     role = SelectField(_l("Role"), choices=list(ROLES), default=ROLES[0])
 
 
-class ActionForm(FlaskForm):
-    """A button that changes something (logout, disable): only its CSRF token."""
-
-
 class LanguageForm(FlaskForm):
     lang = StringField(validators=[DataRequired()])
     next = HiddenField()

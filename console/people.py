@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response
 from console import accounts
 from console.access import requires
 from console.accounts import ADMIN
-from console.forms import ActionForm, UserForm
+from console.forms import UserForm
 
 log = logging.getLogger("sms_bulk_app")
 
@@ -23,7 +23,7 @@ def _store():
 
 
 def _page(form: UserForm, status: int = 200, **shown: object) -> tuple[str, int]:
-    return render_template("users.html", form=form, action=ActionForm(), users=_store().users(), **shown), status
+    return render_template("users.html", form=form, users=_store().users(), **shown), status
 
 
 @bp.get("/users")
@@ -53,8 +53,6 @@ def create_user() -> tuple[str, int]:
 @bp.post("/users/<int:user_id>/disable")
 @requires(ADMIN)
 def disable_user(user_id: int) -> Response:
-    if not ActionForm().validate_on_submit():
-        abort(400)
     if user_id == g.user.id:
         abort(403)  # an admin cannot lock themselves out
     if _store().disable_user(user_id):
