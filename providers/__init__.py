@@ -7,7 +7,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from providers.base import Delivery, DeliveryReport, Outcome, Provider, ReportSink, SendResult, Setting, Shared
+from providers.base import (
+    COMMON_SETTINGS,
+    Delivery,
+    DeliveryReport,
+    Outcome,
+    Provider,
+    ReportSink,
+    SendResult,
+    Setting,
+    Shared,
+)
 from providers.console import ConsoleProvider
 from providers.http_gateway import HttpGatewayProvider
 from providers.oneclick import OneClickProvider
@@ -21,8 +31,8 @@ PROVIDERS: dict[str, type[Provider]] = {
                                              ProbeProvider, HttpGatewayProvider, SmppProvider)
 }
 
-__all__ = ["PROVIDERS", "Delivery", "DeliveryReport", "Outcome", "Provider", "ReportSink", "SendResult", "Setting",
-           "Shared", "create_provider"]
+__all__ = ["COMMON_SETTINGS", "PROVIDERS", "Delivery", "DeliveryReport", "Outcome", "Provider", "ReportSink",
+           "SendResult", "Setting", "Shared", "create_provider"]
 
 
 def create_provider(name: str, values: Mapping[str, Any], shared: Shared) -> Provider:

@@ -64,6 +64,16 @@ class Setting:
     help: str = ""
 
 
+# Settings every provider has besides its own, read as `<PROVIDER>_<name>` like them (SMSAERO_RATE_PER_SEC).
+# Unset, RATE_PER_SEC and CONCURRENCY are SMS_RATE_PER_SEC and SMS_CONCURRENCY (config fills them in).
+COMMON_SETTINGS = (
+    Setting("RATE_PER_SEC", kind="number", help="sends per second through it, all processes together; 0: no limit"),
+    Setting("CONCURRENCY", kind="integer", help="its sends in flight at once, all processes together (1-256)"),
+    Setting("PRICE_PER_PART", kind="number", default="0", help="what one SMS part costs, e.g. 2.1"),
+    Setting("CURRENCY", default="", help="the price's currency, e.g. RSD"),
+)
+
+
 # Where a provider hands a delivery report that arrives on its own (an SMPP deliver_sm): its name,
 # the gateway's reference of the message, the report. The report is kept until the message is
 # found, so one that comes before the send's result is written is not lost.
