@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from flask_swagger_ui import get_swaggerui_blueprint
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -23,6 +23,7 @@ from werkzeug.formparser import FormDataParser
 import api_keys
 import clients
 import mailings
+import templates
 from bodies import InvalidJson, parse_json
 from clients import NotText, field_path
 from errors import ApiError, read_body
@@ -36,6 +37,7 @@ from schemas import (
     Error,
     ImportReport,
     Mailing,
+    MailingCreated,
     MailingList,
     MailingStats,
     MailingStatsList,
@@ -78,8 +80,10 @@ def _services():
 
 def endpoint(method: str, path: str, *, summary: str, scope: str, responses: dict[int, Any],
              body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
-             body_content: str = "application/json", response_content: dict[int, str] | None = None) -> Callable:
-    """Declare a route: the key must have `scope`; `body` and `query` are validated and passed in."""
+             body_content: str = "application/json", response_content: dict[int, str] | None = None,
+             max_body: int | None = None) -> Callable:
+    """Declare a route: the key must have `scope` (the view finds it in flask.g.api_key); `body` (at
+    most `max_body` bytes, else the app's MAX_CONTENT_LENGTH) and `query` are validated and passed in."""
 
     def declare(view: Callable) -> Callable:
         described = {code: spec if isinstance(spec, tuple) else (spec, "") for code, spec in responses.items()}
@@ -88,12 +92,12 @@ def endpoint(method: str, path: str, *, summary: str, scope: str, responses: dic
 
         @functools.wraps(view)
         def handle(**path_args: Any):
-            key = _authorize(scope)
+            key = g.api_key = _authorize(scope)
             arguments = dict(path_args)
             if query is not None:
                 arguments["query"] = _validated(query, request.args.to_dict())
             if body is not None:
-                arguments["body"] = _validated(body, _json_body())
+                arguments["body"] = _validated(body, _json_body(max_body))
             _count_request(key)
             return view(**arguments)
 
@@ -127,19 +131,19 @@ def _count_request(key: api_keys.ApiKey) -> None:
         raise ApiError(429, "this key's daily quota is used up", headers={"Retry-After": str(int(retry_after))})
 
 
-def _json_body() -> Any:
-    """The JSON body, at most the app's MAX_CONTENT_LENGTH (64 KiB) read."""
+def _json_body(limit: int | None) -> Any:
+    """The JSON body, at most `limit` or the app's MAX_CONTENT_LENGTH (64 KiB) read."""
     try:
-        return parse_json(read_body(current_app.config["MAX_CONTENT_LENGTH"]) or b"null")
+        return parse_json(read_body(limit or current_app.config["MAX_CONTENT_LENGTH"]) or b"null")
     except InvalidJson as error:
         raise ApiError(400, str(error))
 
 
 def _validation_context() -> dict[str, Any]:
     """What the schemas check against: the region of numbers without a country code, and the
-    provider's longest text (in SMS parts)."""
+    longest text (in SMS parts) every provider takes."""
     services = _services()
-    return {"region": services.config.default_region, "max_segments": services.dispatcher.provider.max_segments}
+    return {"region": services.config.default_region, "max_segments": services.dispatcher.max_segments}
 
 
 def _validated(model: type[BaseModel], data: Any) -> BaseModel:
@@ -228,10 +232,13 @@ def import_clients():
 
 # --- mailings ---
 
-@endpoint("POST", "/mailings", summary="Create a mailing", scope="mailings:write", body=MailingCreate,
-          responses={201: Mailing})
+@endpoint("POST", "/mailings", summary="Create a mailing; the answer estimates its SMS parts and cost",
+          scope="mailings:write", body=MailingCreate, responses={201: MailingCreated})
 def create_mailing(body: MailingCreate):
-    return _answer(Mailing, mailings.create(_services().store, body), 201)
+    store = _services().store
+    body = templates.with_mailing_text(store, body)
+    return _answer(MailingCreated, mailings.create(store, body)
+                   | {"estimate": mailings.estimate(store, body, _services().config)}, 201)
 
 
 @endpoint("GET", "/mailings", summary="List mailings", scope="read", responses={200: MailingList})
@@ -296,7 +303,7 @@ def retry_mailing(mailing_id: int):
     return _answer(MailingStats, mailings.stats(store, mailing_id))
 
 
-@endpoint("GET", "/mailings/{mailing_id}/stats", summary="A mailing's messages by status, progress, parts sent",
+@endpoint("GET", "/mailings/{mailing_id}/stats", summary="A mailing's messages by status, progress, parts sent, cost",
           scope="read", responses={200: MailingStats, 404: Error})
 def mailing_stats(mailing_id: int):
     return _answer(MailingStats, _found(mailings.stats(_services().store, mailing_id), "mailing", mailing_id))
@@ -331,11 +338,13 @@ def send_message(body: MessageCreate):
     services = _services()
     if body.moyklass_user_id is not None and services.dispatcher.moyklass is None:
         raise ApiError(503, "MoyKlass is not configured: set API_KEY")
-    refused_because = None if body.text else services.config.cannot_queue_by_hand(body.event)
+    refused_because = None if body.text or body.template else services.config.cannot_queue_by_hand(body.event)
     if refused_because:
         raise ApiError(400, refused_because)
+    text = body.text if body.template is None else templates.message_text(
+        services.store, body.template, body.variables, _validation_context()["max_segments"])
     message_id = services.store.enqueue("api", services.config.sms_valid_seconds, phone=body.phone,
-                                        text=body.text, user_id=body.moyklass_user_id, event=body.event)
+                                        text=text, user_id=body.moyklass_user_id, event=body.event)
     return _answer(Queued, {"id": message_id}, 202)
 
 

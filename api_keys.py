@@ -9,7 +9,8 @@ from typing import Any
 
 from store import ApiKey, Store
 
-SCOPES = ("read", "clients:write", "mailings:write", "messages:send")
+# templates:write writes drafts; templates:approve approves them, and a template it writes is approved at once.
+SCOPES = ("read", "clients:write", "mailings:write", "messages:send", "templates:write", "templates:approve")
 DEFAULT_DAILY_QUOTA = 10_000
 KEY_PREFIX = "sba_"
 

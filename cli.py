@@ -24,14 +24,16 @@ from werkzeug.serving import WSGIRequestHandler, make_server, select_address_fam
 
 import api_keys
 import clients
+import templates
 from config import ConfigError
+from console import accounts
 from database import POSTGRESQL, BadDatabaseUrl, parse_database_url
 from events import MOYKLASS_EVENTS
 from logs import ACCESS_LOGGER, setup_access_log
 from moyklass import MoyKlassError
 from phones import InvalidPhone, to_e164
 from sms_bulk_app import Services, _load_config, build_services, create_app, new_worker, services
-from store import MAX_ID, DatabaseUnavailable
+from store import MAX_ID, CostLine, DatabaseUnavailable
 from store_postgresql import PostgresStore
 from texts import too_many_parts
 from worker import run_until_signalled
@@ -101,15 +103,29 @@ def _status(app_services: Services) -> int:
     print("lesson reminders: " + ", ".join(f"{count} {state}" for state, count in reminders.items()))
     messages, sends = store.unknown_outcomes()
     print(f"outcome unknown: {sends} sends of {messages} messages (timed out after reaching the gateway)")
-    pause = store.provider_pause(app_services.dispatcher.provider.name)
-    if pause:
-        print(f"sending through {pause.provider} is paused: {pause.reason}")
+    now = time.time()
+    print("providers (sent and FAILED in the last hour):")
+    for name, health in app_services.dispatcher.provider_health(now).items():
+        why = f": {health['reason']} (until {health['until']})" if health["reason"] else ""
+        print(f"  {name:<14} {health['state']}{why}; {health['sent_last_hour']} sent,"
+              f" {health['failed_last_hour']} failed")
+    _print_costs("cost by day (UTC), the last 7 days:", store.costs_by_day(now - 7 * 86400), "{}")
+    _print_costs("cost by mailing:", store.mailing_costs(), "mailing {}")
     ignored = store.ignored_webhooks()
     print("ignored webhooks (no text for their event, or no such MoyKlass event):" if ignored
           else "ignored webhooks: none")
     for event, count in ignored.items():
         print(f"  {event:<22} {count}")
     return 0
+
+
+def _print_costs(title: str, lines: list[CostLine], group: str) -> None:
+    """What was sent, a line per group (a day, a mailing) and provider: messages, SMS parts, cost."""
+    print(title if lines else f"{title} nothing sent")
+    for line in lines:
+        cost = f", {line.cost:g} {line.currency}" if line.currency else ""
+        print(f"  {group.format(line.group):<12} {line.provider:<14} {line.messages} messages,"
+              f" {line.parts} parts{cost}")
 
 
 def _retry_failed(app_services: Services, since: datetime | None) -> int:
@@ -121,7 +137,7 @@ def _retry_failed(app_services: Services, since: datetime | None) -> int:
 
 def _send(app_services: Services, args: argparse.Namespace) -> int:
     config, store = app_services.config, app_services.store
-    too_long = args.text and too_many_parts(args.text, app_services.dispatcher.provider.max_segments)
+    too_long = args.text and too_many_parts(args.text, app_services.dispatcher.max_segments)
     if too_long:
         print(f"send: {too_long}", file=sys.stderr)
         return 1
@@ -244,6 +260,54 @@ def _keys(app_services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
+def _users(app_services: Services, args: argparse.Namespace) -> int:
+    """People's accounts for the web console."""
+    store = app_services.store
+    try:
+        if args.users_command == "create":
+            password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
+            user_id, one_time = accounts.create(store, args.email, args.role, password, time.time())
+            print(f"user {user_id} ({accounts.normalize_email(args.email)}, {args.role}) created")
+            if one_time:
+                print(f"one-time password: {one_time}")
+                print("Give it to the person: it is shown only now, and must be changed at the first login.",
+                      file=sys.stderr)
+            return 0
+        if args.users_command == "disable":
+            if not accounts.disable(store, args.email):
+                print(f"users disable: no active account {args.email}", file=sys.stderr)
+                return 1
+            print(f"{args.email} disabled; their sessions ended")
+            return 0
+    except accounts.AccountError as error:
+        print(f"users {args.users_command}: {error}", file=sys.stderr)
+        return 1
+    for user in store.users():
+        state = "disabled" if user.disabled_at else "one-time password" if user.must_change_password else "active"
+        print(f"{user.id:>4}  {user.email:<40} {user.role:<9} {state}")
+    return 0
+
+
+def _templates(app_services: Services, args: argparse.Namespace) -> int:
+    """List the templates, or approve one's latest version (the command line may approve any)."""
+    store = app_services.store
+    if args.templates_command == "approve":
+        try:
+            approved = templates.approve(store, args.id, args.version, "cli")
+        except templates.NotLatest as error:
+            print(f"templates approve: {error}", file=sys.stderr)
+            return 1
+        if approved is None:
+            print(f"templates approve: no template {args.id}", file=sys.stderr)
+            return 1
+        print(f"template {approved.id} ({approved.name}): version {approved.approved_version} approved")
+        return 0
+    for template in store.templates():
+        approved = f"version {template.approved_version} approved" if template.approved_version else "none approved"
+        print(f"{template.id:>5}  {template.name:<24} latest version {template.version} ({approved}): {template.text}")
+    return 0
+
+
 def _scopes(text: str) -> list[str]:
     scopes = [scope for scope in re.split(r"[,\s]+", text) if scope]
     unknown = set(scopes) - set(api_keys.SCOPES)
@@ -352,6 +416,22 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     key_commands.add_parser("list", help="every key, without the keys themselves")
     revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("id", type=_positive)
+    named = commands.add_parser("templates", help="named templates: list them, approve one")
+    template_commands = named.add_subparsers(dest="templates_command", metavar="ACTION", required=True)
+    template_commands.add_parser("list", help="every template, its latest and approved versions")
+    approve = template_commands.add_parser("approve", help="approve a template's latest version")
+    approve.add_argument("id", type=_positive)
+    approve.add_argument("--version", type=_positive, help="only if this is still the latest version")
+    users = commands.add_parser("users", help="people's accounts for the web console")
+    user_commands = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    new_user = user_commands.add_parser("create", help="create an account; prints its one-time password")
+    new_user.add_argument("--email", required=True)
+    new_user.add_argument("--role", required=True, choices=accounts.ROLES)
+    new_user.add_argument("--password-stdin", action="store_true",
+                          help="read the password from the first line of standard input (not one-time)")
+    user_commands.add_parser("list", help="every account, without passwords")
+    disable = user_commands.add_parser("disable", help="disable an account and end its sessions")
+    disable.add_argument("email")
     return parser, send
 
 
@@ -381,6 +461,10 @@ def _run(app_services: Services, args: argparse.Namespace) -> int:
         return _sync_moyklass(app_services, args.client_state_ids)
     if args.command == "keys":
         return _keys(app_services, args)
+    if args.command == "templates":
+        return _templates(app_services, args)
+    if args.command == "users":
+        return _users(app_services, args)
     if args.command == "migrate-db":
         return _migrate_db(app_services, args.to)
     return _send(app_services, args)

@@ -19,7 +19,8 @@ import phonenumbers
 from database import SQLITE, Backend, BadDatabaseUrl, parse_database_url
 from events import MOYKLASS_EVENTS, family_of
 from models import is_iana_time_zone
-from providers import PROVIDERS, Provider, Setting
+from providers import COMMON_SETTINGS, PROVIDERS, Provider, Setting
+from templates import NAME as TEMPLATE_NAME
 from texts import TEMPLATE_FIELDS, Template, TemplateError
 
 DEFAULT_SMS_TEXT = (
@@ -28,8 +29,13 @@ DEFAULT_SMS_TEXT = (
 # What SMS_TEXT is for: the reminder it was written for, and webhooks with no event (the seed's
 # minimal body). Every other event sends only with its own SMS_TEXT_<EVENT>.
 DEFAULT_TEXT_EVENTS = (None, "sub_lessons_left")
+# SMS_TEXT_<EVENT>=template:NAME: the event's text is the approved version of template NAME when it is sent.
+TEMPLATE_PREFIX = "template:"
 CONNECT_TIMEOUT = 3.05  # seconds to open a connection to MoyKlass or a gateway
 SENDER_PATTERN = re.compile(r"^(?:[A-Za-z0-9 .\-]{1,11}|\+?\d{1,15})$")
+DEFAULT_ROUTE = "*"  # SMS_ROUTES' entry for numbers no prefix matches
+CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")  # ISO 4217, e.g. RSD
+MIN_SECRET_KEY_LENGTH = 32  # SECRET_KEY: the console's sessions are only as safe as it is
 
 
 class ConfigError(Exception):
@@ -58,12 +64,15 @@ class Config:
     moyklass_api_url: str
     moyklass_rate_per_sec: float
     http_timeout: float
-    sms_providers: tuple[str, ...]  # SMS_PROVIDERS, in order
+    sms_providers: tuple[str, ...]  # SMS_PROVIDERS, in order: every provider in use, and the default route
     provider_settings: dict[str, dict[str, Any]] = field(repr=False)  # by provider, by Setting.name
+    # SMS_ROUTES: (E.164 prefix without "+", its providers in order), the longest prefix first; DEFAULT_ROUTE last
+    sms_routes: tuple[tuple[str, tuple[str, ...]], ...]
     public_url: str | None
     sms_sender: str
     sms_text: Template
     sms_text_by_event: dict[str, Template] = field(default_factory=dict)
+    sms_template_by_event: dict[str, str] = field(default_factory=dict)  # SMS_TEXT_<EVENT>=template:NAME
     sms_transliterate: bool = False
     default_region: str = "RS"
     webhook_secret: str | None = field(default=None, repr=False)
@@ -83,11 +92,22 @@ class Config:
     user_cache_seconds: int = 300  # MoyKlass users kept per process; 0: every lookup asks MoyKlass
     sms_recipients: str = "student"  # student | parent | both
     sms_parent_phone_attribute: str | None = None  # alias of the students' phone attribute for a parent
+    # Signs the console's session cookies; None: console/secret.py keeps a generated one in DATA_DIR.
+    secret_key: str | None = field(default=None, repr=False)
 
     @property
     def sms_provider(self) -> str:
-        """The provider every message is sent through: the first of SMS_PROVIDERS."""
+        """The first provider of the default route (the log's warning about console, /health)."""
         return self.sms_providers[0]
+
+    def route_for(self, phone: str) -> tuple[str, ...]:
+        """The providers an E.164 number is sent through, in order: its longest matching prefix's
+        route of SMS_ROUTES, else the `*` route, else SMS_PROVIDERS."""
+        digits = phone.removeprefix("+")
+        for prefix, providers in self.sms_routes:
+            if prefix == DEFAULT_ROUTE or digits.startswith(prefix):
+                return providers
+        return self.sms_providers
 
     @property
     def http_timeouts(self) -> tuple[float, float]:
@@ -103,7 +123,7 @@ class Config:
 
     def ignored_because(self, event: str | None) -> str | None:
         """Why nothing is sent for `event`, naming the setting that would make it send; None if it sends."""
-        if self.template_for(event) is not None:
+        if self.template_for(event) is not None or event in self.sms_template_by_event:
             return None
         if event not in MOYKLASS_EVENTS:
             return f"MoyKlass has no event {event!r}: nothing is sent for it"
@@ -117,7 +137,8 @@ class Config:
         ignored_because = self.ignored_because(event)
         if ignored_because:
             return ignored_because
-        needs = sorted(self.template_for(event).placeholders - TEMPLATE_FIELDS)
+        template = self.template_for(event)  # None: a named template, checked when the message is sent
+        needs = sorted(template.placeholders - TEMPLATE_FIELDS) if template else []
         if needs:
             return (f"the text of {event} needs {', '.join(f'{{{name}}}' for name in needs)}, which only its webhook"
                     f" carries: give the text of this SMS")
@@ -127,6 +148,8 @@ class Config:
         """Every MoyKlass event that sends an SMS, with the setting its text comes from."""
         settings = {event: "SMS_TEXT" for event in DEFAULT_TEXT_EVENTS if event}
         settings |= {event: f"SMS_TEXT_{event.upper()}" for event in self.sms_text_by_event}
+        settings |= {event: f"SMS_TEXT_{event.upper()}={TEMPLATE_PREFIX}{name}"
+                     for event, name in self.sms_template_by_event.items()}
         return dict(sorted(settings.items()))
 
     def secrets(self) -> list[str]:
@@ -134,7 +157,8 @@ class Config:
         database_password = urlsplit(self.database.url).password if self.database.url else None
         provider_secrets = [values[setting.name] for name, values in self.provider_settings.items()
                             for setting in PROVIDERS[name].settings if setting.secret]
-        return [s for s in (self.api_key, self.webhook_secret, database_password, *provider_secrets) if s]
+        return [s for s in (self.api_key, self.webhook_secret, database_password, self.secret_key, *provider_secrets)
+                if s]
 
 
 class _Reader:
@@ -223,7 +247,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
 
     data_dir = Path(read.text("DATA_DIR", "data")).expanduser().resolve()
     sms_providers = _provider_names(read)
-    provider_settings = {name: _provider_settings(read, PROVIDERS[name]) for name in sms_providers}
+    sms_rate_per_sec = read.number("SMS_RATE_PER_SEC", 0.0, 0.0)
+    sms_concurrency = read.integer("SMS_CONCURRENCY", 16, 1, 256)
+    provider_settings = {name: _provider_settings(read, PROVIDERS[name], sms_rate_per_sec, sms_concurrency)
+                         for name in sms_providers}
     public_url = read.text("PUBLIC_URL")
     sms_sender = read.text("SMS_SENDER", "SmartLab")
     if not SENDER_PATTERN.match(sms_sender):
@@ -236,7 +263,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     if default_region not in phonenumbers.SUPPORTED_REGIONS:
         read.problems.append(f"DEFAULT_REGION={default_region!r} is not an ISO 3166 region code")
 
-    sms_text_by_event = {}
+    sms_text_by_event, sms_template_by_event = {}, {}
     for name in sorted(env):
         if name.startswith("SMS_TEXT_"):
             event = name.removeprefix("SMS_TEXT_").lower()
@@ -249,6 +276,12 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                 continue
             if not env[name].strip():
                 read.problems.append(f"{name} is empty")
+                continue
+            if env[name].strip().startswith(TEMPLATE_PREFIX):
+                template_name = env[name].strip().removeprefix(TEMPLATE_PREFIX)
+                if not TEMPLATE_NAME.fullmatch(template_name):
+                    read.problems.append(f"{name}: {template_name!r} is not a template name (a-z 0-9 _ -)")
+                sms_template_by_event[event] = template_name
                 continue
             sms_text_by_event[event] = read.template(name, "", family.placeholders)
 
@@ -271,10 +304,12 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         http_timeout=read.number("HTTP_TIMEOUT", 10.0, 0.1),
         sms_providers=sms_providers,
         provider_settings=provider_settings,
+        sms_routes=_routes(read, sms_providers),
         public_url=read.url("PUBLIC_URL", public_url) if public_url else None,
         sms_sender=sms_sender,
         sms_text=read.template("SMS_TEXT", DEFAULT_SMS_TEXT),
         sms_text_by_event=sms_text_by_event,
+        sms_template_by_event=sms_template_by_event,
         sms_transliterate=read.flag("SMS_TRANSLITERATE", False),
         default_region=default_region,
         webhook_secret=read.text("WEBHOOK_SECRET"),
@@ -283,8 +318,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         sms_max_attempts=read.integer("SMS_MAX_ATTEMPTS", 8, 1, 100),
         sms_valid_seconds=read.integer("SMS_VALID_SECONDS", 86400, 1, 30 * 86400),
         sms_retry_base_seconds=read.number("SMS_RETRY_BASE_SECONDS", 15.0, 0.01),
-        sms_rate_per_sec=read.number("SMS_RATE_PER_SEC", 0.0, 0.0),
-        sms_concurrency=read.integer("SMS_CONCURRENCY", 16, 1, 256),
+        sms_rate_per_sec=sms_rate_per_sec,
+        sms_concurrency=sms_concurrency,
         sms_dlr_max_seconds=read.integer("SMS_DLR_MAX_SECONDS", 6 * 3600, 0, 30 * 86400),
         worker_lease_seconds=read.number("WORKER_LEASE_SECONDS", 60.0, 1.0),
         sms_max_unknown_outcomes=read.integer("SMS_MAX_UNKNOWN_OUTCOMES", 2, 1, 100),
@@ -294,7 +329,11 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         user_cache_seconds=read.integer("USER_CACHE_SECONDS", 300, 0, 86400),
         sms_recipients=read.choice("SMS_RECIPIENTS", "student", ("student", "parent", "both")),
         sms_parent_phone_attribute=read.text("SMS_PARENT_PHONE_ATTRIBUTE"),
+        secret_key=read.text("SECRET_KEY"),
     )
+    if config.secret_key is not None and len(config.secret_key) < MIN_SECRET_KEY_LENGTH:
+        read.problems.append(f"SECRET_KEY must have at least {MIN_SECRET_KEY_LENGTH} characters (python3 -c"
+                             " 'import secrets; print(secrets.token_hex(32))'), or be unset to have one generated")
     # A lease is renewed every quarter of its length, and a send starts only while more than
     # HTTP_TIMEOUT (its whole deadline) + 1 s of the lease is left: twice that always is.
     lease_floor = 2 * (config.http_timeout + 1)
@@ -323,13 +362,63 @@ def _provider_names(read: _Reader) -> tuple[str, ...]:
     return known or ("console",)
 
 
-def _provider_settings(read: _Reader, provider: type[Provider]) -> dict[str, Any]:
-    """Every setting `provider` declares, from `<PROVIDER>_<SETTING>` (or its legacy name), checked
-    and typed, then together (`Provider.problems`); a missing required one is named with the
-    provider that needs it."""
-    values = {setting.name: _provider_setting(read, provider, setting) for setting in provider.settings}
+def _provider_settings(read: _Reader, provider: type[Provider], rate_per_sec: float,
+                       concurrency: int) -> dict[str, Any]:
+    """Every setting `provider` declares and the COMMON_SETTINGS, from `<PROVIDER>_<SETTING>` (or a
+    legacy name), checked and typed, then together (`Provider.problems`); a missing required one is
+    named with the provider that needs it. An unset rate or concurrency is SMS_RATE_PER_SEC's or
+    SMS_CONCURRENCY's."""
+    values = {setting.name: _provider_setting(read, provider, setting)
+              for setting in (*provider.settings, *COMMON_SETTINGS)}
     read.problems.extend(provider.problems(values))
+    prefix = provider.name.upper()
+    if values["RATE_PER_SEC"] is None:
+        values["RATE_PER_SEC"] = rate_per_sec
+    if values["CONCURRENCY"] is None:
+        values["CONCURRENCY"] = concurrency
+    elif not 1 <= values["CONCURRENCY"] <= 256:
+        read.problems.append(f"{prefix}_CONCURRENCY={values['CONCURRENCY']} must be between 1 and 256")
+    currency = values["CURRENCY"] = values["CURRENCY"].upper()
+    if currency and not CURRENCY_PATTERN.match(currency):
+        read.problems.append(f"{prefix}_CURRENCY={currency!r} must be a currency code of 3 letters, such as RSD")
+    if values["PRICE_PER_PART"] and not currency:
+        read.problems.append(f"{prefix}_PRICE_PER_PART needs {prefix}_CURRENCY (the price's currency, such as RSD)")
     return values
+
+
+def _routes(read: _Reader, providers: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """SMS_ROUTES: `prefix=provider,provider; ...`, each prefix the first digits of E.164 numbers
+    without "+" (`381`, `7`) or `*` (every other number). A route names only providers of
+    SMS_PROVIDERS, which lists every provider in use. The longest prefix first, `*` last."""
+    raw = read.text("SMS_ROUTES")
+    if raw is None:
+        return ()
+    routes: dict[str, tuple[str, ...]] = {}
+    for entry in filter(None, (part.strip() for part in re.split(r"[;\n]", raw))):
+        prefix, equals, names = (part.strip() for part in entry.partition("="))
+        route = tuple(name.strip().lower() for name in names.split(",") if name.strip())
+        where = f"SMS_ROUTES entry {entry!r}"
+        if not equals or not route:
+            read.problems.append(f"{where} must be prefix=provider[,provider...], such as 381=oneclick,smsaero")
+            continue
+        if prefix != DEFAULT_ROUTE and not re.fullmatch(r"[1-9]\d{0,14}", prefix):
+            read.problems.append(f"{where}: the prefix must be the first 1-15 digits of numbers in E.164 without"
+                                 f" '+' (381, 7), or * for every other number")
+            continue
+        if prefix in routes:
+            read.problems.append(f"SMS_ROUTES gives the prefix {prefix} twice")
+        unknown = [name for name in route if name not in PROVIDERS]
+        unused = [name for name in route if name in PROVIDERS and name not in providers]
+        if unknown:
+            read.problems.append(f"{where}: no provider {', '.join(map(repr, unknown))}: choose from"
+                                 f" {', '.join(PROVIDERS)}")
+        if unused:
+            read.problems.append(f"{where}: {', '.join(unused)} is not in SMS_PROVIDERS={','.join(providers)}:"
+                                 f" list every provider a route uses there")
+        if len(set(route)) != len(route):
+            read.problems.append(f"{where} names a provider twice")
+        routes[prefix] = route
+    return tuple(sorted(routes.items(), key=lambda item: (item[0] == DEFAULT_ROUTE, -len(item[0]))))
 
 
 def _provider_setting(read: _Reader, provider: type[Provider], setting: Setting) -> Any:

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -42,9 +42,10 @@ from store import (
     UNDELIVERED,
     Change,
     DatabaseUnavailable,
-    ProviderPause,
+    ProviderState,
     Store,
 )
+from templates import event_template
 from texts import Template, measure, transliterate
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ MAX_RETRY_DELAY = 3600.0
 PROVIDER_PAUSE_MAX = 60.0  # bad gateway credentials stop sending this long before a new try
 REPORT_FIRST_MAX = 10.0  # the first delivery report is asked for this long after sending
 REPORT_MAX_DELAY = 1800.0
-PAUSE_CHECK_SECONDS = 1.0  # how stale this process's view of a provider pause may be
+PAUSE_CHECK_SECONDS = 1.0  # how stale this process's view of the providers' pauses and downs may be
+PROVIDER_DOWN_AFTER = 3  # failed sends in a row (not taken, no answer) that put a provider down for a while
 BATCH_LOOKUP_WAIT_SECONDS = 2.0  # how long a worker may wait for MoyKlass' rate limit to look students up together
 LEASE_MARGIN_SECONDS = 1.0  # a send starts only with its deadline plus this left on the lease
 
@@ -90,20 +92,50 @@ class AttemptResult:
         return self.status == QUEUED
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """A provider as messages are sent through it: its own rate limit, send slots and price."""
+
+    provider: Provider
+    rate: Any  # a shared rate limiter (Store.rate_limiter), or None: no limit
+    slots: Any  # its shared send slots (Store.send_slots)
+    price_per_part: float
+    currency: str
+
+    @property
+    def name(self) -> str:
+        return self.provider.name
+
+
 class Dispatcher:
-    def __init__(self, config: Config, store: Store, moyklass: MoyKlassClient | None, provider: Provider):
+    def __init__(self, config: Config, store: Store, moyklass: MoyKlassClient | None, providers: list[Provider]):
         self.config = config
         self.store = store
         self.moyklass = moyklass
-        self.provider = provider
-        self._rate = (store.rate_limiter(provider.name, config.sms_rate_per_sec, config.data_dir)
-                      if config.sms_rate_per_sec > 0 else None)
-        self._slots = store.send_slots(provider.name, config.sms_concurrency, config.data_dir)
-        self._pause: ProviderPause | None = None
-        self._pause_checked_at = -PAUSE_CHECK_SECONDS
+        self.gateways: dict[str, Gateway] = {}
+        for provider in providers:
+            settings = config.provider_settings[provider.name]
+            rate = settings["RATE_PER_SEC"]
+            self.gateways[provider.name] = Gateway(
+                provider, store.rate_limiter(provider.name, rate, config.data_dir) if rate > 0 else None,
+                store.send_slots(provider.name, settings["CONCURRENCY"], config.data_dir),
+                settings["PRICE_PER_PART"], settings["CURRENCY"])
+        self._states: dict[str, ProviderState] = {}
+        self._states_read_at = -PAUSE_CHECK_SECONDS
+        self._failing: set[str] = set()  # providers this process saw fail since their last success
         self._late_results = LateResults(store)
         self._lookups = ThreadPoolExecutor(1, thread_name_prefix="lookup")  # see users_for
         self._lookup: Future | None = None
+
+    @property
+    def max_segments(self) -> int:
+        """The longest text (in SMS parts) every provider takes: what a text queued by hand is held to."""
+        return min(gateway.provider.max_segments for gateway in self.gateways.values())
+
+    @property
+    def report_providers(self) -> list[str]:
+        """The providers whose delivery reports the worker asks for."""
+        return [name for name, gateway in self.gateways.items() if gateway.provider.supports_delivery_reports]
 
     def attempt_and_record(self, message: dict[str, Any], owner: str, give_up_at: float | None) -> AttemptResult:
         """One attempt, written at once (the synchronous webhook), waiting for the MoyKlass rate
@@ -191,29 +223,69 @@ class Dispatcher:
                 return self._retry_later(message, Cause.OUTSIDE_WINDOW, "outside the client's local-time window",
                                          code="window", delay=opening - time.time())
         encoding = measure(text)
-        details = {"phone": phone, "text": text, "encoding": encoding.name,
-                   "segments": encoding.segments, "provider": self.provider.name}
-        pause = self._provider_pause()
-        if pause and pause.retry_at > time.time():
-            return self._retry_later(message, Cause.GATEWAY, f"sending paused: {pause.reason}",
-                                     code="paused", delay=pause.retry_at - time.time(), **details)
-        where += f" to {mask(details['phone'])} via {self.provider.name}"
-        if encoding.segments > self.provider.max_segments:
-            result = SendResult(Outcome.REJECTED, code="too-long",
-                                message=f"the text needs {encoding.segments} SMS; {self.provider.name}"
-                                        f" takes at most {self.provider.max_segments}")
-            return self._record(message, where, result, details, resumes=False)
-        try:
-            with self._slots.hold(give_up_at):
-                if self._rate:
-                    self._rate.wait(give_up_at)
-                refusal = self._may_not_send(message, owner)
-                if refusal:
-                    return refusal
-                result = self.provider.send(phone, text, self.config.sms_sender)
-        except WouldWait as error:
-            return self._hand_over(message, f"no send slot: {error}", **details)
-        return self._record(message, where, result, details, resumes=pause is not None)
+        details = {"phone": phone, "text": text, "encoding": encoding.name, "segments": encoding.segments}
+        where += f" to {mask(phone)}"
+        pinned = message["provider"] if message["unknown_outcomes"] else None
+        if pinned and pinned not in self.gateways:
+            return self._finish(message, FAILED, Cause.GATEWAY, f"not tried again: an earlier send through {pinned}"
+                                f" may have gone out, and {pinned} is no longer in SMS_PROVIDERS", code="unknown",
+                                **details)
+        route = (pinned,) if pinned else self.config.route_for(phone)
+        fitting = [name for name in route if encoding.segments <= self.gateways[name].provider.max_segments]
+        if not fitting:
+            longest = max(self.gateways[name].provider.max_segments for name in route)
+            result = SendResult(Outcome.REJECTED, code="too-long", message=f"the text needs {encoding.segments} SMS;"
+                                f" {', '.join(route)} take at most {longest}")
+            return self._record(message, f"{where} via {route[0]}", result, details | {"provider": route[0]},
+                                self.gateways[route[0]], sends=1)
+        return self._send(message, owner, give_up_at, where, details, fitting)
+
+    def _send(self, message: dict[str, Any], owner: str, give_up_at: float | None, where: str,
+              details: dict[str, Any], route: list[str]) -> AttemptResult:
+        """Send through the first provider of `route` that is neither paused nor down; if it does not
+        take the message (TRANSIENT) or refuses our credentials (AUTH), at once through the next, within
+        the message's attempts and deadline. A REJECTED or UNKNOWN verdict is final for this attempt:
+        the other providers could only refuse it too, or send it a second time."""
+        self._read_states()
+        blocked: list[tuple[float, str]] = []  # (until when, why) of the providers skipped
+        last: tuple[Gateway, SendResult, str] | None = None  # the latest send that failed over
+        sends = 0
+        for index, name in enumerate(route):
+            gateway, now = self.gateways[name], time.time()
+            why = self._blocked(name, now)
+            if why:
+                blocked.append(why)
+                continue
+            if last and (message["attempts"] + sends >= self.config.sms_max_attempts or now >= message["deadline"]):
+                break
+            via = f"{where} via {name}"
+            try:
+                with gateway.slots.hold(give_up_at):
+                    if gateway.rate:
+                        gateway.rate.wait(give_up_at)
+                    refusal = self._may_not_send(message, owner)
+                    if refusal:
+                        return refusal
+                    result = gateway.provider.send(details["phone"], details["text"], self.config.sms_sender)
+            except WouldWait as error:
+                if last:
+                    break
+                return self._hand_over(message, f"no send slot of {name}: {error}", **details)
+            self._learn(gateway, result)
+            sends += result.outcome is not Outcome.AUTH
+            others = [other for other in route[index + 1:] if not self._blocked(other, time.time())]
+            if result.outcome in (Outcome.TRANSIENT, Outcome.AUTH) and others:
+                log.warning("%s did not take %s: %s (code %s); trying %s at once", name, describe(message),
+                            result.message, result.code, others[0])
+                last = (gateway, result, via)
+                continue
+            return self._record(message, via, result, details | {"provider": name}, gateway, sends)
+        if last:
+            gateway, result, via = last
+            return self._record(message, via, result, details | {"provider": gateway.name}, gateway, sends)
+        until, why = min(blocked)
+        return self._retry_later(message, Cause.GATEWAY, f"sending paused: {why}", code="paused",
+                                 delay=until - time.time(), **details)
 
     def _may_not_send(self, message: dict[str, Any], owner: str) -> AttemptResult | None:
         """Why this message must not be sent now, read from its row just before the send; None if it may.
@@ -248,9 +320,10 @@ class Dispatcher:
         MoyKlass and rendered (webhooks)."""
         if message["phone"] and message["text"] is not None:
             return message["phone"], message["text"]
-        template = self.config.template_for(message["event"]) if message["text"] is None else None
-        if message["text"] is None and template is None:  # its SMS_TEXT_<EVENT> was removed while it waited
-            raise _NoText(self.config.ignored_because(message["event"]))
+        template, no_text = (None, None) if message["text"] is not None else \
+            event_template(self.config, self.store, message["event"])
+        if no_text:  # its SMS_TEXT_<EVENT> was removed while it waited, or names a template that cannot serve
+            raise _NoText(no_text)
         if self.moyklass is None:
             raise MoyKlassError("MoyKlass is not configured: set API_KEY")
         user = user or self.moyklass.get_user(message["user_id"], give_up_at, fresh=_wants_fresh_user(message))
@@ -296,9 +369,9 @@ class Dispatcher:
         """
         event, lesson_id = reminder["event"], reminder["lesson_id"]
         where = f"Lesson reminder {reminder['id']} ({event}, lesson {lesson_id})"
-        template = self.config.template_for(event)
+        template, no_text = event_template(self.config, self.store, event)
         if template is None or self.moyklass is None:
-            reason = self.config.ignored_because(event) or "MoyKlass is not configured: set API_KEY"
+            reason = no_text or "MoyKlass is not configured: set API_KEY"
             self.store.postpone_lesson_reminder(reminder["id"], owner, None, reason)
             log.warning("%s failed: %s", where, reason)
             return
@@ -350,40 +423,90 @@ class Dispatcher:
             messages.append(message | {"text": self._render(template, template_fields(user) | fields)})
         return messages
 
-    def _provider_pause(self) -> ProviderPause | None:
-        """Whether sending through our provider is paused; read from the database once a second."""
-        now = time.monotonic()
-        if now >= self._pause_checked_at + PAUSE_CHECK_SECONDS:
-            self._pause = self.store.provider_pause(self.provider.name)
-            self._pause_checked_at = now
-        return self._pause
+    def _read_states(self) -> None:
+        """Refresh this process's view of the providers' pauses and downs, at most once a second."""
+        if time.monotonic() >= self._states_read_at + PAUSE_CHECK_SECONDS:
+            self._states = self.store.provider_states()
+            self._states_read_at = time.monotonic()
 
-    def _record(self, message: dict[str, Any], where: str, result: SendResult,
-                details: dict[str, Any], resumes: bool) -> AttemptResult:
+    def _blocked(self, name: str, now: float) -> tuple[float, str] | None:
+        """(until when, why) the provider must not be sent through now; None if it may."""
+        state = self._states.get(name)
+        if state is None:
+            return None
+        if state.paused_until and state.paused_until > now:
+            return state.paused_until, f"{name}: {state.pause_reason}"
+        if state.down_until and state.down_until > now:
+            return state.down_until, f"{name} is down: {state.down_reason}"
+        return None
+
+    def _learn(self, gateway: Gateway, result: SendResult) -> None:
+        """What a send says of its provider: credentials or balance refused pause it for every
+        process; PROVIDER_DOWN_AFTER failures in a row (not taken, no answer) put it down for a
+        while; any answer ends both."""
+        name, state = gateway.name, self._states.get(gateway.name)
+        error = f"{result.message} (code {result.code})"
+        if result.outcome is Outcome.AUTH:
+            pause = min(4 * self.config.sms_retry_base_seconds, PROVIDER_PAUSE_MAX)
+            self.store.pause_provider(name, time.time() + pause, error)
+            self._states_read_at = -PAUSE_CHECK_SECONDS  # read it back at once
+            log.error("%s refused our credentials, sender or balance: %s. Sending through it is paused; fix its"
+                      " settings (%s_*). Next try in %.0f s.", name, error, name.upper(), pause)
+        elif result.outcome in (Outcome.TRANSIENT, Outcome.UNKNOWN):
+            self._failing.add(name)
+            down_for = min(4 * self.config.sms_retry_base_seconds, PROVIDER_PAUSE_MAX)
+            if self.store.record_provider_failure(name, error, PROVIDER_DOWN_AFTER, time.time() + down_for):
+                self._states_read_at = -PAUSE_CHECK_SECONDS
+                log.error("%s failed %d or more sends in a row (the last: %s): down for %.0f s; its messages go"
+                          " through the next provider of their route", name, PROVIDER_DOWN_AFTER, error, down_for)
+        else:
+            if state and state.paused_until and self.store.resume_provider(name):
+                log.warning("%s accepts our credentials again: sending resumed", name)
+                self._states_read_at = -PAUSE_CHECK_SECONDS
+            if (name in self._failing or (state and state.failures)) and self.store.record_provider_success(name):
+                log.info("%s takes messages again: its run of failures is over", name)
+                self._states_read_at = -PAUSE_CHECK_SECONDS
+            self._failing.discard(name)
+
+    def provider_health(self, now: float) -> dict[str, dict[str, Any]]:
+        """Each provider, read afresh: `state` healthy, paused (credentials or balance refused: until
+        the next try) or down (failing: until when), why, and its messages sent and FAILED in the last hour."""
+        states = self.store.provider_states()
+        activity = self.store.provider_activity(now - 3600)
+        health = {}
+        for name in self.gateways:
+            state = states.get(name, ProviderState())
+            if state.paused_until is not None:
+                status, reason, until = "paused", state.pause_reason, state.paused_until
+            elif state.down_until and state.down_until > now:
+                status, reason, until = "down", state.down_reason, state.down_until
+            else:
+                status, reason, until = "healthy", None, None
+            sent, failed = activity.get(name, (0, 0))
+            health[name] = {"state": status, "reason": reason, "until": _iso(until) if until else None,
+                            "sent_last_hour": sent, "failed_last_hour": failed}
+        return health
+
+    def _record(self, message: dict[str, Any], where: str, result: SendResult, details: dict[str, Any],
+                gateway: Gateway, sends: int) -> AttemptResult:
+        """The Change a send's verdict makes; `sends`: the attempts it used (a failover's too)."""
         if result.ok:
             now = time.time()
-            reports = self.provider.supports_delivery_reports and self.config.sms_dlr_max_seconds > 0
+            reports = gateway.provider.supports_delivery_reports and self.config.sms_dlr_max_seconds > 0
             change = Change(message["id"], SENT, dict(
                 details, gateway_ref=result.reference, error_code=result.code, last_error=None,
+                cost=round(details["segments"] * gateway.price_per_part, 6), currency=gateway.currency or None,
                 report_next_at=now + self._report_first_delay if reports else None,
-                report_until=now + self.config.sms_dlr_max_seconds if reports else None), count_attempt=True)
-            if resumes and self.store.resume_provider(self.provider.name):
-                self._pause = None
-                log.warning("%s accepts our credentials again: sending resumed", self.provider.name)
+                report_until=now + self.config.sms_dlr_max_seconds if reports else None), count_attempt=sends)
             log.info("Sent %s: ref %s, %d SMS %s", where, result.reference, details["segments"],
                      details["encoding"])
             return AttemptResult(change)
         error = f"{result.message} (code {result.code})"
         if result.outcome is Outcome.AUTH:
             pause = min(4 * self.config.sms_retry_base_seconds, PROVIDER_PAUSE_MAX)
-            self.store.pause_provider(self.provider.name, time.time() + pause, error)
-            self._pause_checked_at = 0.0  # read it back at once
-            log.error("%s refused our credentials or sender: %s. Sending through it is paused; "
-                      "fix SMS_USERNAME / SMS_PASSWORD / SMS_SENDER. Next try in %.0f s.",
-                      self.provider.name, error, pause)
             return self._retry_later(message, Cause.GATEWAY, error, code=result.code, delay=pause,
-                                     **details)
-        attempts = message["attempts"] + 1
+                                     count_attempt=sends, **details)
+        attempts = message["attempts"] + sends
         unknown = result.outcome is Outcome.UNKNOWN
         if unknown:
             unknowns = message["unknown_outcomes"] + 1
@@ -401,14 +524,14 @@ class Dispatcher:
                 log.warning("Gateway did not take %s (attempt %d of %d): %s; next try in %.1f s",
                             where, attempts, self.config.sms_max_attempts, error, delay)
                 return self._retry_later(message, Cause.GATEWAY, error, code=result.code, delay=delay,
-                                         count_attempt=True, unknown_outcome=unknown, **details)
+                                         count_attempt=sends, unknown_outcome=unknown, **details)
         verdict = "Gateway refused" if result.outcome is Outcome.REJECTED else "Giving up on"
         log.error("%s %s: %s", verdict, where, error)
-        return self._finish(message, FAILED, Cause.GATEWAY, error, code=result.code, count_attempt=True,
+        return self._finish(message, FAILED, Cause.GATEWAY, error, code=result.code, count_attempt=sends,
                             unknown_outcome=unknown, gateway_ref=result.reference, **details)
 
     def _retry_later(self, message: dict[str, Any], cause: Cause, error: str, *,
-                     code: str | None, delay: float, count_attempt: bool = False, unknown_outcome: bool = False,
+                     code: str | None, delay: float, count_attempt: int = 0, unknown_outcome: bool = False,
                      **details: Any) -> AttemptResult:
         """Back to the queue for a later attempt; past the deadline it EXPIRES instead."""
         next_at = time.time() + delay
@@ -420,7 +543,7 @@ class Dispatcher:
         return AttemptResult(change, cause, error)
 
     def _finish(self, message: dict[str, Any], status: str, cause: Cause, error: str, code: str | None = None,
-                count_attempt: bool = False, unknown_outcome: bool = False, **fields: Any) -> AttemptResult:
+                count_attempt: int = 0, unknown_outcome: bool = False, **fields: Any) -> AttemptResult:
         if status != FAILED or cause is not Cause.GATEWAY:
             log.warning("%s %s: %s", describe(message).capitalize(), status, error)
         change = Change(message["id"], status, dict(fields, error_code=code, last_error=error), count_attempt,
@@ -428,8 +551,8 @@ class Dispatcher:
         return AttemptResult(change, cause, error)
 
     def poll_report(self, message: dict[str, Any]) -> None:
-        """Ask the gateway how a SENT message fared; record a final answer or ask again later."""
-        report = self.provider.delivery_report(message["gateway_ref"])
+        """Ask the provider that sent a SENT message how it fared; record a final answer or ask again later."""
+        report = self.gateways[message["provider"]].provider.delivery_report(message["gateway_ref"])
         final = {Delivery.DELIVERED: DELIVERED, Delivery.UNDELIVERED: UNDELIVERED, Delivery.FAILED: FAILED}
         if report.state in final:
             self.store.transition(message["id"], final[report.state], report_text=report.description)
@@ -593,6 +716,10 @@ class _ReadLesson:
                   and 1 <= r["userId"] <= MOYKLASS_MAX_ID]
         self.dropped = len(records) - len(usable)
         self.students = list(dict.fromkeys(r["userId"] for r in usable if not r.get("goodReason")))
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
 
 
 def describe(message: dict[str, Any]) -> str:

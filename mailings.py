@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from config import DEFAULT_ROUTE, Config
 from models import MAILING_FIELDS, MailingCreate
 from store import (
     CANCELED_STATE,
@@ -28,12 +29,13 @@ from store import (
     SENDING,
     STARTED,
     STATUSES,
+    CostLine,
     FanOut,
     Mailing,
     MailingProgress,
     Store,
 )
-from texts import Template
+from texts import Template, measure
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,25 @@ def _columns(mailing: MailingCreate) -> dict[str, Any]:
 
 def create(store: Store, mailing: MailingCreate) -> dict[str, Any]:
     return _public(store.create_mailing(_columns(mailing)))
+
+
+def estimate(store: Store, mailing: MailingCreate, config: Config) -> dict[str, Any]:
+    """An estimate of a mailing's size and cost: the clients its filter matches now, each message's
+    SMS parts counted with {name} and {first_name} empty (a long name may add a part), each message
+    at the price per part of the first provider of its route (a failover may send it through another)."""
+    parts = measure(Template(mailing.text, MAILING_FIELDS).render(dict.fromkeys(MAILING_FIELDS, ""))).segments
+    prefixed = [(prefix, providers) for prefix, providers in config.sms_routes if prefix != DEFAULT_ROUTE]
+    counts = store.count_clients_by_prefix(mailing.filter.tags, mailing.filter.operator_codes,
+                                           [prefix for prefix, _ in prefixed])
+    cost: dict[str, float] = {}
+    for route, recipients in zip([*(providers for _, providers in prefixed), config.route_for("")], counts,
+                                 strict=True):
+        settings = config.provider_settings[route[0]]
+        if settings["CURRENCY"] and recipients:
+            cost[settings["CURRENCY"]] = cost.get(settings["CURRENCY"], 0.0) + recipients * parts * settings[
+                "PRICE_PER_PART"]
+    return {"recipients": sum(counts), "parts_per_message": parts, "parts": sum(counts) * parts,
+            "cost": {currency: round(amount, 4) for currency, amount in cost.items()}}
 
 
 def get(store: Store, mailing_id: int) -> dict[str, Any] | None:
@@ -204,21 +225,37 @@ def _fan_out(mailing: Mailing, now: float) -> FanOut:
 
 def stats(store: Store, mailing_id: int) -> dict[str, Any] | None:
     progress = store.mailing_progress(mailing_id)
-    return _stats(progress) if progress else None
+    return _stats(progress, store.mailing_costs(mailing_id)) if progress else None
 
 
 def stats_all(store: Store) -> list[dict[str, Any]]:
-    return [_stats(progress) for progress in store.mailings_progress()]
+    costs: dict[int, list[CostLine]] = {}
+    for line in store.mailing_costs():
+        costs.setdefault(line.group, []).append(line)
+    return [_stats(progress, costs.get(progress.mailing_id, [])) for progress in store.mailings_progress()]
 
 
-def _stats(progress: MailingProgress) -> dict[str, Any]:
+def _stats(progress: MailingProgress, costs: list[CostLine]) -> dict[str, Any]:
     counts = {status: progress.counts.get(status, 0) for status in STATUSES}
     total = sum(counts.values())
     waiting = counts[QUEUED] + counts[SENDING]
     return {"id": progress.mailing_id, "state": progress.state, "total": total, "counts": counts,
             "progress": round((total - waiting) / total, 4) if total else float(progress.state == FINISHED),
             "segments": progress.segments,
-            "first_sent_at": _utc(progress.first_sent_at), "last_sent_at": _utc(progress.last_sent_at)}
+            "first_sent_at": _utc(progress.first_sent_at), "last_sent_at": _utc(progress.last_sent_at),
+            **cost_summary(costs)}
+
+
+def cost_summary(lines: list[CostLine]) -> dict[str, Any]:
+    """`cost`: the total by currency (providers without a price left out); `by_provider`: the
+    messages sent, their parts and cost through each provider."""
+    total: dict[str, float] = {}
+    for line in lines:
+        if line.currency:
+            total[line.currency] = total.get(line.currency, 0.0) + line.cost
+    return {"cost": {currency: round(amount, 4) for currency, amount in total.items()},
+            "by_provider": [{"provider": line.provider, "messages": line.messages, "parts": line.parts,
+                             "cost": round(line.cost, 4), "currency": line.currency or None} for line in lines]}
 
 
 def _message(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime, time
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
 from pydantic import (
@@ -148,11 +148,23 @@ def check_parts(text: str, info: ValidationInfo, counted: str = "") -> None:
 class MailingCreate(Strict):
     start_at: Moment
     end_at: Moment
-    text: str = Field(min_length=1, max_length=1000, examples=["Zdravo {first_name}, upis počinje sutra."])
+    text: str | None = Field(None, min_length=1, max_length=1000,
+                             examples=["Zdravo {first_name}, upis počinje sutra."], description="Or `template`")
+    template: str | None = Field(None, max_length=64, description="Or the name of an approved template, whose"
+                                 " approved version becomes the mailing's text ({name} and {first_name} only)")
     filter: MailingFilter
     window: Window | None = Field(None, description="Local time of each client in which to send; may wrap midnight")
 
-    _text = field_validator("text")(check_mailing_text)
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_mailing_text(value, info)
+
+    @model_validator(mode="after")
+    def _text_or_template(self) -> MailingCreate:
+        if (self.text is None) == (self.template is None):
+            raise ValueError("give exactly one of text and template")
+        return self
 
     @model_validator(mode="after")
     def _times(self, info: ValidationInfo) -> MailingCreate:
@@ -162,3 +174,22 @@ class MailingCreate(Strict):
         if self.end_at <= (info.context or {}).get("now", datetime.now(UTC)):
             raise ValueError("end_at is in the past")
         return self
+
+
+# --- batch requests ---
+
+MAX_RECIPIENTS = 5000
+Priority = Literal["high", "normal", "low"]  # store.PRIORITIES
+VariableName = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")]  # templates.VARIABLE
+
+
+class BatchRecipient(Strict):
+    """One recipient of a batch request: validated alone, so that an invalid one is rejected alone."""
+
+    phone: str = Field(examples=["+381641234567"])
+    variables: dict[VariableName, Annotated[str, Field(max_length=500)]] = Field(
+        default_factory=dict, description="A value for each {VARIABLE} of the template")
+    send_at: Moment | None = Field(None, description="Not before this moment; now when left out")
+    priority: Priority | None = Field(None, description="The request's priority when left out")
+
+    _phone = field_validator("phone")(check_phone)

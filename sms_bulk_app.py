@@ -4,7 +4,7 @@
 (see gunicorn.conf.py) and the worker runs as `python sms_bulk_app.py worker`.
 `python sms_bulk_app.py` alone serves on HOST:PORT with a worker in the same process;
 `python sms_bulk_app.py --help` lists the other commands (status, send, retry-failed,
-import-clients, sync-moyklass, keys).
+import-clients, sync-moyklass, keys, users).
 """
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import api
+import api_templates  # noqa: F401  (its routes join api.bp)
 import callbacks
+import console
+import templates
 from bodies import InvalidJson, parse_json
 from config import Config, load_config
 from database import POSTGRESQL, Backend
@@ -105,7 +108,7 @@ def webhook():
     body = read_body(MAX_BODY_BYTES)
     log.debug("Webhook body from %s: %s", request.remote_addr, body.decode("utf-8", "replace"))
     payload, event, obj = _parse_envelope(body)
-    ignored_because = config.ignored_because(event)
+    ignored_because = templates.ignored_because(config, app.store, event)
     if ignored_because:  # nothing to send: counted, not journaled
         app.store.count_ignored_webhook(event, time.time())
         log.info("Webhook %s ignored: %s", event, ignored_because)
@@ -164,16 +167,30 @@ def health():
     data_dir = app.config.data_dir
     writable = os.access(data_dir, os.W_OK | os.X_OK)
     checks["data_dir"] = "ok" if writable else f"error: {data_dir} is not writable"
+    providers = None
     if checks["database"] == "ok":
-        pause = app.store.provider_pause(app.dispatcher.provider.name)
-        checks["provider"] = f"error: sending paused: {pause.reason}" if pause else "ok"
+        providers = app.dispatcher.provider_health(time.time())
+        checks["provider"] = _provider_check(providers)
     healthy = all(value == "ok" for value in checks.values())
     body = {"status": "ok" if healthy else "error", "checks": checks,
             "provider": app.config.sms_provider}
-    if checks["database"] == "ok":
+    if providers is not None:
+        body["providers"] = providers
         messages, sends = app.store.unknown_outcomes()
         body["details"] = {"unknown_outcome_messages": messages, "unknown_outcome_sends": sends}
     return jsonify(body), 200 if healthy else 503
+
+
+def _provider_check(providers: dict[str, dict[str, Any]]) -> str:
+    """"ok" unless a provider refused our credentials or balance (a person must act), or every
+    provider is down (nothing can be sent); a provider down while others send is only reported."""
+    paused = [f"{name}: {state['reason']}" for name, state in providers.items() if state["state"] == "paused"]
+    if paused:
+        return f"error: sending paused: {'; '.join(paused)}"
+    if all(state["state"] == "down" for state in providers.values()):
+        return "error: every provider is down: " + "; ".join(f"{name}: {state['reason']}"
+                                                             for name, state in providers.items())
+    return "ok"
 
 
 def _warn_about(config: Config) -> None:
@@ -217,8 +234,8 @@ def build_services(config: Config) -> Services:
         moyklass = MoyKlassClient(config.moyklass_api_url, config.api_key, store.token_keeper(config.token_file_path),
                                   limiter, config.http_timeouts, config.user_cache_seconds)
     shared = Shared(config.http_timeouts, config.public_url, pushed_report_sink(store))
-    provider = create_provider(config.sms_provider, config.provider_settings[config.sms_provider], shared)
-    return Services(config, store, Dispatcher(config, store, moyklass, provider))
+    providers = [create_provider(name, config.provider_settings[name], shared) for name in config.sms_providers]
+    return Services(config, store, Dispatcher(config, store, moyklass, providers))
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
@@ -236,7 +253,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(api.docs_blueprint())
     app.add_url_rule("/openapi.json", view_func=api.openapi)
     register_error_handlers(app)
+    console.init_app(app, csrf_exempt=(bp, api.bp, callbacks.bp))  # the web console at /: it takes cookies
     _warn_about(app_services.config)
+    for problem in templates.event_problems(app_services.config, app_services.store):
+        log.warning("%s: its webhooks are answered \"ignored\" until it can be used", problem)
     return app
 
 

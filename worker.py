@@ -80,9 +80,10 @@ class Worker:
                         for reminder in self.store.claim_lesson_reminders(self.owner, REMINDER_BATCH,
                                                                           self.lease_seconds):
                             in_flight[pool.submit(self._expand, reminder)] = None
-                        if len(in_flight) < self.concurrency:
-                            for message in self.store.claim_reports(self.dispatcher.provider.name, REPORT_BATCH,
-                                                                    self.lease_seconds):
+                        for provider in self.dispatcher.report_providers:
+                            if len(in_flight) >= self.concurrency:
+                                break
+                            for message in self.store.claim_reports(provider, REPORT_BATCH, self.lease_seconds):
                                 in_flight[pool.submit(self._poll_report, message)] = None
                     if in_flight:
                         done, _ = wait(in_flight, timeout=IDLE_POLL_SECONDS, return_when=FIRST_COMPLETED)

@@ -37,7 +37,8 @@ def test_provider_settings_are_read_by_the_pattern_and_the_first_release_names_s
                        "ONECLICK_API_URL": "http://127.0.0.1:9/SendMsg.aspx/"})
     old = load_config({"SMS_PROVIDER": "oneclick", "SMS_USERNAME": "school", "SMS_PASSWORD": "pw-1",
                        "SMS_API_URL": "http://127.0.0.1:9/SendMsg.aspx"})
-    expected = {"USERNAME": "school", "PASSWORD": "pw-1", "API_URL": "http://127.0.0.1:9/SendMsg.aspx"}
+    expected = {"USERNAME": "school", "PASSWORD": "pw-1", "API_URL": "http://127.0.0.1:9/SendMsg.aspx",
+                "RATE_PER_SEC": 0.0, "CONCURRENCY": 16, "PRICE_PER_PART": 0.0, "CURRENCY": ""}  # common: defaults
     assert new.provider_settings == old.provider_settings == {"oneclick": expected}
     assert new.sms_providers == old.sms_providers == ("oneclick",)
     assert "pw-1" in new.secrets() and "school" not in new.secrets()

@@ -9,6 +9,8 @@ def test_health_is_ok_with_its_checks(client):
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "provider": "oneclick",
                                    "checks": {"database": "ok", "data_dir": "ok", "provider": "ok"},
+                                   "providers": {"oneclick": {"state": "healthy", "reason": None, "until": None,
+                                                              "sent_last_hour": 0, "failed_last_hour": 0}},
                                    "details": {"unknown_outcome_messages": 0, "unknown_outcome_sends": 0}}
 
 
