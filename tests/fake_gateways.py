@@ -14,9 +14,14 @@ so chosen here: bad credentials answer HTTP 401 with the envelope, a bad request
 probe: `POST /v1/send/{msgId}` with `Authorization: Bearer <JWT>` and `{"id": int64, "phone": int64,
 "text": str}` -> 200 `{"code": 0, "message": "OK"}`. Not documented, so chosen here: a bad token
 gets 401, a body that is not that shape 400.
+
+`python -m tests.fake_gateways smsaero --port 8083 [--journal FILE]` runs the SMS Aero fake on its own
+(benchmarks run `serve` as a process); the journal gets each accepted SMS as a JSON line before the
+answer leaves, so it survives the process being killed.
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import itertools
 import json
@@ -26,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 # (status, body: a JSON value or raw bytes)
@@ -40,6 +45,11 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real gateways do
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in two writes; without NODELAY, Nagle holds the body back.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -78,8 +88,8 @@ class FakeGateway:
         self.latency = 0.0  # seconds before each answer
         self._server: _Server | None = None
 
-    def start(self) -> FakeGateway:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+    def start(self, port: int = 0) -> FakeGateway:
+        self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.fake = self
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
@@ -134,6 +144,7 @@ class FakeSmsAero(FakeGateway):
         self.report_status = 1  # the status sms/status gives a sent message not in `statuses`
         self.statuses: dict[int, int] = {}
         self.messages: list[dict[str, Any]] = []  # every SMS accepted: the sms/send data
+        self.journal: TextIO | None = None  # also written there, a JSON line each (with `at`, monotonic)
         self._ids = itertools.count(41000)
 
     @property
@@ -176,6 +187,9 @@ class FakeSmsAero(FakeGateway):
         data = {"id": next(self._ids), "from": sign, "number": str(number), "text": text, "status": 0,
                 "extendStatus": "queue", "channel": "FREE SIGN", "cost": 5.49, "dateCreate": now, "dateSend": now}
         self.messages.append(data)
+        if self.journal:
+            self.journal.write(json.dumps(data | {"at": time.monotonic()}, ensure_ascii=False) + "\n")
+            self.journal.flush()
         return 200, {"success": True, "data": data, "message": None}
 
     def _status(self, body: dict[str, Any]) -> Answer:
@@ -235,3 +249,28 @@ class FakeLocalGateway(FakeGateway):
         if self.api_key is not None and request["headers"].get("X-Api-Key") != self.api_key:
             return 401, {"status": -10, "error": "bad key"}
         return self.respond(request)
+
+
+def serve(port: int, journal: str | None = None) -> None:
+    """Run the SMS Aero fake on `port` in the foreground until interrupted (a process of its own
+    for benchmarks), each accepted SMS appended to the file `journal` if given."""
+    fake = FakeSmsAero()
+    if journal:
+        fake.journal = open(journal, "a", encoding="utf-8")
+    fake.start(port)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m tests.fake_gateways", description="Run the fake SMS Aero")
+    parser.add_argument("service", choices=["smsaero"])
+    parser.add_argument("--port", type=int, default=8083, help="default 8083")
+    parser.add_argument("--journal", help="append each accepted SMS to this file, a JSON line each")
+    args = parser.parse_args()
+    print(f"fake SMS Aero on http://127.0.0.1:{args.port}/v2 (school@example.ru / aero-key-0123456789abcdef)",
+          flush=True)
+    serve(args.port, args.journal)
