@@ -10,7 +10,7 @@ run:
 	$(VENV)/bin/pip install -q -r requirements.txt
 	$(VENV)/bin/python sms_bulk_app.py
 
-# Install and run the tests, on SQLite, then again (every test that keeps data) on a throwaway
+# Install and run the tests on SQLite, then the storage and end-to-end ones again on a throwaway
 # PostgreSQL server. As root with apt-get, Debian's nginx and systemd are installed for the tests
 # that check nginx.conf and the unit with the real tools, its postgresql for the PostgreSQL tests
 # (Debian keeps initdb in /usr/lib/postgresql/<version>/bin, off PATH), and nodejs and npm for the

@@ -42,10 +42,16 @@ def oneclick():
 
 # `SMS_TEST_DATABASE=postgresql pytest ...`: the tests that keep data (those using the fixture
 # `database_settings`, through `settings`, `app`, `store`...) keep it in a fresh database of the
-# throwaway PostgreSQL server (tests/postgres.py) instead of SQLite; the others are deselected:
-# those the same on either backend, and those that ask for PostgreSQL themselves (`postgres_url`),
-# which the default run has run on it already. `make test` runs the suite both ways.
+# throwaway PostgreSQL server (tests/postgres.py) instead of SQLite. Deselected there: tests that keep
+# no data, tests that ask for PostgreSQL themselves (`postgres_url`: the default run ran them on it),
+# and the modules of EDGE_MODULES. `make test` runs the suite both ways.
 TEST_DATABASE = os.environ.get("SMS_TEST_DATABASE", "sqlite")
+# Tests of the HTTP edge and the deployment (nginx, gunicorn's parser, body limits, request
+# validation, the OpenAPI document, settings, logs, the browser): they keep data only to have an
+# app to talk to, and the database behind it changes nothing they check.
+EDGE_MODULES = frozenset({"test_bodies", "test_burst", "test_config", "test_console_browser", "test_deploy",
+                          "test_docs", "test_error_pages", "test_gunicorn", "test_logs", "test_openapi",
+                          "test_validation"})
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -55,10 +61,13 @@ def pytest_collection_modifyitems(config, items) -> None:
     deselected: list[pytest.Item] = []
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        (kept if "database_settings" in fixtures and "postgres_url" not in fixtures else deselected).append(item)
+        on_postgresql = ("database_settings" in fixtures and "postgres_url" not in fixtures
+                         and item.module.__name__.rsplit(".", 1)[-1] not in EDGE_MODULES)
+        (kept if on_postgresql else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
+
 
 # A test of SQLite itself (its file, another program locking it), not of the service's behaviour.
 sqlite_only = pytest.mark.skipif(TEST_DATABASE != "sqlite", reason="about the SQLite file itself")
