@@ -14,9 +14,9 @@ run:
 # PostgreSQL server. As root with apt-get, Debian's nginx and systemd are installed for the tests
 # that check nginx.conf and the unit with the real tools, its postgresql for the PostgreSQL tests
 # (Debian keeps initdb in /usr/lib/postgresql/<version>/bin, off PATH), and nodejs and npm for the
-# SMSC simulator of the SMPP tests (tests/smsc, its packages from its lock file); elsewhere those
-# tests are skipped (in CI they fail instead). pytest-xdist runs them TEST_JOBS at a time: most
-# wait on real processes, not on the CPU.
+# SMSC simulator of the SMPP tests (tests/smsc, its packages from its lock file), and chromium with
+# its driver for the console's browser tests; elsewhere those tests are skipped (in CI they fail
+# instead). pytest-xdist runs them TEST_JOBS at a time: most wait on real processes, not on the CPU.
 TEST_JOBS ?= 3
 test:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,10 @@ test:
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing$$missing for the deployment, PostgreSQL and SMPP tests"; \
+		echo "installing$$missing for the deployment, PostgreSQL, SMPP and browser tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@if command -v npm >/dev/null; then npm ci --prefix tests/smsc --no-audit --no-fund --loglevel=error; fi
