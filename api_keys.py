@@ -10,7 +10,9 @@ from typing import Any
 from store import ApiKey, Store
 
 # templates:write writes drafts; templates:approve approves them, and a template it writes is approved at once.
-SCOPES = ("read", "clients:write", "mailings:write", "messages:send", "templates:write", "templates:approve")
+# admin: the phones (/api/v1/phones: list, disable, revoke).
+SCOPES = ("read", "clients:write", "mailings:write", "messages:send", "templates:write", "templates:approve",
+          "admin")
 DEFAULT_DAILY_QUOTA = 10_000
 KEY_PREFIX = "sba_"
 

@@ -7,23 +7,31 @@ from its `__main__` block. Exit status: 0 done, 1 a refused input or a start-up 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import re
 import signal
+import smtplib
 import socket
 import sys
 import threading
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server, select_address_family
 
 import api_keys
+import audit
 import clients
+import daily_report
+import devices
+import metrics
+import phones_events
 import templates
 from config import ConfigError
 from console import accounts
@@ -116,6 +124,70 @@ def _status(app_services: Services) -> int:
           else "ignored webhooks: none")
     for event, count in ignored.items():
         print(f"  {event:<22} {count}")
+    _print_phones(app_services)
+    return 0
+
+
+def _print_phones(app_services: Services) -> None:
+    """The phones (the android provider), one line each: `status` and `phones list`."""
+    settings = devices.PhoneSettings.of(app_services.config)
+    if settings is None:
+        return
+    phones = devices.health(app_services.store, settings, time.time())
+    print("phones (android):" if phones else "phones (android): none registered")
+    for phone in phones:
+        stream = "events open" if phone["events_connected"] else "events closed"
+        print(f"  {phone['id']:>4}  {phone['name']:<24} {phone['state']:<9} seen {phone['last_seen']}, {stream},"
+              f" app {phone['app_version'] or '?'}; today {phone['sent_today']} sent, {phone['failed_today']} failed,"
+              f" {phone['handed_today']} handed")
+
+
+def _phones(app_services: Services, args: argparse.Namespace) -> int:
+    """The phones: list them, disable one (it is handed nothing more), revoke its token (it registers again)."""
+    if devices.PhoneSettings.of(app_services.config) is None:
+        print("phones: android is not in SMS_PROVIDERS", file=sys.stderr)
+        return 1
+    store = app_services.store
+    if args.phones_command == "list":
+        _print_phones(app_services)
+        return 0
+    done = store.disable_device(args.id, time.time()) if args.phones_command == "disable" \
+        else store.revoke_device_token(args.id)
+    if not done:
+        print(f"phones {args.phones_command}: no phone {args.id}, or it is {args.phones_command}d already",
+              file=sys.stderr)
+        return 1
+    audit.record(store, f"phone.{args.phones_command}", "phone", args.id)
+    print(f"phone {args.id} {args.phones_command}d")
+    return 0
+
+
+def _phones_events(app_services: Services) -> int:
+    settings = devices.PhoneSettings.of(app_services.config)
+    if settings is None:
+        print("phones-events: android is not in SMS_PROVIDERS", file=sys.stderr)
+        return 1
+    asyncio.run(phones_events.serve(app_services.store, settings))
+    return 0
+
+
+def _report(app_services: Services, day: date | None, send_now: bool) -> int:
+    """Print a day's report; with `send_now`, e-mail it too, aside from the worker's daily one."""
+    config = app_services.config
+    if config.daily_report is None:
+        print("report: set REPORT_EMAIL (and the SMTP_* settings) first", file=sys.stderr)
+        return 2
+    day = day or datetime.now(ZoneInfo(config.default_timezone)).date() - timedelta(days=1)
+    message = daily_report.compose(config, app_services.store, day)
+    print(f"Subject: {message['Subject']}\nTo: {message['To']}\n\n{message.get_content()}", end="")
+    if not send_now:
+        return 0
+    try:
+        daily_report.send(config.daily_report, message)
+    except (OSError, smtplib.SMTPException) as error:
+        print(f"report: not sent: {error}", file=sys.stderr)
+        return 1
+    print(f"sent to {message['To']}", file=sys.stderr)
     return 0
 
 
@@ -131,6 +203,7 @@ def _print_costs(title: str, lines: list[CostLine], group: str) -> None:
 def _retry_failed(app_services: Services, since: datetime | None) -> int:
     count = app_services.store.retry_failed(time.time() + app_services.config.sms_valid_seconds,
                                             since.timestamp() if since else None)
+    audit.record(app_services.store, "message.resend", "message", None, f"{count} queued again")
     print(f"{count} FAILED / UNDELIVERED messages queued again")
     return 0
 
@@ -159,6 +232,7 @@ def _send(app_services: Services, args: argparse.Namespace) -> int:
             return 1
         message_id = store.enqueue("cli", config.sms_valid_seconds, user_id=args.user_id,
                                    text=args.text, event=args.event)
+    audit.record(store, "message.send", "message", message_id, f"event {args.event}" if args.event else "")
     print(f"queued as message {message_id}")
     return 0
 
@@ -205,7 +279,9 @@ def _import_clients(app_services: Services, path: Path) -> int:
     if header_refused:
         print(f"import-clients: {path}: {header_refused[0]}", file=sys.stderr)
         return 1
-    print(f"{report['created']} created, {report['updated']} updated, {len(report['rejected'])} rejected")
+    counts = f"{report['created']} created, {report['updated']} updated, {len(report['rejected'])} rejected"
+    audit.record(app_services.store, "client.import", "client", None, f"{path.name}: {counts}")
+    print(counts)
     print(f"  read as {report['encoding']}, delimiter {report['delimiter']!r}")
     if report["ignored_columns"]:
         print(f"  columns ignored: {', '.join(report['ignored_columns'])}")
@@ -235,8 +311,9 @@ def _sync_moyklass(app_services: Services, client_state_ids: list[int] | None) -
     finally:
         if progress:
             progress.close()
-    print(f"{outcomes.pop('created', 0)} created, {outcomes.pop('updated', 0)} updated"
-          + "".join(f", {count} skipped: {reason}" for reason, count in outcomes.most_common()))
+    summary = f"{outcomes.pop('created', 0)} created, {outcomes.pop('updated', 0)} updated"
+    audit.record(app_services.store, "client.import", "client", None, f"from MoyKlass: {summary}")
+    print(summary + "".join(f", {count} skipped: {reason}" for reason, count in outcomes.most_common()))
     return 0
 
 
@@ -244,6 +321,7 @@ def _keys(app_services: Services, args: argparse.Namespace) -> int:
     store = app_services.store
     if args.keys_command == "create":
         key_id, key = api_keys.create(store, args.name, args.scopes, args.daily_quota)
+        audit.record(store, "key.create", "key", key_id, f"{args.name}; {' '.join(args.scopes)}")
         print(f"key {key_id} ({args.name}; {' '.join(args.scopes)}): {key}")
         print("Store it now: only its SHA-256 is kept, it cannot be shown again.", file=sys.stderr)
         return 0
@@ -251,6 +329,7 @@ def _keys(app_services: Services, args: argparse.Namespace) -> int:
         if not api_keys.revoke(store, args.id):
             print(f"keys revoke: no active key {args.id}", file=sys.stderr)
             return 1
+        audit.record(store, "key.revoke", "key", args.id)
         print(f"key {args.id} revoked")
         return 0
     for key in api_keys.list_all(store):
@@ -267,6 +346,7 @@ def _users(app_services: Services, args: argparse.Namespace) -> int:
         if args.users_command == "create":
             password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
             user_id, one_time = accounts.create(store, args.email, args.role, password, time.time())
+            audit.record(store, "user.create", "user", user_id, f"role {args.role}")
             print(f"user {user_id} ({accounts.normalize_email(args.email)}, {args.role}) created")
             if one_time:
                 print(f"one-time password: {one_time}")
@@ -277,6 +357,7 @@ def _users(app_services: Services, args: argparse.Namespace) -> int:
             if not accounts.disable(store, args.email):
                 print(f"users disable: no active account {args.email}", file=sys.stderr)
                 return 1
+            audit.record(store, "user.disable", "user", store.user_by_email(accounts.normalize_email(args.email)).id)
             print(f"{args.email} disabled; their sessions ended")
             return 0
     except accounts.AccountError as error:
@@ -300,6 +381,7 @@ def _templates(app_services: Services, args: argparse.Namespace) -> int:
         if approved is None:
             print(f"templates approve: no template {args.id}", file=sys.stderr)
             return 1
+        audit.record(store, "template.approve", "template", approved.id, f"version {approved.approved_version}")
         print(f"template {approved.id} ({approved.name}): version {approved.approved_version} approved")
         return 0
     for template in store.templates():
@@ -388,6 +470,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     commands.add_parser("serve", help="the web service with a worker in the same process (the default)")
     commands.add_parser("worker", help="send queued messages until SIGTERM")
     commands.add_parser("status", help="messages by status, and the oldest waiting")
+    report = commands.add_parser("report", help="print the daily report of a day (yesterday by default);"
+                                 " --send-now e-mails it to REPORT_EMAIL")
+    report.add_argument("--day", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                        help="the day reported, in DEFAULT_TIMEZONE (default: yesterday)")
+    report.add_argument("--send-now", action="store_true",
+                        help="send it now, whether or not the worker sent it already (for trying the settings)")
     retry = commands.add_parser("retry-failed", help="queue FAILED and UNDELIVERED messages again")
     retry.add_argument("--since", type=_since, help="only messages created since this date or time")
     send = commands.add_parser("send", help="queue one SMS: to a phone with a text, or to a MoyKlass user")
@@ -432,6 +520,13 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     user_commands.add_parser("list", help="every account, without passwords")
     disable = user_commands.add_parser("disable", help="disable an account and end its sessions")
     disable.add_argument("email")
+    phones = commands.add_parser("phones", help="the phones that send as gateways (SMS Gateway for Android)")
+    phone_commands = phones.add_subparsers(dest="phones_command", metavar="ACTION", required=True)
+    phone_commands.add_parser("list", help="every phone and its health")
+    for action, what in (("disable", "hand it nothing more; its calls are refused (403)"),
+                         ("revoke", "revoke its token: it must register again with the private token")):
+        phone_commands.add_parser(action, help=what).add_argument("id", type=_positive)
+    commands.add_parser("phones-events", help="serve the phones' event streams (sms_bulk_app-phones.service)")
     return parser, send
 
 
@@ -449,8 +544,14 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 
 def _run(app_services: Services, args: argparse.Namespace) -> int:
     if args.command == "worker":
-        run_until_signalled(new_worker(app_services))
+        metrics.setup_worker(app_services.config.metrics_dir)
+        try:
+            run_until_signalled(new_worker(app_services))
+        finally:
+            metrics.worker_stopped()
         return 0
+    if args.command == "report":
+        return _report(app_services, args.day, args.send_now)
     if args.command == "status":
         return _status(app_services)
     if args.command == "retry-failed":
@@ -465,6 +566,10 @@ def _run(app_services: Services, args: argparse.Namespace) -> int:
         return _templates(app_services, args)
     if args.command == "users":
         return _users(app_services, args)
+    if args.command == "phones":
+        return _phones(app_services, args)
+    if args.command == "phones-events":
+        return _phones_events(app_services)
     if args.command == "migrate-db":
         return _migrate_db(app_services, args.to)
     return _send(app_services, args)
@@ -479,6 +584,8 @@ def main(argv: list[str]) -> int:
     try:
         config = _load_config(None)
         if args.command in (None, "serve"):
+            metrics.use_directory(config.metrics_dir)  # a worker process of this host shows on /metrics too
+            metrics.wipe(config.metrics_dir)
             app = create_app()
             return _serve(services(app), app)
         app_services = build_services(config)

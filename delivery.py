@@ -25,7 +25,9 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import metrics
 from config import Config
+from devices import PhonePool, PhoneSettings
 from events import family_of
 from locks import WouldWait
 from mailings import next_opening
@@ -37,7 +39,9 @@ from store import (
     DELIVERED,
     EXPIRED,
     FAILED,
+    PHONE_POOL,
     QUEUED,
+    SENDING,
     SENT,
     UNDELIVERED,
     Change,
@@ -120,6 +124,10 @@ class Dispatcher:
                 provider, store.rate_limiter(provider.name, rate, config.data_dir) if rate > 0 else None,
                 store.send_slots(provider.name, settings["CONCURRENCY"], config.data_dir),
                 settings["PRICE_PER_PART"], settings["CURRENCY"])
+        # Pull providers (the android phones): their messages join a pool the phones lease from.
+        phone_settings = PhoneSettings.of(config)
+        self.pools = {name: PhonePool(store, phone_settings) for name, gateway in self.gateways.items()
+                      if gateway.provider.pulls}
         self._states: dict[str, ProviderState] = {}
         self._states_read_at = -PAUSE_CHECK_SECONDS
         self._failing: set[str] = set()  # providers this process saw fail since their last success
@@ -145,8 +153,10 @@ class Dispatcher:
         if result.change is None:
             return result
         try:
-            if self.store.apply([result.change], owner):
+            lost = self.store.apply([result.change], owner)
+            if lost:
                 log.warning("%s was taken over before its result was written", describe(message).capitalize())
+            metrics.changes_written([result.change], lost)
         except DatabaseUnavailable as error:
             log.error("%s: its result (%s) cannot be written now (%s); writing it in the background",
                       describe(message).capitalize(), result.status, error)
@@ -259,6 +269,8 @@ class Dispatcher:
             if last and (message["attempts"] + sends >= self.config.sms_max_attempts or now >= message["deadline"]):
                 break
             via = f"{where} via {name}"
+            if name in self.pools:
+                return self._to_pool(message, via, details, name)
             try:
                 with gateway.slots.hold(give_up_at):
                     if gateway.rate:
@@ -266,7 +278,8 @@ class Dispatcher:
                     refusal = self._may_not_send(message, owner)
                     if refusal:
                         return refusal
-                    result = gateway.provider.send(details["phone"], details["text"], self.config.sms_sender)
+                    with metrics.timed_send(name):
+                        result = gateway.provider.send(details["phone"], details["text"], self.config.sms_sender)
             except WouldWait as error:
                 if last:
                     break
@@ -308,6 +321,20 @@ class Dispatcher:
         if lease.seconds_left < margin:
             return self._hand_over(message, f"its lease has {lease.seconds_left:.1f} s left, less than a send may take")
         return None
+
+    def _to_pool(self, message: dict[str, Any], via: str, details: dict[str, Any], name: str) -> AttemptResult:
+        """Into the pull provider's pool, SENDING under its lease until the deadline (and the phones'
+        grace): a phone leases it from there (devices.py). Not an attempt: nothing was sent."""
+        hold = message["deadline"] + self.pools[name].settings.grace_seconds
+        change = Change(message["id"], SENDING, dict(details, provider=name, lease_owner=PHONE_POOL, lease_until=hold,
+                                                     device_lease_until=None))
+        log.info("Queued %s for the phones", via)
+        return AttemptResult(change, Cause.HANDED_OVER, "handed to the phones")
+
+    def sweep_pools(self, now: float) -> None:
+        """The pull providers' upkeep, once a second in the worker (PhonePool.sweep)."""
+        for pool in self.pools.values():
+            pool.sweep(now, self.config.sms_max_attempts)
 
     def _hand_over(self, message: dict[str, Any], reason: str, **details: Any) -> AttemptResult:
         """Back to the queue, due now and with no attempt used: the worker carries on."""
@@ -431,6 +458,8 @@ class Dispatcher:
 
     def _blocked(self, name: str, now: float) -> tuple[float, str] | None:
         """(until when, why) the provider must not be sent through now; None if it may."""
+        if name in self.pools:
+            return self.pools[name].blocked(now)
         state = self._states.get(name)
         if state is None:
             return None
@@ -556,6 +585,7 @@ class Dispatcher:
         final = {Delivery.DELIVERED: DELIVERED, Delivery.UNDELIVERED: UNDELIVERED, Delivery.FAILED: FAILED}
         if report.state in final:
             self.store.transition(message["id"], final[report.state], report_text=report.description)
+            metrics.message_status(final[report.state], message["provider"])
             log.info("Delivery report for message %d: %s (%s)", message["id"], final[report.state],
                      report.description)
             return
@@ -587,6 +617,7 @@ def pushed_report_sink(store: Store) -> ReportSink:
     def record(provider: str, reference: str, report: DeliveryReport) -> None:
         if report.state in final:
             store.record_pushed_report(provider, reference, final[report.state], report.description, time.time())
+            metrics.message_status(final[report.state], provider)
 
     return record
 

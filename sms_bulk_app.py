@@ -26,6 +26,9 @@ import api
 import api_templates  # noqa: F401  (its routes join api.bp)
 import callbacks
 import console
+import devices
+import metrics
+import phones_api  # its /api/v1/phones routes join api.bp
 import templates
 from bodies import InvalidJson, parse_json
 from config import Config, load_config
@@ -178,6 +181,9 @@ def health():
         body["providers"] = providers
         messages, sends = app.store.unknown_outcomes()
         body["details"] = {"unknown_outcome_messages": messages, "unknown_outcome_sends": sends}
+        phone_settings = devices.PhoneSettings.of(app.config)
+        if phone_settings is not None:
+            body["phones"] = devices.health(app.store, phone_settings, time.time())
     return jsonify(body), 200 if healthy else 503
 
 
@@ -250,10 +256,13 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(callbacks.bp)
+    app.register_blueprint(phones_api.bp)
     app.register_blueprint(api.docs_blueprint())
     app.add_url_rule("/openapi.json", view_func=api.openapi)
     register_error_handlers(app)
-    console.init_app(app, csrf_exempt=(bp, api.bp, callbacks.bp))  # the web console at /: it takes cookies
+    metrics.init_app(app, app_services.store, app_services.config.metrics_token)  # GET /metrics
+    # The web console at /: it takes cookies (the others take tokens: no CSRF check there).
+    console.init_app(app, csrf_exempt=(bp, api.bp, callbacks.bp, phones_api.bp))
     _warn_about(app_services.config)
     for problem in templates.event_problems(app_services.config, app_services.store):
         log.warning("%s: its webhooks are answered \"ignored\" until it can be used", problem)

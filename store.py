@@ -66,7 +66,7 @@ CLIENT_COLUMNS = ("phone", "operator_code", "timezone", "name", "moyklass_user_i
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({SENDING, FAILED, UNDELIVERED}),  # retry later; operator's retry-failed
     SENDING: frozenset({QUEUED, SENDING}),  # claim; take over an expired lease
-    SENT: frozenset({SENDING}),
+    SENT: frozenset({SENDING, QUEUED}),  # QUEUED: a phone's late report of a message it was handed (devices.py)
     DELIVERED: frozenset({SENT}),
     UNDELIVERED: frozenset({SENT}),
     FAILED: frozenset({QUEUED, SENDING, SENT}),  # SENT: the delivery report says it failed
@@ -323,6 +323,69 @@ MIGRATIONS = [
     CREATE INDEX messages_sent_at ON messages (sent_at) WHERE sent_at IS NOT NULL;
     CREATE INDEX messages_done ON messages (status, done_at) WHERE done_at IS NOT NULL;
     """,
+    # Phones as gateways (the android pull provider, devices.py): the registered phones (their tokens
+    # by SHA-256), which phone each message was handed to (the report check and the per-phone rate
+    # limits), and on a message the phone holding it, until when, and its acknowledgement.
+    """
+    CREATE TABLE devices (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        token_hash TEXT UNIQUE,
+        login TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        push_token TEXT,
+        sim_cards TEXT NOT NULL,
+        app_version TEXT,
+        created_at REAL NOT NULL,
+        last_seen_at REAL NOT NULL,
+        events_until REAL,
+        disabled_at REAL
+    );
+    CREATE TABLE device_handouts (
+        message_id INTEGER NOT NULL,
+        device_id INTEGER NOT NULL REFERENCES devices (id),
+        handed_at REAL NOT NULL,
+        PRIMARY KEY (message_id, device_id)
+    );
+    CREATE INDEX device_handouts_device ON device_handouts (device_id, handed_at);
+    ALTER TABLE messages ADD COLUMN device_id INTEGER;
+    ALTER TABLE messages ADD COLUMN device_lease_until REAL;
+    ALTER TABLE messages ADD COLUMN device_acked_at REAL;
+    ALTER TABLE messages ADD COLUMN device_states TEXT;
+    CREATE INDEX messages_phone_leases ON messages (lease_owner, priority, id) WHERE status = 'SENDING';
+    CREATE INDEX messages_device ON messages (device_id, sent_at) WHERE device_id IS NOT NULL;
+    """,
+    # The daily report by e-mail (daily_report.py): a row per reported day, claimed by one worker of
+    # any host with an atomic insert, held under a lease while it sends (then the time of the next
+    # try after a failure), and marked sent after.
+    """
+    CREATE TABLE daily_reports (
+        day TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        lease_until REAL,
+        attempts INTEGER NOT NULL,
+        sent_at REAL,
+        last_error TEXT
+    );
+    """,
+    # 16. The audit log (audit.py): who changed what, through which channel; read newest first,
+    # filtered by actor, action or time (the console's Audit page).
+    """
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        channel TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        actor_id INTEGER,
+        action TEXT NOT NULL,
+        object_type TEXT NOT NULL,
+        object_id TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_at ON audit_log (at);
+    CREATE INDEX audit_log_actor ON audit_log (actor, id);
+    CREATE INDEX audit_log_action ON audit_log (action, id);
+    """,
 ]
 
 # The tables that hold the service's data, referenced ones first: what migrate-db copies. The
@@ -330,7 +393,7 @@ MIGRATIONS = [
 # recent_texts) start afresh on the new database.
 DATA_TABLES = ("mailings", "lesson_reminders", "clients", "client_tags", "templates", "template_versions",
                "batch_requests", "messages", "api_keys", "provider_pauses", "ignored_webhooks", "pushed_reports",
-               "users")
+               "users", "devices", "device_handouts", "audit_log")
 
 
 # mailing_counts' columns: one per status, and `segments`, those of its messages with a sent_at.
@@ -612,6 +675,24 @@ class BatchRequestState:
     recipients: int  # in the request, rejected ones too
     rejected: str  # JSON: [{"index", "reason"}]
     counts: dict[str, int]  # its messages by status, only the statuses they have
+
+
+@dataclass(frozen=True)
+class QueueGauges:
+    """The outbox's queue as /metrics shows it."""
+
+    depth: dict[str, int]  # messages QUEUED and SENDING
+    oldest_due_age: float  # seconds the most overdue QUEUED message has been due; 0: none is due
+
+
+@dataclass(frozen=True)
+class ReportClaim:
+    """What claiming a day's report gave: this worker sends it, it was sent, or another holds it
+    (or it waits for its next try) until `lease_until`."""
+
+    claimed: bool
+    sent: bool
+    lease_until: float | None
 
 
 @dataclass(frozen=True)
@@ -1068,14 +1149,18 @@ class Store:
 
     # --- operators ---
 
-    def retry_failed(self, deadline: float, since: float | None = None, mailing_id: int | None = None) -> int:
-        """Re-queue FAILED and UNDELIVERED messages (created since `since`, of one mailing),
-        with fresh attempts, to be sent before `deadline` (a lesson reminder's: before its lesson, still)."""
+    def retry_failed(self, deadline: float, since: float | None = None, mailing_id: int | None = None,
+                     message_id: int | None = None) -> int:
+        """Re-queue FAILED and UNDELIVERED messages (created since `since`, of one mailing, or the one
+        message `message_id`), with fresh attempts, to be sent before `deadline` (a lesson reminder's:
+        before its lesson, still)."""
         now = time.time()
         allowed = sorted(TRANSITIONS[QUEUED] - {SENDING})
         where, params = f"status IN ({_placeholders(allowed)}) AND created_at >= ?", [*allowed, since or 0]
         if mailing_id is not None:
             where, params = where + " AND mailing_id = ?", params + [mailing_id]
+        if message_id is not None:
+            where, params = where + " AND id = ?", params + [message_id]
         with self.transaction() as db:
             return db.execute(
                 f"UPDATE messages SET status = ?, attempts = 0, next_attempt_at = ?,"
@@ -1687,6 +1772,36 @@ class Store:
                 " OR CASE WHEN quota_day = ? THEN quota_used ELSE 0 END < daily_quota)",
                 (day, day, key_id, day)).rowcount == 1
 
+    # --- the audit log (audit.py decides what is written; migration 16) ---
+
+    def record_audit(self, at: float, channel: str, actor: str, actor_id: int | None, action: str,
+                     object_type: str, object_id: str | None, detail: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO audit_log (at, channel, actor, actor_id, action, object_type, object_id, detail)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (at, channel, actor, actor_id, action, object_type, object_id, detail))
+
+    def audit_entries(self, actor: str | None, action: str | None, since: float | None, until: float | None,
+                      before_id: int | None, limit: int) -> list[AuditEntry]:
+        """The newest `limit` entries older than `before_id` (keyset pagination, on the indexes of
+        migration 16) that match every filter given."""
+        conditions, params = [], []
+        for condition, value in (("actor = ?", actor), ("action = ?", action), ("at >= ?", since),
+                                 ("at < ?", until), ("id < ?", before_id)):
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        return [AuditEntry(*row) for row in self.connection().execute(
+            f"SELECT {AUDIT_COLUMNS} FROM audit_log{_where(conditions)} ORDER BY id DESC LIMIT ?", (*params, limit))]
+
+    def audit_actors(self) -> list[str]:
+        """Every actor that has an entry, for the filter: there are few, found by skipping along the
+        actor index (one look-up each) rather than reading every entry."""
+        return [row[0] for row in self.connection().execute(
+            "WITH RECURSIVE a (actor) AS (SELECT min(actor) FROM audit_log UNION ALL"
+            " SELECT (SELECT min(actor) FROM audit_log WHERE actor > a.actor) FROM a WHERE a.actor IS NOT NULL)"
+            " SELECT actor FROM a WHERE actor IS NOT NULL")]
+
     # --- the console: people's accounts, their sessions, failed logins, the dashboard's figures ---
 
     def create_user(self, email: str, role: str, password_hash: str, must_change_password: bool, now: float) -> int:
@@ -1785,6 +1900,23 @@ class Store:
             "SELECT id, source, event, mailing_id, phone, provider, status, error_code, last_error, done_at"
             " FROM messages WHERE status IN (?, ?) AND done_at >= ? ORDER BY done_at DESC LIMIT ?",
             (FAILED, UNDELIVERED, since, limit))]
+
+    # --- the console's pages: messages found by day, phone, status, event and mailing ---
+
+    def find_messages(self, start: float, end: float, phone: str | None, status: str | None, event: str | None,
+                      mailing_id: int | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        """A page of the messages created in [start, end) with the given phone (E.164), status, event
+        and mailing, the newest first. Always bounded by the days, so a search reads a range of the
+        index messages_created (of messages_mailing_status with a mailing), never the whole outbox."""
+        conditions, params = ["created_at >= ?", "created_at < ?"], [start, end]
+        for column, value in (("phone", phone), ("status", status), ("event", event), ("mailing_id", mailing_id)):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                params.append(value)
+        return [dict(row) for row in self.connection().execute(
+            "SELECT id, created_at, source, event, mailing_id, phone, status, segments, attempts, provider, cost,"
+            f" currency, last_error, sent_at, done_at FROM messages{_where(conditions)}"
+            " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?", (*params, limit, offset))]
 
 
     # --- templates, their versions and approval (migration 12) ---
@@ -1941,6 +2073,272 @@ class Store:
                 (start, end, after[0], after[0], after[1])).fetchall():
             yield rows
             after = (rows[-1]["created_at"], rows[-1]["id"])
+
+    # --- metrics (metrics.py) and the daily report (daily_report.py) ---
+
+    def queue_gauges(self, now: float) -> QueueGauges:
+        """Read from the index on (status, priority, next_attempt_at) alone: cheap at every scrape."""
+        db = self.connection()
+        depth = dict.fromkeys((QUEUED, SENDING), 0) | dict(db.execute(
+            "SELECT status, count(*) FROM messages WHERE status IN (?, ?) GROUP BY status",
+            (QUEUED, SENDING)).fetchall())
+        oldest = db.execute("SELECT min(next_attempt_at) FROM messages WHERE status = ? AND next_attempt_at <= ?",
+                            (QUEUED, now)).fetchone()[0]
+        return QueueGauges(depth, now - oldest if oldest is not None else 0.0)
+
+    def failure_reasons(self, start: float, end: float) -> list[tuple[str, str, int]]:
+        """Messages created in [start, end) that FAILED, were UNDELIVERED or EXPIRED: (status, error
+        code or "", how many), the most first."""
+        return [tuple(row) for row in self.connection().execute(
+            "SELECT status, coalesce(error_code, ''), count(*) FROM messages WHERE created_at >= ? AND created_at < ?"
+            " AND status IN (?, ?, ?) GROUP BY status, coalesce(error_code, '') ORDER BY count(*) DESC, status",
+            (start, end, FAILED, UNDELIVERED, EXPIRED))]
+
+    def mailings_finished(self, start: float, end: float) -> list[MailingProgress]:
+        """The mailings that finished in [start, end) and still are, by id."""
+        return [self._progress(row) for row in self.connection().execute(
+            f"{self._PROGRESS} WHERE g.state = ? AND g.updated_at >= ? AND g.updated_at < ? ORDER BY g.id",
+            (FINISHED, start, end))]
+
+    def claim_daily_report(self, day: str, owner: str, now: float, lease_until: float) -> ReportClaim:
+        """Take `day`'s report for `owner` until `lease_until`: the first to ask inserts its row; later,
+        one whose lease (or wait before the next try) has passed takes it over, unless it was sent."""
+        with self.transaction() as db:
+            if db.execute("INSERT INTO daily_reports (day, owner, lease_until, attempts) VALUES (?, ?, ?, 1)"
+                          " ON CONFLICT (day) DO NOTHING", (day, owner, lease_until)).rowcount == 1:
+                return ReportClaim(True, False, lease_until)
+            if db.execute("UPDATE daily_reports SET owner = ?, lease_until = ?, attempts = attempts + 1"
+                          " WHERE day = ? AND sent_at IS NULL AND lease_until <= ?",
+                          (owner, lease_until, day, now)).rowcount == 1:
+                return ReportClaim(True, False, lease_until)
+            sent_at, until = db.execute("SELECT sent_at, lease_until FROM daily_reports WHERE day = ?",
+                                        (day,)).fetchone()
+            return ReportClaim(False, sent_at is not None, until)
+
+    def daily_report_sent(self, day: str, owner: str, now: float) -> bool:
+        with self.transaction() as db:
+            return db.execute("UPDATE daily_reports SET sent_at = ?, lease_until = NULL, last_error = NULL"
+                              " WHERE day = ? AND owner = ? AND sent_at IS NULL", (now, day, owner)).rowcount == 1
+
+    def daily_report_failed(self, day: str, owner: str, retry_at: float, error: str) -> None:
+        """The send failed: anyone may try again from `retry_at`."""
+        with self.transaction() as db:
+            db.execute("UPDATE daily_reports SET lease_until = ?, last_error = ? WHERE day = ? AND owner = ?"
+                       " AND sent_at IS NULL", (retry_at, error, day, owner))
+
+    def daily_report(self, day: str) -> dict[str, Any] | None:
+        row = self.connection().execute("SELECT * FROM daily_reports WHERE day = ?", (day,)).fetchone()
+        return dict(row) if row else None
+
+    # --- phones as gateways (the android pull provider): devices.py decides, these read and write ---
+    # A message routed to the phones is SENDING under one of three leases: PHONE_POOL's (waiting for
+    # any phone, until its deadline), a phone's (`phone:<id>`, handed to it until device_lease_until),
+    # or none (lease_owner NULL, lease_until now: back to the worker, which routes it again).
+
+    def create_device(self, name: str, token_hash: str, login: str, password_hash: str, push_token: str | None,
+                      sim_cards: str, app_version: str | None, now: float) -> int:
+        """A new phone's id."""
+        with self.transaction() as db:
+            return db.execute(
+                "INSERT INTO devices (name, token_hash, login, password_hash, push_token, sim_cards, app_version,"
+                " created_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (name, token_hash, login, password_hash, push_token, sim_cards, app_version, now, now)).fetchone()[0]
+
+    def device_by_token(self, token_hash: str) -> Device | None:
+        row = self.connection().execute(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = ?",
+                                        (token_hash,)).fetchone()
+        return _device(row) if row else None
+
+    def device(self, device_id: int) -> Device | None:
+        row = self.connection().execute(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?", (device_id,)).fetchone()
+        return _device(row) if row else None
+
+    def devices(self) -> list[Device]:
+        return [_device(row) for row in self.connection().execute(f"SELECT {DEVICE_COLUMNS} FROM devices"
+                                                                  " ORDER BY created_at")]
+
+    def update_device(self, device_id: int, push_token: str | None, sim_cards: str | None, now: float) -> None:
+        """PATCH /device: a null pushToken or simCards keeps the stored one."""
+        with self.transaction() as db:
+            db.execute("UPDATE devices SET push_token = coalesce(?, push_token), sim_cards = coalesce(?, sim_cards),"
+                       " last_seen_at = ? WHERE id = ?", (push_token, sim_cards, now, device_id))
+
+    def touch_device(self, device_id: int, app_version: str | None, now: float, stale_before: float) -> None:
+        """The phone was seen now: written only when the last sighting is older than `stale_before`
+        or its app version changed, so a busy phone costs no write per request."""
+        with self.transaction() as db:
+            db.execute("UPDATE devices SET last_seen_at = ?, app_version = coalesce(?, app_version) WHERE id = ?"
+                       " AND (last_seen_at < ? OR coalesce(app_version, '') != coalesce(?, app_version, ''))",
+                       (now, app_version, device_id, stale_before, app_version))
+
+    def disable_device(self, device_id: int, now: float) -> bool:
+        with self.transaction() as db:
+            return db.execute("UPDATE devices SET disabled_at = ? WHERE id = ? AND disabled_at IS NULL",
+                              (now, device_id)).rowcount == 1
+
+    def revoke_device_token(self, device_id: int) -> bool:
+        with self.transaction() as db:
+            return db.execute("UPDATE devices SET token_hash = NULL WHERE id = ? AND token_hash IS NOT NULL",
+                              (device_id,)).rowcount == 1
+
+    def set_device_events(self, device_ids: list[int], until: float | None, now: float) -> None:
+        """Their event streams are open (until `until`, renewed while they stay open) or closed (None)."""
+        if not device_ids:
+            return
+        with self.transaction() as db:
+            db.execute(f"UPDATE devices SET events_until = ?, last_seen_at = ?"
+                       f" WHERE id IN ({_placeholders(device_ids)})", (until, now, *device_ids))
+
+    def device_handouts(self, minute_since: float, day_since: float) -> dict[int, tuple[int, int]]:
+        """Messages handed to each phone since each moment: (in the last minute, today)."""
+        return {row[0]: (row[1], row[2]) for row in self.connection().execute(
+            "SELECT device_id, sum(CASE WHEN handed_at >= ? THEN 1 ELSE 0 END),"
+            " sum(CASE WHEN handed_at >= ? THEN 1 ELSE 0 END) FROM device_handouts WHERE handed_at >= ?"
+            " GROUP BY device_id", (minute_since, day_since, min(minute_since, day_since)))}
+
+    def device_activity(self, since: float) -> dict[int, tuple[int, int]]:
+        """Each phone's messages sent, and FAILED or UNDELIVERED, since `since`."""
+        return {row[0]: (row[1], row[2]) for row in self.connection().execute(
+            "SELECT device_id, sum(CASE WHEN sent_at >= ? THEN 1 ELSE 0 END),"
+            " sum(CASE WHEN status IN (?, ?) AND done_at >= ? THEN 1 ELSE 0 END) FROM messages"
+            " WHERE device_id IS NOT NULL AND (sent_at >= ? OR done_at >= ?) GROUP BY device_id",
+            (since, FAILED, UNDELIVERED, since, since, since))}
+
+    def lease_to_device(self, device_id: int, limit: int, now: float, device_until: float,
+                        not_held_before: bool) -> list[dict[str, Any]]:
+        """Hand up to `limit` messages of the pool to a phone, the higher priority first; with
+        `not_held_before`, none it was handed before (a lease of it expired: another phone's turn)."""
+        if limit <= 0:
+            return []
+        again = " AND (device_id IS NULL OR device_id != ?)" if not_held_before else ""
+        with self.transaction() as db:
+            rows = db.execute(
+                "UPDATE messages SET lease_owner = ?, device_id = ?, device_lease_until = ?, device_acked_at = NULL,"
+                " device_states = NULL, updated_at = ? WHERE id IN (SELECT id FROM messages WHERE status = ?"
+                f" AND lease_owner = ?{again} ORDER BY priority, id LIMIT ?{self.skip_locked})"
+                " AND status = ? AND lease_owner = ? RETURNING *",
+                (f"{PHONE_LEASE}{device_id}", device_id, device_until, now, SENDING, PHONE_POOL,
+                 *([device_id] if not_held_before else []), limit, SENDING, PHONE_POOL)).fetchall()
+            db.executemany("INSERT INTO device_handouts (message_id, device_id, handed_at) VALUES (?, ?, ?)"
+                           " ON CONFLICT (message_id, device_id) DO UPDATE SET handed_at = excluded.handed_at",
+                           [(row["id"], device_id, now) for row in rows])
+        return [dict(row) for row in rows]
+
+    def device_messages(self, device_id: int) -> list[dict[str, Any]]:
+        """What a phone holds, with its mailing's state (`mailing_state`): a phone holds at most what
+        one GET /message hands out (devices.MAX_PULL)."""
+        return [dict(row) for row in self.connection().execute(
+            "SELECT m.*, g.state AS mailing_state FROM messages m LEFT JOIN mailings g ON g.id = m.mailing_id"
+            " WHERE m.status = ? AND m.lease_owner = ? ORDER BY m.priority, m.id",
+            (SENDING, f"{PHONE_LEASE}{device_id}"))]
+
+    def handed_message(self, device_id: int, message_id: int) -> dict[str, Any] | None:
+        """The message, if it was ever handed to this phone (a report about any other is ignored)."""
+        row = self.connection().execute(
+            "SELECT m.* FROM device_handouts h JOIN messages m ON m.id = h.message_id"
+            " WHERE h.message_id = ? AND h.device_id = ?", (message_id, device_id)).fetchone()
+        return dict(row) if row else None
+
+    def record_device_states(self, device_id: int, message_id: int, states: str, now: float) -> None:
+        """A phone's states history of a message it holds or sent; it has the message (acknowledged):
+        GET /message stops handing it again."""
+        with self.transaction() as db:
+            db.execute("UPDATE messages SET device_states = ?, device_acked_at = CASE WHEN status = ? AND"
+                       " lease_owner = ? THEN coalesce(device_acked_at, ?) ELSE device_acked_at END"
+                       " WHERE id = ? AND device_id = ?",
+                       (states, SENDING, f"{PHONE_LEASE}{device_id}", now, message_id, device_id))
+
+    def expire_device_leases(self, before: float, now: float, max_attempts: int) -> tuple[int, int]:
+        """Phone leases that ended before `before` unreported: back to the worker, counting an
+        attempt, or FAILED once that makes `max_attempts`. (moved back, failed)."""
+        held = "status = ? AND lease_owner >= ? AND lease_owner < ? AND device_lease_until < ?"
+        params = [SENDING, PHONE_LEASE, PHONE_LEASE_END, before]
+        with self.transaction() as db:
+            failed = db.execute(
+                "UPDATE messages SET status = ?, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL,"
+                " device_lease_until = NULL, done_at = ?, updated_at = ?, error_code = 'phone-lease', last_error ="
+                " 'not tried again: a phone took it and never reported within its lease; it may have been sent'"
+                f" WHERE {held} AND attempts + 1 >= ?", (FAILED, now, now, *params, max_attempts)).rowcount
+            moved = db.execute(
+                "UPDATE messages SET attempts = attempts + 1, lease_owner = NULL, lease_until = ?,"
+                " device_lease_until = NULL, updated_at = ?, error_code = 'phone-lease', last_error ="
+                f" 'the phone did not report within its lease' WHERE {held}", (now, now, *params)).rowcount
+        return moved, failed
+
+    def release_phone_pool(self, now: float) -> int:
+        """Every message waiting for a phone goes back to the worker to be routed again (no phone can take it)."""
+        with self.transaction() as db:
+            return db.execute("UPDATE messages SET lease_owner = NULL, lease_until = ?, updated_at = ?"
+                              " WHERE status = ? AND lease_owner = ?", (now, now, SENDING, PHONE_POOL)).rowcount
+
+    def cancel_phone_pool(self, now: float) -> int:
+        """Messages of cancelled mailings still waiting for a phone are CANCELED."""
+        with self.transaction() as db:
+            return db.execute(
+                "UPDATE messages SET status = ?, lease_owner = NULL, lease_until = NULL, done_at = ?, updated_at = ?,"
+                " last_error = 'its mailing was cancelled before a phone took it' WHERE status = ? AND lease_owner = ?"
+                " AND mailing_id IN (SELECT id FROM mailings WHERE state = ?)",
+                (CANCELED, now, now, SENDING, PHONE_POOL, CANCELED_STATE)).rowcount
+
+    def phone_pool(self) -> tuple[int, float]:
+        """(messages waiting for a phone, the latest moment one joined): what the event streams watch."""
+        row = self.connection().execute("SELECT count(*), coalesce(max(updated_at), 0) FROM messages"
+                                        " WHERE status = ? AND lease_owner = ?", (SENDING, PHONE_POOL)).fetchone()
+        return row[0], row[1]
+
+    def phones_cancelling(self) -> list[tuple[int, int, float]]:
+        """(phone, message id, created_at) of messages phones hold whose mailing was cancelled."""
+        return [(int(row[0].removeprefix(PHONE_LEASE)), row[1], row[2]) for row in self.connection().execute(
+            "SELECT m.lease_owner, m.id, m.created_at FROM mailings g JOIN messages m ON m.mailing_id = g.id"
+            " AND m.status = ? WHERE g.state = ? AND m.lease_owner >= ? AND m.lease_owner < ?",
+            (SENDING, CANCELED_STATE, PHONE_LEASE, PHONE_LEASE_END))]
+
+
+PHONE_POOL = "phones"  # lease_owner of messages waiting for any phone
+PHONE_LEASE, PHONE_LEASE_END = "phone:", "phone;"  # lease_owner of one phone's: "phone:<device id>"; the range's end
+
+
+@dataclass(frozen=True)
+class Device:
+    """A phone registered as a gateway (devices.py)."""
+
+    id: int
+    name: str
+    login: str
+    push_token: str | None
+    sim_cards: str  # JSON, as the phone sent it (the app masks the numbers but for their last 4 digits)
+    app_version: str | None  # from its User-Agent: the app sends no battery level nor version otherwise
+    created_at: float
+    last_seen_at: float
+    events_until: float | None  # its event stream is open until then (renewed while it stays open)
+    disabled_at: float | None
+    revoked: bool  # its token was revoked: it must register again
+
+
+DEVICE_COLUMNS = ("id, name, login, push_token, sim_cards, app_version, created_at, last_seen_at, events_until,"
+                  " disabled_at, token_hash IS NULL")
+
+
+def _device(row: Any) -> Device:
+    return Device(*row[:10], bool(row[10]))
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """A row of the audit log."""
+
+    id: int
+    at: float
+    channel: str  # console, api, cli
+    actor: str
+    actor_id: int | None
+    action: str
+    object_type: str
+    object_id: str | None
+    detail: str
+
+
+AUDIT_COLUMNS = "id, at, channel, actor, actor_id, action, object_type, object_id, detail"
 
 
 class UserExists(Exception):

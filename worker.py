@@ -15,8 +15,10 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import mailings
+import metrics
+from daily_report import DailyReporter
 from delivery import Dispatcher
-from store import Change, DatabaseUnavailable, Store
+from store import EXPIRED, Change, DatabaseUnavailable, Store
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class Worker:
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.owner = worker_id()
+        self.daily_report = DailyReporter(dispatcher.config, store, self.owner)
         self._unwritten: list[Change] = []  # results of finished sends not yet in the database
 
     def run(self, stop: threading.Event) -> None:
@@ -109,10 +112,13 @@ class Worker:
         for mailing_id, queued in mailings.start_due(self.store, now):
             log.info("Mailing %d started: %d messages queued", mailing_id, queued)
         expired = self.store.expire_overdue(now)
+        metrics.message_status(EXPIRED, None, expired)
         if expired:
             log.info("%d messages expired unsent: their deadline passed", expired)
         mailings.finish_done(self.store, now)
         self.store.apply_pushed_reports(now, self.dispatcher.config.sms_dlr_max_seconds)
+        self.dispatcher.sweep_pools(now)
+        self.daily_report.tick(now)
 
     def _collect(self, done: set[Future], in_flight: dict[Future, int | None]) -> None:
         """Take the results of finished sends and write them, all in one transaction."""
@@ -132,8 +138,10 @@ class Worker:
     def _write_results(self) -> None:
         if not self._unwritten:
             return
-        for message_id in self.store.apply(self._unwritten, self.owner):
+        lost = self.store.apply(self._unwritten, self.owner)
+        for message_id in lost:
             log.warning("Message %d was taken over by another worker before its result was written", message_id)
+        metrics.changes_written(self._unwritten, lost)
         self._unwritten = []
 
     def _shut_down(self, pool: ThreadPoolExecutor, in_flight: dict[Future, int | None]) -> None:

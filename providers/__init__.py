@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from providers.android import AndroidProvider
 from providers.base import (
     COMMON_SETTINGS,
     Delivery,
@@ -28,7 +29,7 @@ from providers.twilio import TwilioProvider
 
 PROVIDERS: dict[str, type[Provider]] = {
     provider.name: provider for provider in (ConsoleProvider, OneClickProvider, TwilioProvider, SmsAeroProvider,
-                                             ProbeProvider, HttpGatewayProvider, SmppProvider)
+                                             ProbeProvider, HttpGatewayProvider, SmppProvider, AndroidProvider)
 }
 
 __all__ = ["COMMON_SETTINGS", "PROVIDERS", "Delivery", "DeliveryReport", "Outcome", "Provider", "ReportSink",

@@ -95,6 +95,9 @@ class Provider:
     max_segments: ClassVar[int] = 6  # longest text (in SMS parts) the gateway takes
     supports_delivery_reports: ClassVar[bool] = False  # the worker asks `delivery_report()` for them
     pushes_delivery_reports: ClassVar[bool] = False  # they come on their own (callbacks, deliver_sm)
+    # Its messages are not sent by the worker but fetched by its gateways (phones: providers/android.py):
+    # the Dispatcher hands them to its pool instead of calling `send()`.
+    pulls: ClassVar[bool] = False
 
     @classmethod
     def env_name(cls, setting: Setting) -> str:

@@ -105,7 +105,7 @@ def test_keys_cli_prints_the_key_once_and_stores_only_its_hash(settings):
     assert app.test_client().get("/api/v1/clients", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     assert run_command(settings, "keys", "revoke", "1").returncode == 0
     assert app.test_client().get("/api/v1/clients", headers={"Authorization": f"Bearer {key}"}).status_code == 401
-    bad = run_command(settings, "keys", "create", "--name", "x", "--scopes", "admin")
+    bad = run_command(settings, "keys", "create", "--name", "x", "--scopes", "root")
     assert bad.returncode == 2 and "scopes are any of" in bad.stderr
 
 

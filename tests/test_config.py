@@ -52,7 +52,8 @@ def test_bad_provider_settings_are_named_without_their_secret_values():
         "ONECLICK_API_URL='gopher://x' is not an http(s) URL",
         "ONECLICK_USERNAME (or SMS_USERNAME) is required when oneclick is used",
         "SMS_PROVIDERS='oneclick, pigeon, oneclick' names a provider twice",
-        "no provider 'pigeon': choose from console, oneclick, twilio, smsaero, probe, http_gateway, smpp"]
+        "no provider 'pigeon': choose from console, oneclick, twilio, smsaero, probe, http_gateway, smpp,"
+        " android"]
 
 
 def test_nan_and_infinity_are_not_numbers():

@@ -105,6 +105,7 @@ def test_through_nginx_the_secret_stays_out_of_its_log_and_errors_are_json(setti
 @pytest.mark.parametrize("unit_name, exec_start", [
     ("sms_bulk_app.service", r"\S+/gunicorn -c \S+/gunicorn.conf.py \"sms_bulk_app:create_app\(\)\""),
     ("sms_bulk_app-worker.service", r"\S+/python \S+/sms_bulk_app.py worker"),
+    ("sms_bulk_app-phones.service", r"\S+/python \S+/sms_bulk_app.py phones-events"),
 ])
 def test_systemd_units_verify(tmp_path, unit_name, exec_start):
     """systemd-analyze verify, with the install paths pointed at this checkout's venv."""
