@@ -94,6 +94,10 @@ class Config:
     sms_parent_phone_attribute: str | None = None  # alias of the students' phone attribute for a parent
     # Signs the console's session cookies; None: console/secret.py keeps a generated one in DATA_DIR.
     secret_key: str | None = field(default=None, repr=False)
+    # Metrics (metrics.py): the multiprocess directory of this host, and the bearer token of /metrics.
+    metrics_dir: Path = Path("data/metrics")
+    metrics_token: str | None = field(default=None, repr=False)
+    daily_report: DailyReportSettings | None = None  # None: REPORT_EMAIL is not set
 
     @property
     def sms_provider(self) -> str:
@@ -157,7 +161,9 @@ class Config:
         database_password = urlsplit(self.database.url).password if self.database.url else None
         provider_secrets = [values[setting.name] for name, values in self.provider_settings.items()
                             for setting in PROVIDERS[name].settings if setting.secret]
-        return [s for s in (self.api_key, self.webhook_secret, database_password, self.secret_key, *provider_secrets)
+        report_secrets = (self.daily_report.smtp_password,) if self.daily_report else ()
+        return [s for s in (self.api_key, self.webhook_secret, database_password, self.secret_key, *provider_secrets,
+                            self.metrics_token, *report_secrets)
                 if s]
 
 
@@ -330,6 +336,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         sms_recipients=read.choice("SMS_RECIPIENTS", "student", ("student", "parent", "both")),
         sms_parent_phone_attribute=read.text("SMS_PARENT_PHONE_ATTRIBUTE"),
         secret_key=read.text("SECRET_KEY"),
+        metrics_dir=Path(read.text("PROMETHEUS_MULTIPROC_DIR") or data_dir / "metrics").expanduser().resolve(),
+        metrics_token=read.text("METRICS_TOKEN"),
+        daily_report=_daily_report(read),
     )
     if config.secret_key is not None and len(config.secret_key) < MIN_SECRET_KEY_LENGTH:
         read.problems.append(f"SECRET_KEY must have at least {MIN_SECRET_KEY_LENGTH} characters (python3 -c"
@@ -462,3 +471,61 @@ def _database(read: _Reader, default_path: Path) -> Backend:
     except BadDatabaseUrl as error:
         read.problems.append(str(error))
         return Backend(SQLITE, path=default_path)
+
+
+# --- the daily report by e-mail (daily_report.py) ---
+
+EMAIL_PATTERN = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+$")
+REPORT_TIME_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+@dataclass(frozen=True)
+class DailyReportSettings:
+    """REPORT_* and SMTP_*: when yesterday's report is sent (REPORT_TIME in DEFAULT_TIMEZONE), to
+    whom, and through which SMTP server."""
+
+    time: tuple[int, int]  # (hour, minute)
+    recipients: tuple[str, ...]
+    smtp_host: str
+    smtp_port: int
+    smtp_starttls: bool
+    smtp_user: str | None
+    smtp_password: str | None = field(repr=False)
+    smtp_from: str
+    smtp_ca_file: Path | None  # a CA to trust besides the system's (a relay with its own certificate)
+    retry_seconds: float
+
+
+def _daily_report(read: _Reader) -> DailyReportSettings | None:
+    raw_recipients = read.text("REPORT_EMAIL")
+    if not raw_recipients:
+        return None
+    recipients = tuple(address.strip() for address in raw_recipients.split(",") if address.strip())
+    bad = [address for address in recipients if not EMAIL_PATTERN.match(address)]
+    if bad or not recipients:
+        read.problems.append(f"REPORT_EMAIL={raw_recipients!r} must be e-mail addresses separated by commas")
+    raw_time = read.text("REPORT_TIME", "08:00")
+    match = REPORT_TIME_PATTERN.match(raw_time)
+    if not match:
+        read.problems.append(f"REPORT_TIME={raw_time!r} must be HH:MM (24 hours), such as 08:00")
+    user, password = read.text("SMTP_USER"), read.text("SMTP_PASSWORD")
+    if bool(user) != bool(password):
+        read.problems.append("SMTP_USER and SMTP_PASSWORD go together: set both to log in, or neither")
+    sender = read.text("SMTP_FROM") or (recipients[0] if recipients else "")
+    if sender and not EMAIL_PATTERN.match(sender):
+        read.problems.append(f"SMTP_FROM={sender!r} is not an e-mail address")
+    ca_file = read.text("SMTP_CA_FILE")
+    if ca_file and not Path(ca_file).is_file():
+        read.problems.append(f"SMTP_CA_FILE={ca_file!r} is not a file")
+    return DailyReportSettings(
+        time=(int(match[1]), int(match[2])) if match else (8, 0),
+        recipients=recipients,
+        smtp_host=read.text("SMTP_HOST", "127.0.0.1") or "127.0.0.1",
+        smtp_port=read.integer("SMTP_PORT", 25, 1, 65535),
+        smtp_starttls=read.flag("SMTP_STARTTLS", False),
+        smtp_user=user,
+        smtp_password=password,
+        smtp_from=sender,
+        smtp_ca_file=Path(ca_file).expanduser().resolve() if ca_file else None,
+        retry_seconds=read.number("REPORT_RETRY_SECONDS", 300.0, 1.0),
+    )

@@ -32,3 +32,23 @@ graceful_timeout = 10
 keepalive = 5
 # nginx in front is the one trusted hop; it sets X-Forwarded-For.
 forwarded_allow_ips = "127.0.0.1"
+
+# Metrics (metrics.py): each worker keeps its own in files of PROMETHEUS_MULTIPROC_DIR
+# (prometheus_client's multiprocess mode, chosen from the environment when a worker imports it),
+# and GET /metrics in any worker sums them with those of this host's worker processes.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_config.metrics_dir)
+
+
+def on_starting(server: object) -> None:
+    """In the master, before any worker: the files of the last run's workers go."""
+    import metrics
+
+    metrics.use_directory(_config.metrics_dir)
+    metrics.wipe(_config.metrics_dir)
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A worker is gone: its live gauges go; its counters stay in the sums (prometheus_client's recipe)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, str(_config.metrics_dir))

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlencode
 
+import metrics
 from http_client import HttpAnswer, KeepAliveClient, Unreachable
 from locks import RateLimiter, WouldWait
 from logs import masking_filter
@@ -212,11 +213,13 @@ class MoyKlassClient:
             try:
                 response = self._http.request(method, self._http.path + path, headers, body)
             except Unreachable as error:
+                metrics.moyklass_answer(None)
                 if error.code == "timeout":
                     raise MoyKlassUnavailable(f"MoyKlass did not answer within {self._http.total_timeout:g} s")
                 failure = f"MoyKlass: {error}"
                 delay = BACKOFF_SECONDS * 2 ** (attempt - 1)
             else:
+                metrics.moyklass_answer(response.status)
                 if response.status not in RETRIED_STATUSES:
                     return response
                 failure = f"MoyKlass kept failing ({_error_text(response)})"
