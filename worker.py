@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import mailings
 import metrics
 from daily_report import DailyReporter
-from delivery import Dispatcher
+from delivery import AttemptResult, Dispatcher
 from store import EXPIRED, Change, DatabaseUnavailable, Store
 
 log = logging.getLogger(__name__)
@@ -50,21 +50,25 @@ class Worker:
 
         Sender threads talk to MoyKlass and the gateway, read a message's lease just before
         sending it, and write only a provider pause (bad credentials) or the messages of a lesson
-        reminder they expanded (one transaction each). This thread claims,
-        renews the leases of every message in flight, and writes the results of all sends that
-        finished, together in one transaction.
+        reminder they expanded (one transaction each). This thread claims, renews the leases of
+        every message in flight, and writes the results of all sends that finished, together in
+        one transaction. Nothing that may take long runs here: a claim's students are looked up
+        in MoyKlass by a thread of their own (its rate limit is shared by every host), and the
+        scheduler (mailings' fan-out, expiry, the daily report) has its own thread too. A result
+        therefore waits at most a turn of this loop to be written, so a kill -9 sends again only
+        the messages whose send was under way.
         """
         log.info("Worker %s started: %d at a time, leases of %.0f s",
                  self.owner, self.concurrency, self.lease_seconds)
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="send")
+        lookups = ThreadPoolExecutor(1, thread_name_prefix="lookup")  # one at a time, in claim order
+        scheduler = threading.Thread(target=self._schedule_until, args=(stop,), name="schedule", daemon=True)
+        scheduler.start()
         in_flight: dict[Future, int | None] = {}  # message id, or None for a report poll
-        next_schedule = next_renewal = 0.0
+        next_renewal = 0.0
         try:
             while not stop.is_set():
                 try:
-                    if time.monotonic() >= next_schedule:
-                        self._schedule(time.time())
-                        next_schedule = time.monotonic() + SCHEDULE_SECONDS
                     if time.monotonic() >= next_renewal:
                         self.store.renew_leases(self.owner, filter(None, in_flight.values()), self.lease_seconds)
                         next_renewal = time.monotonic() + self.lease_seconds / 4
@@ -72,14 +76,10 @@ class Worker:
                     room = CLAIM_AHEAD * self.concurrency - len(in_flight)
                     if room >= self.concurrency and not self._unwritten:
                         claimed = self.store.claim(self.owner, room, self.lease_seconds)
-                        lookup = self.dispatcher.users_for(claimed)
-                        for message in claimed:
-                            if message["user_id"] in lookup.postponed:
-                                future = pool.submit(self.dispatcher.postpone, message, lookup.reason)
-                            else:
-                                future = pool.submit(self.dispatcher.attempt, message, self.owner, None,
-                                                     lookup.users.get(message["user_id"]))
-                            in_flight[future] = message["id"]
+                        if claimed:
+                            lookup = lookups.submit(self.dispatcher.users_for, claimed)
+                            for message in claimed:
+                                in_flight[pool.submit(self._attempt_after, lookup, message)] = message["id"]
                         for reminder in self.store.claim_lesson_reminders(self.owner, REMINDER_BATCH,
                                                                           self.lease_seconds):
                             in_flight[pool.submit(self._expand, reminder)] = None
@@ -105,6 +105,31 @@ class Worker:
                     stop.wait(LOOP_RETRY_SECONDS)
         finally:
             self._shut_down(pool, in_flight)
+            lookups.shutdown(wait=False, cancel_futures=True)
+            scheduler.join(SHUTDOWN_GRACE_SECONDS)
+
+    def _attempt_after(self, lookup: Future, message: dict) -> AttemptResult:
+        """Send `message` once its claim's students are looked up (or postpone it, as the lookup says)."""
+        try:
+            found = lookup.result()
+        except Exception as error:  # a bug or the database: the message waits, like after a failed lookup
+            log.exception("Unexpected error looking up the students of a claim")
+            return self.dispatcher.postpone(message, f"looking up its student failed ({type(error).__name__})")
+        if message["user_id"] in found.postponed:
+            return self.dispatcher.postpone(message, found.reason)
+        return self.dispatcher.attempt(message, self.owner, None, found.users.get(message["user_id"]))
+
+    def _schedule_until(self, stop: threading.Event) -> None:
+        """Run the scheduler every SCHEDULE_SECONDS until `stop`; a failed turn is logged and the next one runs."""
+        while not stop.is_set():
+            try:
+                self._schedule(time.time())
+            except DatabaseUnavailable as error:
+                log.error("Database unavailable for the scheduler: %s; trying again in %.0f s", error,
+                          SCHEDULE_SECONDS)
+            except Exception:
+                log.exception("Unexpected error in the scheduler; going on in %.0f s", SCHEDULE_SECONDS)
+            stop.wait(SCHEDULE_SECONDS)
 
     def _schedule(self, now: float) -> None:
         """Start the mailings whose time has come; expire what waited past its deadline; apply the

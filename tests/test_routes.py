@@ -189,10 +189,10 @@ def test_each_provider_keeps_its_own_rate_limit(two, oneclick, smsaero):
         wait_until(lambda: sent(store, ids[10:]), what="the SMS Aero ones SENT")
         aero_done = time.monotonic()
         wait_until(lambda: sent(store, ids[:10]), what="the OneClick ones SENT")
+    # 5 a second: ten sends take at least 9 x 0.2 s. Arrivals are not compared one by one: on a
+    # loaded machine a send let through on time may arrive late, next to the following one.
     moments = sorted(m["at"] for m in oneclick.messages)
-    gaps = [later - earlier for earlier, later in zip(moments, moments[1:], strict=False)]
-    assert min(gaps) >= 0.15, gaps  # 5 a second: 0.2 s apart
-    assert moments[-1] - moments[0] >= 9 * 0.18
+    assert len(moments) == 10 and moments[-1] - moments[0] >= 9 * 0.18, moments
     assert aero_done < moments[-1]  # SMS Aero, without a limit, did not wait for OneClick's
 
 
