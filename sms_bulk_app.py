@@ -30,7 +30,7 @@ import devices
 import metrics
 import phones_api  # its /api/v1/phones routes join api.bp
 import templates
-from bodies import InvalidJson, parse_json
+from bodies import InvalidJson, parse_json, refuse_nul_in_query
 from config import Config, load_config
 from database import POSTGRESQL, Backend
 from delivery import RECIPIENTS, Cause, Dispatcher, pushed_report_sink
@@ -260,6 +260,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(api.docs_blueprint())
     app.add_url_rule("/openapi.json", view_func=api.openapi)
     register_error_handlers(app)
+    app.before_request(refuse_nul_in_query)
     metrics.init_app(app, app_services.store, app_services.config.metrics_token)  # GET /metrics
     # The web console at /: it takes cookies (the others take tokens: no CSRF check there).
     console.init_app(app, csrf_exempt=(bp, api.bp, callbacks.bp, phones_api.bp))

@@ -327,3 +327,35 @@ def test_bodies_over_the_limits_answer_413(api):
     big_csv = api.call("POST", "/clients/import", data=csv_rows, content_type="text/csv")
     assert big_csv.status_code == 413
     assert big_csv.get_json()["message"] == "the body is larger than 10240 KiB"
+
+
+NUL_BODIES = [
+    ("POST", "/mailings", {"start_at": "2030-01-01T10:00:00Z", "end_at": "2030-01-01T12:00:00Z", "text": "x\u0000y",
+                           "filter": {"all": True}}),
+    ("POST", "/messages", {"phone": "0641234567", "text": "a\u0000b"}),
+    ("POST", "/clients", {"phone": "0641234567", "name": "A\u0000B"}),
+    ("POST", "/templates", {"name": "nul", "text": "a\u0000b {CODE}"}),
+]
+
+
+@pytest.mark.parametrize("method, path, body", NUL_BODIES)
+def test_a_nul_character_in_a_body_is_refused_400_on_either_database(api, method, path, body):
+    """PostgreSQL text cannot hold NUL: it answered 500 there (and SQLite kept it) before."""
+    response = api.call(method, path, json=body)
+    assert response.status_code == 400
+    assert response.get_json()["message"] == ("the body holds a NUL character (\\u0000): no text kept here"
+                                              " may hold one")
+    assert api.store.table_counts()["clients"] == api.store.table_counts()["mailings"] == 0
+
+
+@pytest.mark.parametrize("query", ["tag=a%00b", "operator_code=%00", "phone=064%001"])
+def test_a_nul_character_in_a_query_is_refused_400(api, query):
+    response = api.call("GET", f"/clients?{query}")
+    assert response.status_code == 400
+    assert response.get_json()["message"] == "the query holds a NUL character (%00): no text kept here may hold one"
+
+
+def test_a_webhook_with_a_nul_character_is_refused_and_nothing_kept(api):
+    response = api.client.post("/webhook", json={"event": "sub_lessons_left", "object": {"userId": 1, "x": "\u0000"}})
+    assert response.status_code == 400 and "NUL" in response.get_json()["message"]
+    assert api.store.counts()["QUEUED"] == 0
