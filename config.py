@@ -32,6 +32,9 @@ DEFAULT_TEXT_EVENTS = (None, "sub_lessons_left")
 # SMS_TEXT_<EVENT>=template:NAME: the event's text is the approved version of template NAME when it is sent.
 TEMPLATE_PREFIX = "template:"
 CONNECT_TIMEOUT = 3.05  # seconds to open a connection to MoyKlass or a gateway
+# The largest rate, price or count a provider setting may take: larger ones are typos, and a
+# price of 1e308 would make a mailing's cost estimate Infinity, which JSON cannot carry.
+MAX_PROVIDER_NUMBER = 10**9
 SENDER_PATTERN = re.compile(r"^(?:[A-Za-z0-9 .\-]{1,11}|\+?\d{1,15})$")
 DEFAULT_ROUTE = "*"  # SMS_ROUTES' entry for numbers no prefix matches
 CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")  # ISO 4217, e.g. RSD
@@ -452,9 +455,9 @@ def _provider_setting(read: _Reader, provider: type[Provider], setting: Setting)
             value = int(raw) if setting.kind == "integer" else float(raw)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value) or value < 0:
-            read.problems.append(f"{name}={shown} must be a {'whole ' if setting.kind == 'integer' else ''}number,"
-                                 " at least 0")
+        if not math.isfinite(value) or not 0 <= value <= MAX_PROVIDER_NUMBER:
+            read.problems.append(f"{name}={shown} must be a {'whole ' if setting.kind == 'integer' else ''}number"
+                                 f" from 0 to {MAX_PROVIDER_NUMBER:,}")
             return None
         return value
     return raw

@@ -37,7 +37,7 @@ from models import (
     check_timezone,
 )
 from reports import MAX_DAYS
-from store import MAILING_STATES, MAX_ID, STATUSES
+from store import CANCELED, MAILING_STATES, MAX_ID, QUEUED, STATUSES
 from templates import NAME, check_text
 
 TemplateName = Annotated[str, Field(pattern=f"^{NAME.pattern}$", examples=["birthday"])]
@@ -369,7 +369,7 @@ class RejectedRecipient(BaseModel):
 class QueuedRecipient(BaseModel):
     index: int
     id: int = Field(description="The message")
-    status: Literal["QUEUED", "CANCELED"] = Field(description="CANCELED: a duplicate (DEDUP_SECONDS)")
+    status: Literal[QUEUED, CANCELED] = Field(description="CANCELED: a duplicate (DEDUP_SECONDS)")
 
 
 class BatchRequestCreated(BaseModel):

@@ -202,8 +202,9 @@ def _provider_check(providers: dict[str, dict[str, Any]]) -> str:
 def _warn_about(config: Config) -> None:
     """At startup: warnings about risky settings, and which webhook events send an SMS."""
     if config.sms_provider == "console":
-        log.warning("!!! SMS_PROVIDER=console: no SMS will be sent; each one is only written to "
-                    "the log. Set SMS_PROVIDER=oneclick with SMS_USERNAME and SMS_PASSWORD to send.")
+        log.warning("!!! SMS_PROVIDER=console: no SMS will be sent; each one is only written to the log. Name"
+                    " a gateway in SMS_PROVIDERS with its settings (README, Gateways), e.g. SMS_PROVIDERS=oneclick"
+                    " with ONECLICK_USERNAME and ONECLICK_PASSWORD, to send.")
     if not config.webhook_secret:
         log.warning("WEBHOOK_SECRET is not set: anyone who can reach /webhook can trigger SMS")
     if not config.api_key:

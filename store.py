@@ -1070,7 +1070,7 @@ class Store:
         if row is None:
             return LeaseState(False, False, 0.0)
         ours = row["status"] == SENDING and row["lease_owner"] == owner
-        return LeaseState(ours, row["state"] == "canceled", (row["lease_until"] or 0.0) - time.time())
+        return LeaseState(ours, row["state"] == CANCELED_STATE, (row["lease_until"] or 0.0) - time.time())
 
     def transition(self, message_id: int, status: str, owner: str | None = None,
                    count_attempt: bool = False, **fields: Any) -> None:

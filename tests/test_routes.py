@@ -90,9 +90,10 @@ def test_common_provider_settings_default_to_the_sms_ones_and_are_checked():
     assert (aero["RATE_PER_SEC"], aero["CONCURRENCY"], aero["PRICE_PER_PART"], aero["CURRENCY"]) == (2.0, 3, 0.0, "")
     with pytest.raises(ConfigError) as error:
         load_config(BASE | {"SMSAERO_CONCURRENCY": "0", "SMSAERO_PRICE_PER_PART": "1", "ONECLICK_CURRENCY": "dinar",
-                            "ONECLICK_RATE_PER_SEC": "fast"})
+                            "ONECLICK_RATE_PER_SEC": "fast", "ONECLICK_PRICE_PER_PART": "1e308"})
     assert error.value.problems == [
-        "ONECLICK_RATE_PER_SEC='fast' must be a number, at least 0",
+        "ONECLICK_RATE_PER_SEC='fast' must be a number from 0 to 1,000,000,000",
+        "ONECLICK_PRICE_PER_PART='1e308' must be a number from 0 to 1,000,000,000",
         "ONECLICK_CURRENCY='DINAR' must be a currency code of 3 letters, such as RSD",
         "SMSAERO_CONCURRENCY=0 must be between 1 and 256",
         "SMSAERO_PRICE_PER_PART needs SMSAERO_CURRENCY (the price's currency, such as RSD)"]
