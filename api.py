@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 from werkzeug.formparser import FormDataParser
 
 import api_keys
+import audit
 import clients
 import mailings
 import templates
@@ -178,9 +179,11 @@ def _found(value: Any, what: str, ident: int) -> Any:
           responses={201: Client, 409: (Error, "Another client has this phone or MoyKlass user")})
 def create_client(body: ClientCreate):
     try:
-        return _answer(Client, clients.create(_services().store, body, _services().config.default_timezone), 201)
+        created = clients.create(_services().store, body, _services().config.default_timezone)
     except ClientConflict as error:
         raise ApiError(409, str(error))
+    audit.record(_services().store, "client.create", "client", created["id"])
+    return _answer(Client, created, 201)
 
 
 @endpoint("GET", "/clients", summary="List clients (filter by tag, operator code, phone)", scope="read",
@@ -203,13 +206,16 @@ def update_client(client_id: int, body: ClientUpdate):
         changed = clients.update(_services().store, client_id, body.model_dump(exclude_unset=True))
     except ClientConflict as error:
         raise ApiError(409, str(error))
-    return _answer(Client, _found(changed, "client", client_id))
+    audit.record(_services().store, "client.update", "client", _found(changed, "client", client_id)["id"],
+                 "fields: " + ", ".join(sorted(body.model_fields_set)))
+    return _answer(Client, changed)
 
 
 @endpoint("DELETE", "/clients/{client_id}", summary="Delete a client", scope="clients:write",
           responses={204: (None, "Deleted"), 404: Error})
 def delete_client(client_id: int):
     _found(clients.delete(_services().store, client_id), "client", client_id)
+    audit.record(_services().store, "client.delete", "client", client_id)
     return "", 204
 
 
@@ -227,6 +233,8 @@ def import_clients():
         report = clients.import_csv(_services().store, raw, config.default_timezone, config.default_region)
     except NotText as error:
         raise ApiError(400, str(error))
+    audit.record(_services().store, "client.import", "client", None,
+                 f"{report['created']} created, {report['updated']} updated, {len(report['rejected'])} rejected")
     return _answer(ImportReport, report)
 
 
@@ -237,8 +245,9 @@ def import_clients():
 def create_mailing(body: MailingCreate):
     store = _services().store
     body = templates.with_mailing_text(store, body)
-    return _answer(MailingCreated, mailings.create(store, body)
-                   | {"estimate": mailings.estimate(store, body, _services().config)}, 201)
+    created = mailings.create(store, body)
+    audit.record(store, "mailing.create", "mailing", created["id"])
+    return _answer(MailingCreated, created | {"estimate": mailings.estimate(store, body, _services().config)}, 201)
 
 
 @endpoint("GET", "/mailings", summary="List mailings", scope="read", responses={200: MailingList})
@@ -268,7 +277,9 @@ def update_mailing(mailing_id: int, body: MailingUpdate):
         raise ApiError(409, str(error))
     except ValidationError as error:
         raise ApiError(400, "invalid request", errors=_errors(error))
-    return _answer(Mailing, _found(changed, "mailing", mailing_id))
+    _found(changed, "mailing", mailing_id)
+    audit.record(_services().store, "mailing.update", "mailing", mailing_id, "fields: " + ", ".join(sorted(changes)))
+    return _answer(Mailing, changed)
 
 
 @endpoint("DELETE", "/mailings/{mailing_id}", summary="Delete a mailing that has not started",
@@ -278,6 +289,7 @@ def delete_mailing(mailing_id: int):
         _found(mailings.delete(_services().store, mailing_id), "mailing", mailing_id)
     except MailingConflict as error:
         raise ApiError(409, str(error))
+    audit.record(_services().store, "mailing.delete", "mailing", mailing_id)
     return "", 204
 
 
@@ -288,7 +300,9 @@ def cancel_mailing(mailing_id: int):
         canceled = mailings.cancel(_services().store, mailing_id)
     except MailingConflict as error:
         raise ApiError(409, str(error))
-    return _answer(Mailing, _found(canceled, "mailing", mailing_id))
+    _found(canceled, "mailing", mailing_id)
+    audit.record(_services().store, "mailing.cancel", "mailing", mailing_id)
+    return _answer(Mailing, canceled)
 
 
 @endpoint("POST", "/mailings/{mailing_id}/retry-failed", summary="Queue the mailing's FAILED and UNDELIVERED again",
@@ -297,9 +311,10 @@ def retry_mailing(mailing_id: int):
     store = _services().store
     _found(mailings.get(store, mailing_id), "mailing", mailing_id)
     try:
-        mailings.retry_failed(store, mailing_id, time.time())
+        queued = mailings.retry_failed(store, mailing_id, time.time())
     except MailingConflict as error:
         raise ApiError(409, str(error))
+    audit.record(store, "mailing.retry", "mailing", mailing_id, f"{queued} queued again")
     return _answer(MailingStats, mailings.stats(store, mailing_id))
 
 
@@ -345,6 +360,8 @@ def send_message(body: MessageCreate):
         services.store, body.template, body.variables, _validation_context()["max_segments"])
     message_id = services.store.enqueue("api", services.config.sms_valid_seconds, phone=body.phone,
                                         text=text, user_id=body.moyklass_user_id, event=body.event)
+    audit.record(services.store, "message.send", "message", message_id, f"template {body.template}" if body.template
+                 else f"event {body.event}" if body.event else "")
     return _answer(Queued, {"id": message_id}, 202)
 
 

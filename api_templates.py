@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Response, g, stream_with_context
 
+import audit
 import batch_requests
 import reports
 import templates
@@ -45,6 +46,8 @@ def create_template(body: TemplateCreate):
         created = templates.create(_services().store, body.name, body.text, g.api_key.name, g.api_key.scopes)
     except TemplateConflict as error:
         raise ApiError(409, str(error))
+    audit.record(_services().store, "template.create", "template", created.id,
+                 f"{created.name}; approved version {created.approved_version}")
     return _answer(SmsTemplate, templates.public(created), 201)
 
 
@@ -63,8 +66,11 @@ def get_template(template_id: int):
 @endpoint("PATCH", "/templates/{template_id}", summary="Edit a template: a new version (a draft unless the key may"
           " approve it)", scope="templates:write", body=TemplateUpdate, responses={200: SmsTemplate, 404: Error})
 def update_template(template_id: int, body: TemplateUpdate):
-    changed = templates.edit(_services().store, template_id, body.text, g.api_key.name, g.api_key.scopes)
-    return _answer(SmsTemplate, templates.public(_found(changed, "template", template_id)))
+    changed = _found(templates.edit(_services().store, template_id, body.text, g.api_key.name, g.api_key.scopes),
+                     "template", template_id)
+    audit.record(_services().store, "template.edit", "template", template_id,
+                 f"version {changed.version}; approved version {changed.approved_version}")
+    return _answer(SmsTemplate, templates.public(changed))
 
 
 @endpoint("GET", "/templates/{template_id}/versions", summary="Every version of a template", scope="read",
@@ -82,7 +88,9 @@ def approve_template(template_id: int, query: ApproveQuery):
         approved = templates.approve(_services().store, template_id, query.version, g.api_key.name)
     except NotLatest as error:
         raise ApiError(409, str(error))
-    return _answer(SmsTemplate, templates.public(_found(approved, "template", template_id)))
+    approved = _found(approved, "template", template_id)
+    audit.record(_services().store, "template.approve", "template", template_id, f"version {approved.approved_version}")
+    return _answer(SmsTemplate, templates.public(approved))
 
 
 # --- batch requests ---
@@ -98,6 +106,8 @@ def create_batch_request(body: BatchRequestCreate):
                                          body.recipients, _validation_context(), g.api_key.id)
     except NothingToSend as error:
         raise ApiError(400, str(error), rejected=error.rejected)
+    audit.record(services.store, "batch_request.create", "batch_request", accepted["id"],
+                 f"template {accepted['template']}: {accepted['queued']} queued, {len(accepted['rejected'])} rejected")
     return _answer(BatchRequestCreated, accepted, 201)
 
 

@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, g, redirect, render_template, request,
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
+import audit
 from console import accounts
 from console.access import PUBLIC, requires
 from console.forms import LanguageForm, LoginForm, PasswordForm
@@ -40,15 +41,18 @@ def login() -> Response | tuple[str, int] | str:
     if result.retry_after is not None:
         minutes = math.ceil(result.retry_after / 60)
         log.warning("Console login throttled (too many failures for the account or the address)")
+        _login_failed(form.email.data, "throttled")
         return render_template("login.html", form=form, error=_(
             "Too many failed logins. Try again in %(minutes)d min.", minutes=minutes)), 429
     if result.user is None:
         log.info("Console login refused")
+        _login_failed(form.email.data, "wrong email or password")
         return render_template("login.html", form=form, error=_("Wrong email or password.")), 401
     session.clear()
     session.permanent = True
     session["sid"] = accounts.start_session(_store(), result.user, now)
     log.info("Console login: user %d (%s)", result.user.id, result.user.role)
+    audit.record(_store(), "login", "user", result.user.id, f"from {request.remote_addr}", user=result.user)
     if result.user.must_change_password:
         return redirect(url_for("console.auth.password"))
     return redirect(_local(form.next.data))
@@ -73,7 +77,14 @@ def password() -> Response | tuple[str, int] | str:
     except accounts.AccountError as error:
         return render_template("password.html", form=form, error=_translated(error)), 400
     log.info("Console password changed: user %d", g.user.id)
+    audit.record(_store(), "user.password", "user", g.user.id)
     return redirect(url_for("console.pages.dashboard_page"))
+
+
+def _login_failed(email: str, why: str) -> None:
+    """Audited with the account tried as its object (none if the email has none): never what was typed."""
+    tried = _store().user_by_email(email.strip().lower())
+    audit.record(_store(), "login.failed", "user", tried.id if tried else None, f"{why}, from {request.remote_addr}")
 
 
 def _translated(error: accounts.AccountError) -> str:

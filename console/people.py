@@ -8,6 +8,7 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, u
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
+import audit
 from console import accounts
 from console.access import requires
 from console.accounts import ADMIN
@@ -45,6 +46,7 @@ def create_user() -> tuple[str, int]:
     except accounts.AccountError:  # the role is one of the form's choices: only the email can be wrong
         return _page(form, 400, error=_("This is not an email address."))
     log.info("Console: user %d created (%s) by user %d", user_id, form.role.data, g.user.id)
+    audit.record(_store(), "user.create", "user", user_id, f"role {form.role.data}")
     # Shown in this answer only (never in the session cookie or a redirect's URL).
     return _page(UserForm(formdata=None), 201, created=accounts.normalize_email(form.email.data),
                  one_time_password=password)
@@ -57,4 +59,5 @@ def disable_user(user_id: int) -> Response:
         abort(403)  # an admin cannot lock themselves out
     if _store().disable_user(user_id):
         log.info("Console: user %d disabled by user %d", user_id, g.user.id)
+        audit.record(_store(), "user.disable", "user", user_id)
     return redirect(url_for("console.people.users"))
