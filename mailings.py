@@ -177,13 +177,13 @@ def cancel(store: Store, mailing_id: int) -> dict[str, Any] | None:
     return get(store, mailing_id)
 
 
-def retry_failed(store: Store, mailing_id: int, now: float) -> int:
-    """Queue the mailing's FAILED and UNDELIVERED messages again, before its end_at; a finished
-    mailing given messages to send is started again."""
+def retry_failed(store: Store, mailing_id: int, now: float, message_id: int | None = None) -> int:
+    """Queue the mailing's FAILED and UNDELIVERED messages (or only its message `message_id`) again,
+    before its end_at; a finished mailing given messages to send is started again."""
     mailing = store.mailing(mailing_id)
     if mailing.state not in (STARTED, FINISHED) or mailing.end_at <= now:
         raise MailingConflict(f"mailing {mailing_id} is not running: nothing can be sent for it any more")
-    queued = store.retry_failed(deadline=mailing.end_at, mailing_id=mailing_id)
+    queued = store.retry_failed(deadline=mailing.end_at, mailing_id=mailing_id, message_id=message_id)
     if queued and mailing.state == FINISHED:
         # After the messages are queued: finish_done cannot finish it again in between.
         store.restart_finished_mailing(mailing_id, now)
@@ -211,14 +211,15 @@ def _fan_out(mailing: Mailing, now: float) -> FanOut:
     """One message per matching client, due when the client's window opens next."""
     selector = json.loads(mailing.filter)
     template = Template(mailing.text, MAILING_FIELDS)
-
-    def render(name: str) -> str:
-        return template.render({"name": name, "first_name": name.split()[0] if name else ""})
-
     return FanOut(selector.get("tags", []), selector.get("operator_codes", []),
                   [(literal, placeholder) for literal, placeholder, _, _ in string.Formatter().parse(template.source)],
-                  render, partial(next_opening, now, window=mailing.window), mailing.window_from, mailing.window_to,
-                  mailing.end_at)
+                  partial(personal_text, template), partial(next_opening, now, window=mailing.window),
+                  mailing.window_from, mailing.window_to, mailing.end_at)
+
+
+def personal_text(template: Template, name: str) -> str:
+    """A mailing's text for a client of this name (the console's preview shows it for a sample client)."""
+    return template.render({"name": name, "first_name": name.split()[0] if name else ""})
 
 
 # --- statistics ---
