@@ -21,7 +21,10 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 import requests
 
-SPEC = json.loads((Path(__file__).parent / "fixtures" / "twilio-messages-subset.json").read_text(encoding="utf-8"))
+from tests.openapi_subset import SpecSubset
+
+SUBSET = SpecSubset(Path(__file__).parent / "fixtures" / "twilio-messages-subset.json", "Twilio")
+SPEC = SUBSET.document
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "twilio-test-auth-token"
 FROM = "+15005550006"
@@ -34,29 +37,9 @@ ERRORS = {
 }
 
 
-def resolve(node: dict[str, Any]) -> dict[str, Any]:
-    """Follow `$ref`, a JSON pointer into the subset."""
-    while "$ref" in node:
-        target: Any = SPEC
-        for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
-def operation_for(method: str, path: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """The spec's operation for a request, and its path parameters' values as sent."""
-    for template, operations in SPEC["paths"].items():
-        pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
-        match = re.fullmatch(pattern, path)
-        if match and method.lower() in operations:
-            return operations[method.lower()], match.groupdict()
-    raise LookupError(f"{method} {path} is no operation of Twilio's spec")
-
-
 def value_problems(schema: dict[str, Any], text: str) -> list[str]:
     """Whether one form or path value is of the schema's type, length, pattern and format."""
-    schema = resolve(schema)
+    schema = SUBSET.resolve(schema)
     kind = schema.get("type")
     if kind == "integer":
         return [] if re.fullmatch(r"-?\d+", text) else [f"{text!r} is not an integer"]
@@ -79,10 +62,10 @@ def value_problems(schema: dict[str, Any], text: str) -> list[str]:
 def request_problems(request: dict[str, Any]) -> list[str]:
     """Everything in one request (method, path, headers, raw body) that Twilio's spec does not allow."""
     try:
-        operation, path_values = operation_for(request["method"], request["path"])
+        operation, path_values = SUBSET.operation_for(request["method"], request["path"])
     except LookupError as error:
         return [str(error)]
-    parameters = {(p["in"], p["name"]): p for p in map(resolve, operation.get("parameters", []))}
+    parameters = {(p["in"], p["name"]): p for p in map(SUBSET.resolve, operation.get("parameters", []))}
     problems = [f"path {name}: {problem}" for name, value in path_values.items()
                 for problem in value_problems(parameters[("path", name)]["schema"], unquote(value))]
     headers = {name.lower(): value for name, value in request["headers"].items()}
@@ -95,7 +78,7 @@ def request_problems(request: dict[str, Any]) -> list[str]:
         return problems + (["a body where the operation takes none"] if request["body"] else [])
     if not headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return problems + ["the body is not sent as application/x-www-form-urlencoded"]
-    schema = resolve(body["content"]["application/x-www-form-urlencoded"]["schema"])
+    schema = SUBSET.resolve(body["content"]["application/x-www-form-urlencoded"]["schema"])
     try:
         fields = parse_qsl(request["body"].decode(), keep_blank_values=True, strict_parsing=True)
     except (UnicodeDecodeError, ValueError):
@@ -108,7 +91,7 @@ def request_problems(request: dict[str, Any]) -> list[str]:
         if declared is None:
             problems.append(f"field {name} is not a parameter of this operation")
             continue
-        declared = resolve(declared)
+        declared = SUBSET.resolve(declared)
         if declared.get("type") != "array" and len(values) > 1:
             problems.append(f"field {name} given more than once")
         item_schema = declared["items"] if declared.get("type") == "array" else declared
@@ -208,7 +191,7 @@ class FakeTwilio:
         if not hmac.compare_digest(request["headers"].get("Authorization", ""), expected):
             return 401, twilio_error(401, 20003, "Authenticate")
         try:
-            operation, values = operation_for(request["method"], request["path"])
+            operation, values = SUBSET.operation_for(request["method"], request["path"])
         except LookupError:
             return 404, twilio_error(404, 20404, "The requested resource was not found")
         if values["AccountSid"] != self.account_sid:
