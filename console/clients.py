@@ -10,6 +10,7 @@ from flask import Blueprint, Flask, abort, g, render_template, request
 from flask_babel import gettext as _
 from pydantic import ValidationError
 
+import audit
 import clients
 from api import MAX_IMPORT_BYTES
 from clients import NotText
@@ -84,6 +85,7 @@ def update(client_id: int) -> tuple[str, int]:
         return _edit_page(shown, 400, errors=errors_of(error))
     except ClientConflict:
         return _edit_page(shown, 409, errors={"phone": _("Another client has this phone or MoyKlass user.")})
+    audit.record(store(), "client.update", "client", client_id, "fields: " + ", ".join(sorted(changes)))
     log.info("Console: client %d changed by user %d", client_id, g.user.id)
     return _edit_page(changed, 200, saved=True)
 
@@ -104,7 +106,8 @@ def import_file() -> tuple[str, int]:
         report = clients.import_csv(store(), upload.read(), config().default_timezone, config().default_region)
     except NotText as error:
         return render_template("clients_import.html", error=str(error)), 400
-    log.info("Console: clients imported by user %d: %d created, %d updated, %d rejected", g.user.id,
-             report["created"], report["updated"], len(report["rejected"]))
+    counts = f"{report['created']} created, {report['updated']} updated, {len(report['rejected'])} rejected"
+    audit.record(store(), "client.import", "client", None, f"{upload.filename}: {counts}")
+    log.info("Console: clients imported by user %d: %s", g.user.id, counts)
     return render_template("clients_import.html", report=report), 200
 

@@ -10,6 +10,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 import api_keys
+import audit
 from console.access import requires
 from console.accounts import ADMIN
 from console.helpers import store
@@ -45,6 +46,7 @@ def create() -> tuple[str, int]:
         return _page(400, error=_("Give the key a name (at most 64 characters), at least one scope, and a daily"
                                   " quota from 1 to %(most)d (or leave it empty).", most=MAX_QUOTA))
     key_id, key = api_keys.create(store(), name, scopes, quota or api_keys.DEFAULT_DAILY_QUOTA)
+    audit.record(store(), "key.create", "key", key_id, f"{name}; {' '.join(scopes)}")
     log.info("Console: API key %d (%s) created by user %d", key_id, " ".join(scopes), g.user.id)
     # Shown in this answer only (never in the session cookie, a redirect's URL or a log).
     return _page(201, created=name, key=key)
@@ -56,5 +58,6 @@ def revoke(key_id: int) -> Response:
     if not any(key["id"] == key_id for key in api_keys.list_all(store())):
         abort(404)
     if api_keys.revoke(store(), key_id):
+        audit.record(store(), "key.revoke", "key", key_id)
         log.info("Console: API key %d revoked by user %d", key_id, g.user.id)
     return redirect(url_for("console.keys.list_page"))

@@ -15,6 +15,7 @@ from flask_babel import gettext as _
 from pydantic import ValidationError
 from werkzeug.datastructures import MultiDict
 
+import audit
 import mailings
 import templates
 from console.access import requires
@@ -123,6 +124,7 @@ def create() -> Response | tuple[str, int]:
     if body is None:
         return _form_page(request.form, 400, errors=errors)
     created = mailings.create(store(), body)
+    audit.record(store(), "mailing.create", "mailing", created["id"])
     log.info("Console: mailing %d created by user %d", created["id"], g.user.id)
     return redirect(url_for("console.mailings.detail", mailing_id=created["id"]))
 
@@ -154,6 +156,7 @@ def cancel(mailing_id: int) -> Response | tuple[str, int]:
             abort(404)
     except MailingConflict:
         return _detail(mailing_id, 409, error=_("This mailing has finished: nothing of it is left to cancel."))
+    audit.record(store(), "mailing.cancel", "mailing", mailing_id)
     log.info("Console: mailing %d canceled by user %d", mailing_id, g.user.id)
     return redirect(url_for("console.mailings.detail", mailing_id=mailing_id))
 
@@ -167,6 +170,7 @@ def retry_failed(mailing_id: int) -> Response | tuple[str, int]:
         queued = mailings.retry_failed(store(), mailing_id, time.time())
     except MailingConflict:
         return _detail(mailing_id, 409, error=_("This mailing is not running: nothing can be sent for it any more."))
+    audit.record(store(), "mailing.retry", "mailing", mailing_id, f"{queued} queued again")
     log.info("Console: %d messages of mailing %d queued again by user %d", queued, mailing_id, g.user.id)
     return redirect(url_for("console.mailings.detail", mailing_id=mailing_id, queued=queued))
 

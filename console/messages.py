@@ -15,6 +15,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
+import audit
 import mailings
 from console.access import requires
 from console.accounts import OPERATOR, VIEWER, may
@@ -110,5 +111,6 @@ def resend(message_id: int) -> Response | tuple[str, int]:
         return render_template("message.html", message=message, resendable=False, error=_(
             "This message cannot be sent again: only a FAILED or UNDELIVERED message can, and a mailing's only"
             " before the mailing ends.")), 409
+    audit.record(store(), "message.resend", "message", message_id, "queued again")
     log.info("Console: message %d queued again by user %d", message_id, g.user.id)
     return redirect(url_for("console.messages.detail", message_id=message_id, resent=1))

@@ -13,6 +13,7 @@ from flask import Blueprint, abort, g, redirect, render_template, request, url_f
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
+import audit
 import templates
 from console.access import requires
 from console.accounts import ADMIN, OPERATOR, VIEWER, may
@@ -94,6 +95,8 @@ def create() -> Response | tuple[str, int]:
     if error is not None:
         return render_template("template_edit.html", template=None, text=text, name=name, counter=counter(text),
                                error=error), 400
+    audit.record(store(), "template.create", "template", created.id,
+                 f"{created.name}; approved version {created.approved_version}")
     log.info("Console: template %d created by user %d", created.id, g.user.id)
     return redirect(url_for("console.templates_pages.edit", template_id=created.id))
 
@@ -132,8 +135,11 @@ def save(template_id: int) -> Response | tuple[str, int]:
     error = _text_problem(text)
     if error is not None:
         return _edit_page(template_id, 400, text=text, error=error)
-    if templates.edit(store(), template_id, text, *_by()) is None:
+    changed = templates.edit(store(), template_id, text, *_by())
+    if changed is None:
         abort(404)
+    audit.record(store(), "template.edit", "template", template_id,
+                 f"version {changed.version}; approved version {changed.approved_version}")
     log.info("Console: template %d edited by user %d", template_id, g.user.id)
     return redirect(url_for("console.templates_pages.edit", template_id=template_id))
 
@@ -148,5 +154,6 @@ def approve(template_id: int) -> Response | tuple[str, int]:
         return _edit_page(template_id, 409, error=_("A newer version was written meanwhile: read it, then approve."))
     if approved is None:
         abort(404)
+    audit.record(store(), "template.approve", "template", template_id, f"version {approved.approved_version}")
     log.info("Console: template %d version %d approved by user %d", template_id, approved.approved_version, g.user.id)
     return redirect(url_for("console.templates_pages.edit", template_id=template_id))
