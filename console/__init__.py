@@ -23,7 +23,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.wrappers import Response
 
-from console import audit, auth, pages, people
+from console import audit, auth, pages, people, providers
 from console.accounts import ADMIN, OPERATOR, ROLES, SESSION_SECONDS, VIEWER, token_hash
 from console.secret import secret_key
 from errors import error_response
@@ -46,7 +46,7 @@ SECURITY_HEADERS = {
 
 bp = Blueprint("console", __name__, template_folder="templates", static_folder="static",
                static_url_path="/console/static")
-for child in (auth.bp, pages.bp, people.bp, audit.bp):
+for child in (auth.bp, pages.bp, people.bp, audit.bp, providers.bp):
     bp.register_blueprint(child)
 
 

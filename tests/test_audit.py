@@ -183,6 +183,12 @@ def test_logins_failed_logins_and_every_change_through_the_console_are_audited_o
                                    "csrf_token": token})
     log.one("user.password", audit.CONSOLE, "admin@school.rs", admin_id)
 
+    assert client.post("/providers/oneclick/pause", data={"hours": "8", "csrf_token": token}).status_code == 302
+    assert log.one("provider.pause", audit.CONSOLE, "admin@school.rs", "oneclick").detail == "for 8 h"
+    assert client.post("/providers/oneclick/resume", data={"csrf_token": token}).status_code == 302
+    log.one("provider.resume", audit.CONSOLE, "admin@school.rs", "oneclick")
+    client.post("/providers/oneclick/resume", data={"csrf_token": token})  # not paused: nothing changed
+    log.none()
     _no_secrets(log.all(), PASSWORD)
 
 
@@ -222,3 +228,9 @@ def test_admins_read_the_log_filtered_and_paged_and_others_may_not(app, admin):
     viewer = app.test_client()
     log_in(viewer, "viewer@school.rs", PASSWORD)
     assert viewer.get("/audit").status_code == 403
+    assert viewer.get("/providers").status_code == 200
+    token = csrf_token(viewer.get("/providers").data)
+    assert viewer.post("/providers/oneclick/pause", data={"hours": "1", "csrf_token": token}).status_code == 403
+    token = csrf_token(client.get("/providers").data)
+    assert client.post("/providers/nosuch/pause", data={"hours": "1", "csrf_token": token}).status_code == 404
+    assert client.post("/providers/oneclick/pause", data={"hours": "5", "csrf_token": token}).status_code == 400
