@@ -149,10 +149,16 @@ def _sim_cards(value: Any) -> str | None:
     cards = []
     for card in value:
         number = card.get("phoneNumber")
-        cards.append({"slotIndex": card.get("slotIndex"), "simNumber": card.get("simNumber"),
+        cards.append({"slotIndex": _slot(card.get("slotIndex")), "simNumber": _slot(card.get("simNumber")),
                       "carrierName": str(card.get("carrierName") or "")[:64] or None,
                       "phoneNumber": mask(number) if isinstance(number, str) and number else None})
     return json.dumps(cards, ensure_ascii=False)
+
+
+def _slot(value: Any) -> int | None:
+    """A SIM's slot index or number as the app sends it (a small whole number); anything else is
+    dropped, not stored: the phones' list would fail to show it."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 16 else None
 
 
 def _push_token(body: dict[str, Any]) -> str | None:

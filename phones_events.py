@@ -142,8 +142,16 @@ class EventHub:
                     await self._send(stream, f"event: MessageCancelled\ndata: {payload}\n\n")
 
     async def _keepalive(self) -> None:
+        """A keepalive to each stream; those of a phone disabled or revoked since they opened are
+        ended instead (its next connection is refused), at most KEEPALIVE_SECONDS after the change."""
+        active = {device.id for device in await asyncio.to_thread(self.store.devices)
+                  if device.disabled_at is None and not device.revoked}
         for stream in list(self.streams):
-            await self._send(stream, ":keepalive\n\n")
+            if stream.device.id in active:
+                await self._send(stream, ":keepalive\n\n")
+            else:
+                stream.writer.close()
+                self.streams.discard(stream)
         now = time.time()
         await asyncio.to_thread(self.store.set_device_events, sorted({s.device.id for s in self.streams}),
                                 now + STREAM_ALIVE_SECONDS, now)

@@ -253,3 +253,19 @@ def test_phones_are_listed_disabled_and_revoked_from_the_api_and_the_command_lin
     assert run_command(phone_settings, "phones", "revoke", "42").returncode == 1
     log = (Path(phone_settings["DATA_DIR"]) / "sms_bulk_app.log").read_text()
     assert token not in log and PRIVATE_TOKEN not in log
+
+
+def test_sim_cards_of_odd_types_are_dropped_and_the_phones_stay_listable(phone_settings):
+    """A phone registering with {"slotIndex": "x"} made GET /api/v1/phones answer 500 for good."""
+    client = create_app(phone_settings).test_client()
+    device = {"User-Agent": USER_AGENT, "Authorization": f"Bearer {PRIVATE_TOKEN}"}
+    cards = [{"slotIndex": "x", "simNumber": True, "phoneNumber": 5, "carrierName": "MTS"},
+             {"slotIndex": {"a": 1}, "simNumber": 2, "phoneNumber": "+381641234567"}]
+    assert client.post("/api/mobile/v1/device", json={"name": "odd", "pushToken": None, "simCards": cards},
+                       headers=device).status_code == 201
+    _, admin = api_keys.create(settings_store(phone_settings), "admin", ["admin"], None)
+    listed = client.get("/api/v1/phones", headers={"Authorization": f"Bearer {admin}"})
+    assert listed.status_code == 200
+    assert listed.json["items"][0]["sim_cards"] == [
+        {"slotIndex": None, "simNumber": None, "carrierName": "MTS", "phoneNumber": None},
+        {"slotIndex": None, "simNumber": 2, "carrierName": None, "phoneNumber": "+381*******67"}]
