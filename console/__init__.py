@@ -23,7 +23,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.wrappers import Response
 
-from console import audit, auth, pages, people, providers
+from console import audit, auth, clients, keys, mailings, messages, pages, people, providers, templates_pages
 from console.accounts import ADMIN, OPERATOR, ROLES, SESSION_SECONDS, VIEWER, token_hash
 from console.secret import secret_key
 from errors import error_response
@@ -46,7 +46,8 @@ SECURITY_HEADERS = {
 
 bp = Blueprint("console", __name__, template_folder="templates", static_folder="static",
                static_url_path="/console/static")
-for child in (auth.bp, pages.bp, people.bp, audit.bp, providers.bp):
+for child in (auth.bp, pages.bp, people.bp, audit.bp, providers.bp, messages.bp, mailings.bp, clients.bp,
+              templates_pages.bp, keys.bp):
     bp.register_blueprint(child)
 
 
@@ -70,6 +71,7 @@ def init_app(app: Flask, csrf_exempt: Iterable[Blueprint]) -> None:
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=SESSION_SECONDS),
         WTF_CSRF_TIME_LIMIT=None)  # a token lives as long as its session: a login page left open still works
     app.session_interface = ConsoleSessionInterface()
+    clients.allow_large_import(app)  # before CSRFProtect reads the form
     csrf = CSRFProtect(app)
     for blueprint in csrf_exempt:
         csrf.exempt(blueprint)

@@ -49,7 +49,8 @@ TEST_DATABASE = os.environ.get("SMS_TEST_DATABASE", "sqlite")
 # Tests of the HTTP edge and the deployment (nginx, gunicorn's parser, body limits, request
 # validation, the OpenAPI document, settings, logs, the browser): they keep data only to have an
 # app to talk to, and the database behind it changes nothing they check.
-EDGE_MODULES = frozenset({"test_bodies", "test_burst", "test_config", "test_console_browser", "test_deploy",
+EDGE_MODULES = frozenset({"test_bodies", "test_burst", "test_config", "test_console_browser",
+                          "test_console_pages_browser", "test_deploy",
                           "test_docs", "test_error_pages", "test_gunicorn", "test_logs", "test_openapi",
                           "test_validation"})
 
