@@ -80,8 +80,8 @@ def data(app: Flask) -> None:
     store = store_of(app)
     add_clients(app)
     store.enqueue("api", 3600, phone="+381641000001", text="Zdravo")
-    store.connection().execute("UPDATE messages SET status = ?, last_error = 'refused' WHERE id = 1", (FAILED,))
-    store.connection().commit()
+    with store.transaction() as db:
+        db.execute("UPDATE messages SET status = ?, last_error = 'refused' WHERE id = 1", (FAILED,))
     now = datetime.now(ZONE)
     with app.test_request_context():
         from models import MailingCreate
@@ -117,9 +117,9 @@ def test_messages_are_found_by_a_phone_typed_in_any_form_and_resent(app, people)
     store = store_of(app)
     first = store.enqueue("api", 3600, phone="+381641234567", text="Prva")
     store.enqueue("api", 3600, phone="+381651111111", text="Druga")
-    store.connection().execute("UPDATE messages SET status = ?, attempts = 8, last_error = 'gateway said no',"
-                               " provider = 'oneclick' WHERE id = ?", (FAILED, first))
-    store.connection().commit()
+    with store.transaction() as db:
+        db.execute("UPDATE messages SET status = ?, attempts = 8, last_error = 'gateway said no',"
+                   " provider = 'oneclick' WHERE id = ?", (FAILED, first))
     viewer, operator = people["viewer"], people["operator"]
     for typed in ("064 123 4567", "+381 64 123-4567", "00381641234567", "0641234567"):
         page = viewer.get("/messages", query_string={"phone": typed}).data.decode()
