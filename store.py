@@ -386,6 +386,11 @@ MIGRATIONS = [
     CREATE INDEX audit_log_actor ON audit_log (actor, id);
     CREATE INDEX audit_log_action ON audit_log (action, id);
     """,
+    # 17. The console's figures at scale: messages sent, delivered and failed by quarter hour, mailing,
+    # provider and currency, kept by triggers (the dashboard's 14 days and every mailing's cost read
+    # a few thousand rows, not a million messages); the index of a search by phone, and the one of
+    # the oldest message of a status.
+    lambda db: add_message_activity(db, sqlite_activity_triggers()),
 ]
 
 # The tables that hold the service's data, referenced ones first: what migrate-db copies. The
@@ -455,6 +460,80 @@ def _sqlite_count_triggers() -> list[str]:
 
 def add_mailing_counts(db: Any, triggers: list[str], integer: str = "INTEGER") -> None:
     for statement in (*mailing_counts_schema(integer), *triggers):
+        db.execute(statement)
+
+
+# --- the console's figures at scale (migration 17): message_activity, kept by triggers ---
+
+ACTIVITY_KEY = ("bucket", "mailing_id", "provider", "currency")
+ACTIVITY_SUMS = ("sent", "parts", "cost", "delivered", "failed")
+ACTIVITY_COLUMNS = ", ".join((*ACTIVITY_KEY, *ACTIVITY_SUMS))
+ENDED = ("DELIVERED", "FAILED", "UNDELIVERED")  # done_at is set with these: the dashboard's delivered and failed
+
+
+def activity_parts(row: str, sign: int, bucket: Callable[[str], str]) -> list[tuple[list[str], str]]:
+    """What message `row` adds to message_activity, times `sign`: (values of ACTIVITY_COLUMNS, when).
+    Its send counts in the quarter hour of its sent_at; its end (DELIVERED, or FAILED or UNDELIVERED)
+    in that of its done_at."""
+    def key(moment: str) -> list[str]:
+        return [bucket(f"{row}.{moment}"), f"coalesce({row}.mailing_id, 0)", f"coalesce({row}.provider, '')",
+                f"coalesce({row}.currency, '')"]
+
+    delivered = is_status_sql(row, "DELIVERED")
+    return [(key("sent_at") + [f"{sign}", f"{sign} * coalesce({row}.segments, 0)", f"{sign} * coalesce({row}.cost, 0)",
+                               "0", "0"], f"{row}.sent_at IS NOT NULL"),
+            (key("done_at") + ["0", "0", "0", f"{sign} * {delivered}", f"{sign} * (1 - {delivered})"],
+             f"{row}.done_at IS NOT NULL AND {row}.status IN ({', '.join(repr(status) for status in ENDED)})")]
+
+
+def aliased(values: list[str]) -> str:
+    """`values` named as ACTIVITY_COLUMNS (the first SELECT of a UNION names its columns)."""
+    return ", ".join(f"{value} AS {name}" for value, name in zip(values, (*ACTIVITY_KEY, *ACTIVITY_SUMS), strict=True))
+
+
+def _sqlite_bucket(moment: str) -> str:
+    return f"CAST({moment} / {REPORT_BUCKET_SECONDS} AS INTEGER)"  # moments > 0: truncation floors
+
+
+def sqlite_activity_triggers() -> list[str]:
+    """Row triggers (compiled into the statement): a message's send or end costs one or two
+    primary-key upserts; an UPDATE that changes none of the counted columns, nothing."""
+    add = ", ".join(f"{column} = {column} + excluded.{column}" for column in ACTIVITY_SUMS)
+
+    def upserts(row: str, sign: int) -> str:
+        return " ".join(f"INSERT INTO message_activity ({ACTIVITY_COLUMNS}) SELECT {', '.join(values)} WHERE {when}"
+                        f" ON CONFLICT ({', '.join(ACTIVITY_KEY)}) DO UPDATE SET {add};"
+                        for values, when in activity_parts(row, sign, _sqlite_bucket))
+
+    counted = ("status", "sent_at", "done_at", "segments", "cost", "provider", "currency", "mailing_id")
+    moved = " OR ".join(f"old.{column} IS NOT new.{column}" for column in counted)
+    return [
+        "CREATE TRIGGER messages_activity_insert AFTER INSERT ON messages"
+        f" WHEN new.sent_at IS NOT NULL OR new.done_at IS NOT NULL BEGIN {upserts('new', 1)} END",
+        f"CREATE TRIGGER messages_activity_update AFTER UPDATE OF {', '.join(counted)} ON messages"
+        f" WHEN {moved} BEGIN {upserts('old', -1)} {upserts('new', 1)} END",
+        "CREATE TRIGGER messages_activity_delete AFTER DELETE ON messages"
+        f" WHEN old.sent_at IS NOT NULL OR old.done_at IS NOT NULL BEGIN {upserts('old', -1)} END",
+    ]
+
+
+def add_message_activity(db: Any, triggers: list[str], integer: str = "INTEGER", real: str = "REAL",
+                         bucket: Callable[[str], str] = _sqlite_bucket) -> None:
+    """The table, filled from the messages there are, its triggers, and migration 17's indexes."""
+    columns = ", ".join([f"bucket {integer} NOT NULL", f"mailing_id {integer} NOT NULL", "provider TEXT NOT NULL",
+                         "currency TEXT NOT NULL", *(f"{column} {real if column == 'cost' else integer} NOT NULL"
+                                                     for column in ACTIVITY_SUMS)])
+    rows = " UNION ALL ".join(f"SELECT {aliased(values)} FROM messages m WHERE {when}"
+                              for values, when in activity_parts("m", 1, bucket))
+    for statement in (
+            f"CREATE TABLE message_activity ({columns}, PRIMARY KEY ({', '.join(ACTIVITY_KEY)}))",
+            "CREATE INDEX message_activity_mailing ON message_activity (mailing_id) WHERE mailing_id > 0",
+            f"INSERT INTO message_activity ({ACTIVITY_COLUMNS}) SELECT {', '.join(ACTIVITY_KEY)},"
+            f" {', '.join(f'sum({column})' for column in ACTIVITY_SUMS)} FROM ({rows}) AS d"
+            f" GROUP BY {', '.join(ACTIVITY_KEY)}",
+            *triggers,
+            "CREATE INDEX messages_phone ON messages (phone, created_at)",
+            "CREATE INDEX messages_status_created ON messages (status, created_at)"):
         db.execute(statement)
 
 
@@ -1395,8 +1474,10 @@ class Store:
         return {status: found.get(status, 0) for status in STATUSES}
 
     def oldest_queued_at(self) -> float | None:
+        """Each status's first on the index (status, created_at): one look-up each, whatever the outbox holds."""
         return self.connection().execute(
-            "SELECT min(created_at) FROM messages WHERE status IN (?, ?)", (QUEUED, SENDING)).fetchone()[0]
+            f"SELECT min(m) FROM (SELECT min(created_at) AS m FROM messages WHERE status = '{QUEUED}' UNION ALL"
+            f" SELECT min(created_at) FROM messages WHERE status = '{SENDING}') AS o").fetchone()[0]
 
     def message(self, message_id: int) -> dict[str, Any] | None:
         row = self.connection().execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
@@ -1451,10 +1532,12 @@ class Store:
             return db.execute("DELETE FROM provider_health WHERE provider = ?", (provider,)).rowcount > 0
 
     def provider_activity(self, since: float) -> dict[str, tuple[int, int]]:
-        """(messages sent, messages FAILED) since `since`, by provider."""
+        """(messages sent, messages FAILED) since `since`, by provider. The sends are read from the index
+        messages_sent_at (the subquery's ORDER BY keeps SQLite from reading every provider's whole index)."""
         db = self.connection()
-        sent = dict(db.execute("SELECT provider, count(*) FROM messages WHERE sent_at >= ? AND provider IS NOT NULL"
-                               " GROUP BY provider", (since,)).fetchall())
+        sent = dict(db.execute("SELECT provider, count(*) FROM (SELECT provider FROM messages WHERE sent_at >= ?"
+                               " ORDER BY sent_at) AS s WHERE provider IS NOT NULL GROUP BY provider",
+                               (since,)).fetchall())
         failed = dict(db.execute(f"SELECT provider, count(*) FROM messages WHERE status = '{FAILED}' AND done_at >= ?"
                                  " AND provider IS NOT NULL GROUP BY provider", (since,)).fetchall())
         return {provider: (sent.get(provider, 0), failed.get(provider, 0)) for provider in sent.keys() | failed.keys()}
@@ -1472,13 +1555,14 @@ class Store:
         return [CostLine(*row) for row in rows]
 
     def mailing_costs(self, mailing_id: int | None = None) -> list[CostLine]:
-        """What each mailing (or the one) sent, by provider and currency. Summed from its sent messages
-        (an index gives them), not kept in mailing_counts: a mailing's providers and currencies vary."""
-        where, params = ("mailing_id = ?", [mailing_id]) if mailing_id is not None else ("mailing_id IS NOT NULL", [])
+        """What each mailing (or the one) sent, by provider and currency: from message_activity (migration
+        17), a few rows per mailing and quarter hour, not its messages (a mailing's providers vary)."""
+        where, params = ("mailing_id = ?", [mailing_id]) if mailing_id is not None else ("mailing_id > 0", [])
         rows = self.connection().execute(
-            f"SELECT mailing_id, {self._COST_COLUMNS} FROM messages WHERE {where} AND sent_at IS NOT NULL"
-            " AND provider IS NOT NULL GROUP BY mailing_id, provider, currency ORDER BY mailing_id, provider", params)
-        return [CostLine(*row) for row in rows]
+            "SELECT mailing_id, provider, currency, CAST(sum(sent) AS BIGINT), CAST(sum(parts) AS BIGINT),"
+            f" round(CAST(sum(cost) AS NUMERIC), 6) FROM message_activity WHERE {where} AND provider != ''"
+            " GROUP BY mailing_id, provider, currency HAVING sum(sent) != 0 ORDER BY mailing_id, provider", params)
+        return [CostLine(row[0], row[1], row[2], row[3], row[4], float(row[5])) for row in rows]
 
     def count_clients_by_prefix(self, tags: list[str], operator_codes: list[str], prefixes: list[str]) -> list[int]:
         """The clients a filter matches (all with neither list), by the first of `prefixes` (digits of
@@ -1802,6 +1886,35 @@ class Store:
             " SELECT (SELECT min(actor) FROM audit_log WHERE actor > a.actor) FROM a WHERE a.actor IS NOT NULL)"
             " SELECT actor FROM a WHERE actor IS NOT NULL")]
 
+    # --- the console's figures at scale: message_activity (migration 17) and indexed reads ---
+
+    def daily_activity(self, day_starts: list[float]) -> list[DayActivity]:
+        """Each day from day_starts[i] to day_starts[i + 1] (local midnights: whole quarter hours):
+        messages sent and their parts (by sent_at), DELIVERED and FAILED or UNDELIVERED (by done_at)."""
+        days = len(day_starts) - 1
+        buckets = [int(start // REPORT_BUCKET_SECONDS) for start in day_starts]
+        day_of = "CASE " + " ".join(f"WHEN bucket < ? THEN {day}" for day in range(days)) + " END"
+        rows = self.connection().execute(
+            f"SELECT {day_of} AS day, sum(sent), sum(parts), sum(delivered), sum(failed) FROM message_activity"
+            " WHERE bucket >= ? AND bucket < ? GROUP BY day", (*buckets[1:], buckets[0], buckets[-1]))
+        found = {row[0]: DayActivity(*(int(value) for value in row[1:])) for row in rows}
+        return [found.get(day, DayActivity(0, 0, 0, 0)) for day in range(days)]
+
+    def recent_failures(self, since: float, limit: int) -> list[dict[str, Any]]:
+        """The latest FAILED and UNDELIVERED messages finished since `since`, the newest first: each
+        status's newest from the index messages_done, never every failure of the period sorted."""
+        newest = ("SELECT id, source, event, mailing_id, phone, provider, status, error_code, last_error, done_at"
+                  " FROM messages WHERE status = ? AND done_at >= ? ORDER BY done_at DESC LIMIT ?")
+        return [dict(row) for row in self.connection().execute(
+            f"SELECT * FROM ({newest}) AS f UNION ALL SELECT * FROM ({newest}) AS u ORDER BY done_at DESC LIMIT ?",
+            (FAILED, since, limit, UNDELIVERED, since, limit, limit))]
+
+    def waiting_count(self) -> int:
+        """Messages QUEUED or SENDING now, from the index on (status, created_at), not every message counted
+        by status (the statuses written in, so that the planner knows they are the few)."""
+        return self.connection().execute(f"SELECT count(*) FROM messages WHERE status IN ('{QUEUED}', '{SENDING}')"
+                                         ).fetchone()[0]
+
     # --- the console: people's accounts, their sessions, failed logins, the dashboard's figures ---
 
     def create_user(self, email: str, role: str, password_hash: str, must_change_password: bool, now: float) -> int:
@@ -1872,34 +1985,6 @@ class Store:
     def clear_login_failures(self, key: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM login_failures WHERE key = ?", (key,))
-
-    def daily_activity(self, day_starts: list[float]) -> list[DayActivity]:
-        """Each day from day_starts[i] to day_starts[i + 1]: messages sent and their parts (by
-        sent_at), DELIVERED and FAILED or UNDELIVERED (by done_at)."""
-        days = len(day_starts) - 1
-        first, end = day_starts[0], day_starts[-1]
-
-        def day_of(column: str) -> str:
-            return "CASE " + " ".join(f"WHEN {column} < ? THEN {day}" for day in range(days)) + " END"
-
-        rows = self.connection().execute(
-            f"SELECT day, sum(sent), sum(parts), sum(delivered), sum(failed) FROM ("
-            f" SELECT {day_of('sent_at')} AS day, 1 AS sent, coalesce(segments, 0) AS parts, 0 AS delivered,"
-            f" 0 AS failed FROM messages WHERE sent_at >= ? AND sent_at < ?"
-            f" UNION ALL SELECT {day_of('done_at')}, 0, 0, CASE WHEN status = ? THEN 1 ELSE 0 END,"
-            f" CASE WHEN status = ? THEN 0 ELSE 1 END FROM messages"
-            f" WHERE status IN (?, ?, ?) AND done_at >= ? AND done_at < ?) AS d GROUP BY day",
-            (*day_starts[1:], first, end, *day_starts[1:], DELIVERED, DELIVERED, DELIVERED, FAILED, UNDELIVERED,
-             first, end))
-        found = {row[0]: DayActivity(*(int(value) for value in row[1:])) for row in rows}
-        return [found.get(day, DayActivity(0, 0, 0, 0)) for day in range(days)]
-
-    def recent_failures(self, since: float, limit: int) -> list[dict[str, Any]]:
-        """The latest FAILED and UNDELIVERED messages finished since `since`, the newest first."""
-        return [dict(row) for row in self.connection().execute(
-            "SELECT id, source, event, mailing_id, phone, provider, status, error_code, last_error, done_at"
-            " FROM messages WHERE status IN (?, ?) AND done_at >= ? ORDER BY done_at DESC LIMIT ?",
-            (FAILED, UNDELIVERED, since, limit))]
 
     # --- the console's pages: messages found by day, phone, status, event and mailing ---
 

@@ -23,6 +23,9 @@ import psycopg
 from database import PostgresConnection
 from locks import WouldWait
 from store import (
+    ACTIVITY_COLUMNS,
+    ACTIVITY_KEY,
+    ACTIVITY_SUMS,
     COUNT_COLUMNS,
     DATA_TABLES,
     OTHER_SPACES,
@@ -30,7 +33,10 @@ from store import (
     STATUSES,
     DatabaseUnavailable,
     Store,
+    activity_parts,
     add_mailing_counts,
+    add_message_activity,
+    aliased,
     is_status_sql,
     run_script,
     sent_segments_sql,
@@ -222,6 +228,7 @@ POSTGRES_MIGRATIONS: list[str | Callable[[Any], None] | None] = [None] * (BASELI
     " CREATE INDEX audit_log_at ON audit_log (at);"
     " CREATE INDEX audit_log_actor ON audit_log (actor, id);"
     " CREATE INDEX audit_log_action ON audit_log (action, id)",
+    lambda db: add_message_activity(db, _postgres_activity_triggers(), "BIGINT", "DOUBLE PRECISION", _postgres_bucket),
 ]
 
 
@@ -249,6 +256,35 @@ def _postgres_count_triggers() -> list[str]:
             f" ORDER BY d.mailing_id ON CONFLICT (mailing_id) DO UPDATE SET {add}; RETURN NULL; END $$")
         referencing = " ".join(f"{table.split('_')[0].upper()} TABLE AS {table}" for table in tables)
         statements.append(f"CREATE TRIGGER messages_counted_{operation.lower()} AFTER {operation} ON messages"
+                          f" REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {function}()")
+    return statements
+
+
+def _postgres_bucket(moment: str) -> str:
+    return f"CAST(floor({moment} / {REPORT_BUCKET_SECONDS}) AS BIGINT)"
+
+
+def _postgres_activity_triggers() -> list[str]:
+    """message_activity's statement triggers, as the mailing counters' above: one upsert per statement,
+    in key order; a row whose counted columns did not change adds and takes away the same: no write."""
+    key = ", ".join(ACTIVITY_KEY)
+    sums = ", ".join(f"sum({column})" for column in ACTIVITY_SUMS)
+    changed = " OR ".join(f"sum({column}) != 0" for column in ACTIVITY_SUMS)
+    add = ", ".join(f"{column} = a.{column} + excluded.{column}" for column in ACTIVITY_SUMS)
+    statements = []
+    for operation, tables in (("INSERT", ("new_rows",)), ("UPDATE", ("old_rows", "new_rows")),
+                              ("DELETE", ("old_rows",))):
+        rows = " UNION ALL ".join(f"SELECT {aliased(values)} FROM {table} t WHERE {when}" for table in tables
+                                  for values, when in activity_parts("t", -1 if table == "old_rows" else 1,
+                                                                     _postgres_bucket))
+        function = f"count_message_activity_{operation.lower()}"
+        statements.append(
+            f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" INSERT INTO message_activity AS a ({ACTIVITY_COLUMNS}) SELECT {key}, {sums} FROM ({rows}) AS d"
+            f" GROUP BY {key} HAVING {changed} ORDER BY {key} ON CONFLICT ({key}) DO UPDATE SET {add};"
+            " RETURN NULL; END $$")
+        referencing = " ".join(f"{table.split('_')[0].upper()} TABLE AS {table}" for table in tables)
+        statements.append(f"CREATE TRIGGER messages_activity_{operation.lower()} AFTER {operation} ON messages"
                           f" REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {function}()")
     return statements
 

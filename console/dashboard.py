@@ -7,7 +7,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from phones import mask, mask_phones_in
-from store import QUEUED, SENDING, DayActivity, Store
+from store import DayActivity, Store
 
 DAYS = 14
 RECENT_FAILURES = 10
@@ -39,11 +39,10 @@ def day_starts(timezone: str, now: float, days: int = DAYS) -> list[datetime]:
 def figures(store: Store, timezone: str, now: float) -> Dashboard:
     starts = day_starts(timezone, now)
     activity = store.daily_activity([start.timestamp() for start in starts])
-    counts = store.counts()
     failures = [failure | {"phone": mask(failure["phone"]) if failure["phone"] else None,
                            "last_error": mask_phones_in(failure["last_error"] or "")}
                 for failure in store.recent_failures(starts[0].timestamp(), RECENT_FAILURES)]
-    return Dashboard(today=activity[-1], queued=counts[QUEUED] + counts[SENDING],
+    return Dashboard(today=activity[-1], queued=store.waiting_count(),
                      oldest_queued_at=store.oldest_queued_at(),
                      days=[Day(start.date(), day) for start, day in zip(starts[:-1], activity, strict=True)],
                      most_sent=max(day.sent for day in activity), failures=failures)

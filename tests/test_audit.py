@@ -234,3 +234,30 @@ def test_admins_read_the_log_filtered_and_paged_and_others_may_not(app, admin):
     token = csrf_token(client.get("/providers").data)
     assert client.post("/providers/nosuch/pause", data={"hours": "1", "csrf_token": token}).status_code == 404
     assert client.post("/providers/oneclick/pause", data={"hours": "5", "csrf_token": token}).status_code == 400
+
+
+def test_phones_disabled_and_revoked_through_the_api_and_the_command_line_are_audited(run_cli, settings,
+                                                                                     monkeypatch):
+    import devices
+    from sms_bulk_app import create_app
+    from tests.conftest import settings_store
+
+    phones = {"SMS_PROVIDERS": "android,oneclick", "PHONES_PRIVATE_TOKEN": "p" * 40}
+    for name, value in phones.items():
+        settings[name] = value
+        monkeypatch.setenv(name, value)
+    app = create_app(settings)
+    store = app.extensions["sms_bulk_app"].store
+    phone_settings = devices.PhoneSettings.of(app.extensions["sms_bulk_app"].config)
+    first, second = (int(devices.register(store, phone_settings, f"Bearer {'p' * 40}", {"name": name}, "",
+                                          time.time())["id"]) for name in ("Office", "Hall"))
+    key_id, key = api_keys.create(store, "ops", ["admin"], None)
+    log = Audit(store)
+    answer = app.test_client().post(f"/api/v1/phones/{first}/disable", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200
+    log.one("phone.disable", audit.API, f"key {key_id} (ops)", first)
+    assert run_cli("phones", "revoke", str(second))[0] == 0
+    log.one("phone.revoke", audit.CLI, f"cli ({audit._os_user()})", second)
+    assert run_cli("phones", "revoke", str(second))[0] == 1  # revoked already: nothing changed
+    log.none()
+    assert settings_store(settings).device(second).revoked
