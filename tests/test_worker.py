@@ -342,5 +342,7 @@ def test_after_moyklass_fails_a_lookup_together_the_messages_wait_for_the_next_o
         wait_until(lambda: store.counts()[SENT] == 200, timeout=40, what="200 SENT")
     lookups = [r for r in moyklass.received if r["path"].startswith("/v1/company/users")]
     assert len([r for r in lookups if r["status"] == 503]) == 5
-    assert len(lookups) <= 16, [r["path"] for r in lookups]
+    # Together: 5 refused, then a few for 200 students (up to 100 a lookup, one per claim). One each
+    # would be 200; the loop claims again while a lookup is under way, so claims may be smaller.
+    assert len(lookups) <= 24, [r["path"] for r in lookups]
     assert Counter(m["phone"] for m in oneclick.messages).most_common(1)[0][1] == 1
