@@ -16,6 +16,7 @@ import requests
 from config import load_config
 from sms_bulk_app import create_app, open_store
 from store import Store
+from tests.fake_gateways import FakeSmsAero
 from tests.fakes import FakeMoyKlass, FakeOneClick
 
 pytest_plugins = ["tests.postgres"]
@@ -36,6 +37,13 @@ def moyklass():
 @pytest.fixture
 def oneclick():
     fake = FakeOneClick().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def smsaero():
+    fake = FakeSmsAero().start()
     yield fake
     fake.stop()
 

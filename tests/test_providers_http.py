@@ -25,13 +25,6 @@ TRICKY_TEXT = 'Čas "robotike" je\nsutra & 17:00 = 1+1 \\ Привет'
 
 
 @pytest.fixture
-def smsaero():
-    fake = FakeSmsAero().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
 def probe():
     fake = FakeProbe().start()
     yield fake

@@ -12,16 +12,9 @@ from config import ConfigError, load_config
 from sms_bulk_app import create_app
 from store import DELIVERED, FAILED, SENT
 from tests.conftest import run_command, running_worker, settings_store, wait_until
-from tests.fake_gateways import FakeSmsAero, closed_url
+from tests.fake_gateways import closed_url
 
 SERBIAN, RUSSIAN = "+381641234567", "+79001234567"
-
-
-@pytest.fixture
-def smsaero():
-    fake = FakeSmsAero().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture
