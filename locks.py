@@ -9,12 +9,14 @@ import random
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 POLL_START, POLL_MAX = 0.0001, 0.002  # a bounded lock wait polls, doubling its sleep up to this
+SLOT_POLL_START, SLOT_POLL_MAX = 0.002, 0.05  # the same, for a send slot while all are taken
 
 
 class WouldWait(Exception):
@@ -114,29 +116,61 @@ class SharedRateLimiter:
             time.sleep(slot - now)
 
 
-class SharedSlots:
-    """At most `count` holders at once across every process: one lock file per slot."""
+class PolledSlots:
+    """At most `count` holders at once, across processes (and hosts) as a subclass takes a slot.
 
-    def __init__(self, path: Path, count: int):
-        self.paths = [path.with_name(f"{path.name}.{index}") for index in range(count)]
+    A thread first waits for a turn among this process' own holders, on a semaphore: it sleeps
+    there, and a slot freed in this process goes at once to the next of its threads. Only a
+    process's own `count` holders try the shared slots, polling while every one is taken by
+    others, the pause doubling up to SLOT_POLL_MAX: a 2 ms poll of every waiting sender cost two
+    rate-limited workers half a core each.
+    """
+
+    def __init__(self, count: int, what: str):
+        self.count = count
+        self.what = what
+        self._turns = threading.BoundedSemaphore(count)
+
+    def _try_take(self) -> Callable[[], None] | None:
+        """Take a free shared slot and return what frees it, or None if all are taken."""
+        raise NotImplementedError
 
     @contextmanager
     def hold(self, deadline: float | None = None) -> Iterator[None]:
         """Hold a free slot for the `with` block; WouldWait if none frees up before `deadline`."""
-        while True:
-            start = random.randrange(len(self.paths))  # spread holders over the slots
-            for path in self.paths[start:] + self.paths[:start]:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    continue
-                try:
-                    yield
-                finally:
-                    os.close(fd)
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WouldWait(f"all {len(self.paths)} slots stayed taken")
-            time.sleep(0.002)
+        refusal = WouldWait(f"all {self.count} {self.what} stayed taken")
+        if not self._turns.acquire(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0)):
+            raise refusal
+        try:
+            pause = SLOT_POLL_START
+            while (release := self._try_take()) is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise refusal
+                time.sleep(pause)
+                pause = min(pause * 2, SLOT_POLL_MAX)
+            try:
+                yield
+            finally:
+                release()
+        finally:
+            self._turns.release()
+
+
+class SharedSlots(PolledSlots):
+    """Slots of the processes of one machine: one lock file per slot, freed when its holder dies."""
+
+    def __init__(self, path: Path, count: int):
+        super().__init__(count, "slots")
+        self.paths = [path.with_name(f"{path.name}.{index}") for index in range(count)]
+
+    def _try_take(self) -> Callable[[], None] | None:
+        start = random.randrange(len(self.paths))  # spread holders over the slots
+        for path in self.paths[start:] + self.paths[:start]:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return partial(os.close, fd)
+        return None

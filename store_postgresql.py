@@ -15,13 +15,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from database import PostgresConnection
-from locks import WouldWait
+from locks import PolledSlots, WouldWait
 from store import (
     ACTIVITY_COLUMNS,
     ACTIVITY_KEY,
@@ -290,7 +291,6 @@ def _postgres_activity_triggers() -> list[str]:
 
 
 TOKEN_LOCK = 0x5_3B_0C  # pg_advisory_xact_lock key: one host fetches the MoyKlass token at a time
-POLL_START, POLL_MAX = 0.002, 0.05  # a send slot is polled while all are taken, the pause doubling
 MIGRATION_LOCK = 0x5_3B_0B  # pg_advisory_xact_lock key: one host migrates at a time
 
 
@@ -443,39 +443,27 @@ class DatabaseRateLimiter:
             time.sleep(row[0])
 
 
-class DatabaseSlots:
-    """At most `count` holders at once across every host: a session advisory lock per slot, taken
-    on this thread's connection, so a host that dies frees its slots with its connections."""
+class DatabaseSlots(PolledSlots):
+    """Slots of every host: a session advisory lock per slot, taken on this thread's connection,
+    so a host that dies frees its slots with its connections."""
 
     def __init__(self, store: PostgresStore, name: str, count: int):
+        super().__init__(count, f"send slots of {name}")
         self._store = store
         self.name = name
-        self.count = count
 
-    @contextmanager
-    def hold(self, deadline: float | None = None) -> Iterator[None]:
-        """Hold a free slot for the `with` block; WouldWait if none frees up before `deadline`."""
+    def _try_take(self) -> Callable[[], None] | None:
         db = self._store.connection()
-        pause = POLL_START
-        while True:
-            # One statement tries the slots in turn from a random one (spreading holders) and
-            # stops at the first it gets: the executor evaluates the filter row by row under LIMIT 1.
-            row = db.execute(
-                "SELECT slot FROM (SELECT (n + ?) % ? AS slot FROM generate_series(0, ? - 1) AS n) AS slots"
-                " WHERE pg_try_advisory_lock(hashtext(?), slot) LIMIT 1",
-                (random.randrange(self.count), self.count, self.count, self.name)).fetchone()
-            if row is not None:
-                try:
-                    yield
-                finally:
-                    db.execute("SELECT pg_advisory_unlock(hashtext(?), ?)", (self.name, row[0]))
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WouldWait(f"all {self.count} send slots of {self.name} stayed taken")
-            # Every host's senders poll; a 2 ms poll of every slot cost 90-160 database
-            # transactions per SMS with two hosts waiting on the rate limit while holding slots.
-            time.sleep(pause)
-            pause = min(pause * 2, POLL_MAX)
+        # One statement tries the slots in turn from a random one (spreading holders) and stops
+        # at the first it gets: the executor evaluates the filter row by row under LIMIT 1.
+        row = db.execute(
+            "SELECT slot FROM (SELECT (n + ?) % ? AS slot FROM generate_series(0, ? - 1) AS n) AS slots"
+            " WHERE pg_try_advisory_lock(hashtext(?), slot) LIMIT 1",
+            (random.randrange(self.count), self.count, self.count, self.name)).fetchone()
+        if row is None:
+            return None
+        return partial(db.execute, "SELECT pg_advisory_unlock(hashtext(?), ?)", (self.name, row[0]))
+
 
 class DatabaseTokenKeeper:
     """The MoyKlass token in a row, shared by every host; its renewal holds an advisory lock for
