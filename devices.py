@@ -61,6 +61,7 @@ READY_CHECK_SECONDS = 1.0  # how stale the Dispatcher's view of the pool's phone
 BLOCKED_RETRY_SECONDS = 10.0  # no phone online: when the worker tries the phones again
 APP_PRIORITY = {0: 1, 1: 0, 2: -1}  # store.PRIORITIES -> the app's priority (100 and up would skip its limits)
 SUCCESS_STATES = ("Processed", "Sent", "Delivered")
+STATES = ("online", "offline", "disabled", "revoked")  # a phone's, as PhoneSettings.state tells it
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,14 @@ class PhoneSettings:
 
     def online(self, device: Device, now: float) -> bool:
         return device.disabled_at is None and not device.revoked and now - device.last_seen_at <= self.offline_seconds
+
+    def state(self, device: Device, now: float) -> str:
+        """One of STATES: as the health, the console and the metrics show a phone."""
+        if device.disabled_at is not None:
+            return "disabled"
+        if device.revoked:
+            return "revoked"
+        return "online" if self.online(device, now) else "offline"
 
 
 def digest(token: str) -> str:
@@ -364,12 +373,7 @@ def health(store: Store, settings: PhoneSettings, now: float) -> list[dict[str, 
     activity = store.device_activity(day)
     phones = []
     for device in store.devices():
-        if device.disabled_at is not None:
-            state = "disabled"
-        elif device.revoked:
-            state = "revoked"
-        else:
-            state = "online" if settings.online(device, now) else "offline"
+        state = settings.state(device, now)
         sent, failed = activity.get(device.id, (0, 0))
         minute, today = handed.get(device.id, (0, 0))
         phones.append({"id": device.id, "name": device.name, "state": state,

@@ -41,6 +41,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from devices import STATES, PhoneSettings
+
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -106,7 +108,7 @@ def moyklass_answer(code: int | None) -> None:
 
 # --- setting up ---
 
-def init_app(app: Flask, store: Any, token: str | None) -> None:
+def init_app(app: Flask, store: Any, token: str | None, phone_settings: PhoneSettings | None) -> None:
     """GET /metrics on `app` (behind `Authorization: Bearer METRICS_TOKEN` when set), and the count
     of webhook answers. In multiprocess mode (PROMETHEUS_MULTIPROC_DIR set) the metrics of every
     process of this host are read from their files; otherwise this app's own registry is served."""
@@ -119,7 +121,7 @@ def init_app(app: Flask, store: Any, token: str | None) -> None:
     else:
         _current = _Metrics(registry)
     _current.processes.labels("web").set(1)
-    registry.register(_QueueCollector(store))
+    registry.register(_QueueCollector(store, phone_settings))
 
     def serve_metrics() -> Response:
         given = request.headers.get("Authorization", "")
@@ -200,13 +202,16 @@ class _HostFiles:
 class _QueueCollector:
     """The outbox's queue, read from the database as /metrics is scraped (index-only queries)."""
 
-    def __init__(self, store: Any):
+    def __init__(self, store: Any, phone_settings: PhoneSettings | None):
         self.store = store
+        self.phone_settings = phone_settings
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("sms_database_up", "1 if the queue could be read from the database at this scrape")
         try:
-            queue = self.store.queue_gauges(time.time())
+            now = time.time()
+            queue = self.store.queue_gauges(now)
+            phones = self._phones(now)
         except Exception as error:  # the scrape must still answer, saying the database is not readable
             log.warning("Metrics: the queue could not be read: %s", error)
             up.add_metric([], 0)
@@ -221,3 +226,18 @@ class _QueueCollector:
         yield depth
         yield GaugeMetricFamily("sms_queue_oldest_age_seconds", "How long the longest-waiting QUEUED message has"
                                 " been due (0: none is due)", value=queue.oldest_due_age)
+        if phones is not None:
+            by_state = GaugeMetricFamily("sms_phones", "Phones enrolled as gateways, by state (online: seen within"
+                                         " PHONES_OFFLINE_SECONDS)", labels=("state",))
+            for state, count in phones.items():
+                by_state.add_metric([state], count)
+            yield by_state
+
+    def _phones(self, now: float) -> dict[str, int] | None:
+        """How many phones are in each state; None without phones (android not in SMS_PROVIDERS)."""
+        if self.phone_settings is None:
+            return None
+        counts = dict.fromkeys(STATES, 0)
+        for device in self.store.devices():
+            counts[self.phone_settings.state(device, now)] += 1
+        return counts

@@ -262,7 +262,8 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.add_url_rule("/openapi.json", view_func=api.openapi)
     register_error_handlers(app)
     app.before_request(refuse_nul_in_query)
-    metrics.init_app(app, app_services.store, app_services.config.metrics_token)  # GET /metrics
+    metrics.init_app(app, app_services.store, app_services.config.metrics_token,  # GET /metrics
+                     devices.PhoneSettings.of(app_services.config))
     # The web console at /: it takes cookies (the others take tokens: no CSRF check there).
     console.init_app(app, csrf_exempt=(bp, api.bp, callbacks.bp, phones_api.bp))
     _warn_about(app_services.config)

@@ -161,3 +161,20 @@ def test_metrics_token_is_required_when_set(settings):
     assert answer.status_code == 200
     assert "sms_queue_messages" in answer.text
     assert create_app(settings).test_client().get("/metrics").status_code == 200  # no token: open
+
+
+def test_phones_are_counted_by_state_when_phones_are_gateways(settings):
+    phones = {"SMS_PROVIDERS": "android,oneclick", "PHONES_PRIVATE_TOKEN": "private-token-of-the-school",
+              "PHONES_OFFLINE_SECONDS": "60"}
+    app = create_app(settings | phones)
+    store = app.extensions["sms_bulk_app"].store
+    now = time.time()
+    ids = [store.create_device(f"Phone {n}", f"token-{n}", f"login-{n}", f"password-{n}", None, "[]", "1.0",
+                               now - seen) for n, seen in enumerate((5, 5, 5, 3600, 7200))]
+    store.disable_device(ids[1], now)
+    store.revoke_device_token(ids[2])
+    scraped = samples(app.test_client().get("/metrics").text)
+    assert {state: value(scraped, "sms_phones", state=state) for state in ("online", "offline", "disabled", "revoked")
+            } == {"online": 1, "offline": 2, "disabled": 1, "revoked": 1}
+    without_phones = create_app(settings).test_client().get("/metrics").text
+    assert "sms_queue_messages" in without_phones and "sms_phones" not in without_phones
