@@ -9,6 +9,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -32,8 +33,6 @@ EMAIL_AS_PASSWORD = "a password must not be the email address"
 
 # argon2-cffi's defaults: Argon2id with RFC 9106's low-memory profile (t=3, 64 MiB, p=4).
 _hasher = PasswordHasher()
-# Verified when the email is unknown, so that a wrong email costs the time of a wrong password.
-_UNKNOWN_USER_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
 class AccountError(ValueError):
@@ -59,6 +58,13 @@ def normalize_email(text: str) -> str:
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
+
+
+@cache
+def _unknown_user_hash() -> str:
+    """Verified when the email is unknown, so that a wrong email costs the time of a wrong password.
+    Made on first use: a hash costs 64 MiB and a tenth of a second, which no import should pay."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def verify_password(password_hash: str, password: str) -> bool:
@@ -127,7 +133,7 @@ def log_in(store: Store, email_text: str, password: str, address: str, now: floa
     if wait is not None:
         return LoginResult(None, wait)
     user = store.user_by_email(email)
-    matches = verify_password(user.password_hash if user else _UNKNOWN_USER_HASH, password)
+    matches = verify_password(user.password_hash if user else _unknown_user_hash(), password)
     if user is None or not matches or user.disabled_at is not None:
         store.record_login_failure(list(_keys(email, address)), now, now - THROTTLE_SECONDS)
         return LoginResult(None)

@@ -95,13 +95,30 @@ def by_css(browser, selector: str):
 
 def click(browser, selector: str) -> None:
     """Click what submits a form, and wait for the page it leads to (a click does not wait for it)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
-    by_css(browser, selector).click()
+    WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda _: clicked(browser, selector), message=f"{selector} clicked")
     WebDriverWait(browser, 30).until(staleness_of(page))
+
+
+def clicked(browser, selector: str) -> bool:
+    """True once `selector` is clicked. A script re-laying the page out (a live counter filled in after
+    load) can make Chromium lose the node between finding and clicking it: that is raised before the
+    click is sent, so looking it up again is safe."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        by_css(browser, selector).click()
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error):
+            return False
+        raise
+    return True
 
 
 def submit(browser, fields: dict[str, str], button: str = "button.primary") -> None:
