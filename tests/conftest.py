@@ -23,6 +23,24 @@ pytest_plugins = ["tests.postgres"]
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "production_password_hashing: hash with the service's own Argon2id profile")
+
+
+@pytest.fixture(autouse=True)
+def quick_password_hashing(request, monkeypatch) -> None:
+    """In-process tests hash passwords with Argon2id at its smallest cost: the service's profile
+    (RFC 9106's, 64 MiB) costs 0.2 s of CPU a hash, and the console's tests make and check hundreds.
+    Processes the tests start (`users create`, gunicorn) and the tests marked
+    production_password_hashing keep the service's own profile."""
+    if request.node.get_closest_marker("production_password_hashing") is None:
+        from argon2 import PasswordHasher
+
+        from console import accounts
+
+        monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
 def load_fixture(name: str) -> dict:
     return json.loads((FIXTURES / "moyklass" / f"{name}.json").read_text(encoding="utf-8"))
 
