@@ -10,14 +10,15 @@ run:
 	$(VENV)/bin/pip install -q -r requirements.txt
 	$(VENV)/bin/python sms_bulk_app.py
 
-# Install and run the tests on SQLite, then the storage and end-to-end ones again on a throwaway
-# PostgreSQL server. As root with apt-get, Debian's nginx and systemd are installed for the tests
-# that check nginx.conf and the unit with the real tools, its postgresql for the PostgreSQL tests
+# Install and run the tests; those that keep data run on SQLite and again on a throwaway
+# PostgreSQL server, in the same session (tests/conftest.py). As root with apt-get, Debian's nginx
+# and systemd are installed for the tests that check nginx.conf and the unit with the real tools, its postgresql for the PostgreSQL tests
 # (Debian keeps initdb in /usr/lib/postgresql/<version>/bin, off PATH), and nodejs and npm for the
 # SMSC simulator of the SMPP tests (tests/smsc, its packages from its lock file), and chromium with
 # its driver for the console's browser tests; elsewhere those tests are skipped (in CI they fail
-# instead). pytest-xdist runs them TEST_JOBS at a time: most wait on real processes, not on the CPU.
-TEST_JOBS ?= 3
+# instead). pytest-xdist runs them TEST_JOBS at a time, an idle runner taking tests from a busy one:
+# most wait on real processes, not on the CPU.
+TEST_JOBS ?= 4
 test:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
@@ -35,5 +36,4 @@ test:
 	fi
 	@if command -v npm >/dev/null; then npm ci --prefix tests/smsc --no-audit --no-fund --loglevel=error; fi
 	$(VENV)/bin/ruff check .
-	PATH="$$PATH:/usr/sbin" $(VENV)/bin/python -m pytest -q -n $(TEST_JOBS)
-	PATH="$$PATH:/usr/sbin" SMS_TEST_DATABASE=postgresql $(VENV)/bin/python -m pytest -q -n $(TEST_JOBS)
+	PATH="$$PATH:/usr/sbin" $(VENV)/bin/python -m pytest -q -n $(TEST_JOBS) --dist worksteal

@@ -25,6 +25,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "production_password_hashing: hash with the service's own Argon2id profile")
+    config.addinivalue_line("markers", "sqlite_only: about the SQLite file itself; not run on PostgreSQL")
 
 
 @pytest.fixture(autouse=True)
@@ -66,12 +67,13 @@ def smsaero():
     fake.stop()
 
 
-# `SMS_TEST_DATABASE=postgresql pytest ...`: the tests that keep data (those using the fixture
-# `database_settings`, through `settings`, `app`, `store`...) keep it in a fresh database of the
-# throwaway PostgreSQL server (tests/postgres.py) instead of SQLite. Deselected there: tests that keep
-# no data, tests that ask for PostgreSQL themselves (`postgres_url`: the default run ran them on it),
-# and the modules of EDGE_MODULES. `make test` runs the suite both ways.
-TEST_DATABASE = os.environ.get("SMS_TEST_DATABASE", "sqlite")
+# The tests that keep data (those using the fixture `database_settings`, through `settings`, `app`,
+# `store`...) run twice, on a SQLite file and on a fresh, migrated database of a throwaway PostgreSQL
+# server (tests/postgres.py): their ids end in [sqlite] or [postgresql]. SMS_TEST_DATABASE=sqlite or
+# =postgresql runs them on that one alone. Run on SQLite only: the modules of EDGE_MODULES, tests
+# marked sqlite_only, and tests that ask for PostgreSQL themselves (`postgres_url`).
+ENGINES = {"sqlite": ("sqlite",), "postgresql": ("postgresql",)}.get(os.environ.get("SMS_TEST_DATABASE", ""),
+                                                                      ("sqlite", "postgresql"))
 # Tests of the HTTP edge and the deployment (nginx, gunicorn's parser, body limits, request
 # validation, the OpenAPI document, settings, logs, the browser): they keep data only to have an
 # app to talk to, and the database behind it changes nothing they check.
@@ -79,29 +81,26 @@ EDGE_MODULES = frozenset({"test_bodies", "test_burst", "test_config", "test_cons
                           "test_console_pages_browser", "test_deploy",
                           "test_docs", "test_error_pages", "test_gunicorn", "test_logs", "test_openapi",
                           "test_validation"})
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    if TEST_DATABASE == "sqlite":
-        return
-    kept: list[pytest.Item] = []
-    deselected: list[pytest.Item] = []
-    for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        on_postgresql = ("database_settings" in fixtures and "postgres_url" not in fixtures
-                         and item.module.__name__.rsplit(".", 1)[-1] not in EDGE_MODULES)
-        (kept if on_postgresql else deselected).append(item)
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = kept
-
-
 # A test of SQLite itself (its file, another program locking it), not of the service's behaviour.
-sqlite_only = pytest.mark.skipif(TEST_DATABASE != "sqlite", reason="about the SQLite file itself")
+sqlite_only = pytest.mark.sqlite_only
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if ("database_engine" in metafunc.fixturenames and "postgres_url" not in metafunc.fixturenames
+            and metafunc.module.__name__.rsplit(".", 1)[-1] not in EDGE_MODULES
+            and metafunc.definition.get_closest_marker("sqlite_only") is None):
+        metafunc.parametrize("database_engine", ENGINES, indirect=True)
+
 
 @pytest.fixture
-def database_settings(request) -> dict[str, str]:
-    return {"DATABASE_URL": request.getfixturevalue("postgres_url")} if TEST_DATABASE == "postgresql" else {}
+def database_engine(request) -> str:
+    """"sqlite" or "postgresql", as pytest_generate_tests chose for this test; SQLite where it did not."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_settings(request, database_engine) -> dict[str, str]:
+    return {"DATABASE_URL": request.getfixturevalue("migrated_postgres_url")} if database_engine == "postgresql" else {}
 
 
 @pytest.fixture

@@ -11,22 +11,9 @@ import mailings
 from database import INTEGRITY_ERRORS
 from models import MailingCreate
 from store import CANCELED, EXPIRED, FAILED, PYTHON_SPACES, QUEUED, SENT, Store
-from store_postgresql import PostgresStore
-from tests.conftest import TEST_DATABASE
 from texts import Template
 
 CREATED_AT = datetime(2026, 1, 1, tzinfo=UTC)  # the clock the mailings below are validated against
-
-
-@pytest.fixture
-def store(tmp_path, request) -> Store:
-    """SQLite, or PostgreSQL with SMS_TEST_DATABASE=postgresql (tests/conftest.py)."""
-    if TEST_DATABASE == "postgresql":
-        store = PostgresStore(request.getfixturevalue("postgres_url"))
-    else:
-        store = Store(tmp_path / "outbox.db")
-    store.initialize()
-    return store
 
 
 def at(text: str) -> float:

@@ -1,5 +1,5 @@
 """store.py: the status machine, leases, claims and pushed reports, on a real SQLite file or PostgreSQL
-database (SMS_TEST_DATABASE)."""
+database (each test on both)."""
 from __future__ import annotations
 
 import threading

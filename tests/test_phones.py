@@ -1,5 +1,5 @@
 """Phones as gateways, end to end: the simulated app (tests/phone_sim.py) against real gunicorn, the
-real worker and the event stream process, on SQLite and (SMS_TEST_DATABASE=postgresql) PostgreSQL."""
+real worker and the event stream process, on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import socket

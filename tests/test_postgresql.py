@@ -1,7 +1,7 @@
 """The outbox on a real PostgreSQL server: what several hosts on one database rely on.
 
-The rest of the suite runs on PostgreSQL too with `SMS_TEST_DATABASE=postgresql` (tests/conftest.py);
-these run in every `make test`.
+Every test that keeps data also runs on PostgreSQL (tests/conftest.py); these are about what
+only several processes or hosts on one PostgreSQL database show.
 """
 from __future__ import annotations
 
@@ -198,7 +198,6 @@ def test_hosts_share_one_moyklass_token_through_the_database(settings, postgres_
 def test_migrate_db_copies_a_sqlite_deployment_with_its_ids_and_counts(settings, postgres_url, moyklass, oneclick):
     """Webhooks, a client with tags, an API key, a gap in the ids: all copied, ids kept, and the
     next id after the highest; the service then runs on PostgreSQL where it stopped."""
-    settings.pop("DATABASE_URL", None)  # the deployment moved is SQLite's, also under SMS_TEST_DATABASE=postgresql
     moyklass.add_user(1001, "381641000001")
     app = create_app(settings)
     client = app.test_client()
