@@ -34,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes import serve_in_background, stop_serving
+
 # (status, body: a JSON value or raw bytes)
 Answer = tuple[int, Any]
 
@@ -91,13 +93,12 @@ class FakeGateway:
     def start(self, port: int = 0) -> FakeGateway:
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.fake = self
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        serve_in_background(self._server)
         return self
 
     def stop(self) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            stop_serving(self._server)
             self._server = None
 
     def url(self, path: str = "") -> str:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 import requests
 
+from tests.fakes import serve_in_background, stop_serving
 from tests.openapi_subset import SpecSubset
 
 SUBSET = SpecSubset(Path(__file__).parent / "fixtures" / "twilio-messages-subset.json", "Twilio")
@@ -164,13 +165,12 @@ class FakeTwilio:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.fake = self
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        serve_in_background(self._server)
         return self
 
     def stop(self) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            stop_serving(self._server)
             self._server = None
 
     def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:

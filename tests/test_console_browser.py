@@ -97,28 +97,47 @@ def click(browser, selector: str) -> None:
     """Click what submits a form, and wait for the page it leads to (a click does not wait for it)."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
     WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda _: clicked(browser, selector), message=f"{selector} clicked")
-    WebDriverWait(browser, 30).until(staleness_of(page))
+    WebDriverWait(browser, 30).until(lambda _: gone(page), message=f"the page after {selector}")
+
+
+def lost_node(error: Exception) -> bool:
+    """Chromium's answer about a node of a document being replaced (a page loading, or a script
+    re-laying it out): the node is gone, though Selenium does not call that stale."""
+    return "does not belong to the document" in str(error)
 
 
 def clicked(browser, selector: str) -> bool:
-    """True once `selector` is clicked. A script re-laying the page out (a live counter filled in after
-    load) can make Chromium lose the node between finding and clicking it: that is raised before the
-    click is sent, so looking it up again is safe."""
+    """True once `selector` is clicked; False if Chromium lost its node between finding and
+    clicking it (that is answered before the click is sent, so looking it up again is safe)."""
     from selenium.common.exceptions import WebDriverException
 
     try:
         by_css(browser, selector).click()
     except WebDriverException as error:
-        if "does not belong to the document" in str(error):
+        if lost_node(error):
             return False
         raise
     return True
+
+
+def gone(element) -> bool:
+    """True once `element`'s document has been replaced."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if lost_node(error):
+            return True
+        raise
+    return False
 
 
 def submit(browser, fields: dict[str, str], button: str = "button.primary") -> None:

@@ -8,7 +8,7 @@ import templates
 from store import DELIVERED, FAILED, QUEUED
 from tests import test_console_browser as frame
 from tests.conftest import running_worker, settings_store, wait_until
-from tests.test_console_browser import PASSWORD, by_css, click, create_user, log_in, screenshots, text_of
+from tests.test_console_browser import PASSWORD, by_css, click, create_user, log_in, lost_node, screenshots, text_of
 
 # Its fixtures: `browser`, one Chromium for the module, and `web`, the service under gunicorn.
 browser, web = frame.browser, frame.web
@@ -18,11 +18,19 @@ WORKER = {"HTTP_TIMEOUT": "1", "WORKER_LEASE_SECONDS": "6.5"}
 
 def wait_for(session, condition, what: str, timeout: float = 30):
     """`condition` true; a page that reloads itself (a mailing being sent) may drop what it was reading."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.wait import WebDriverWait
 
+    def holds(_) -> bool:
+        try:
+            return condition()
+        except WebDriverException as error:
+            if lost_node(error):
+                return False
+            raise
+
     return WebDriverWait(session, timeout, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
-                         ).until(lambda _: condition(), message=what)
+                         ).until(holds, message=what)
 
 
 def present(session, selector: str) -> bool:
