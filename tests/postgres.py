@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import pwd
+import queue
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
@@ -188,21 +190,61 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     postgres_server.drop_database(name)
 
 
-@pytest.fixture(scope="session")
-def migrated_template(postgres_server: PostgresServer) -> str:
-    """A database with every migration applied, once a session: tests copy it (CREATE DATABASE
-    ... TEMPLATE), in a third of the time of migrating an empty one."""
-    from store_postgresql import PostgresStore
+class MigratedDatabases:
+    """Fresh copies of a database migrated once (CREATE DATABASE ... TEMPLATE: a third of the time
+    of migrating an empty one), made ahead on a thread of their own while the tests run, and
+    dropped on another after use: a test on PostgreSQL waits for neither."""
 
-    store = PostgresStore(postgres_server.create_database("migrated_template"))
-    store.initialize()
-    store.connection().close()  # a template is copied only while no one is connected to it
-    return "migrated_template"
+    AHEAD = 2
+
+    def __init__(self, server: PostgresServer):
+        from store_postgresql import PostgresStore
+
+        self.server = server
+        store = PostgresStore(server.create_database("migrated_template"))
+        store.initialize()
+        store.connection().close()  # a template is copied only while no one is connected to it
+        self._ready: queue.Queue[str | Exception] = queue.Queue(maxsize=self.AHEAD)
+        self._used: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._make, daemon=True).start()
+        threading.Thread(target=self._drop, daemon=True).start()
+
+    def take(self) -> str:
+        """The URL of a database no test has used."""
+        made = self._ready.get()
+        if isinstance(made, Exception):
+            self._ready.put(made)  # the next test is told too
+            raise made
+        return self.server.database_url(made)
+
+    def give_back(self, url: str) -> None:
+        self._used.put(url.rsplit("/", 1)[1])
+
+    def _make(self) -> None:
+        while True:
+            name = f"test_{uuid.uuid4().hex[:16]}"
+            try:
+                self.server.create_database(name, "migrated_template")
+            except Exception as error:  # the server stopped at the session's end, or broke
+                self._ready.put(error)
+                return
+            self._ready.put(name)
+
+    def _drop(self) -> None:
+        while True:
+            name = self._used.get()
+            with suppress(Exception):  # the server stopped at the session's end: it took them all
+                self.server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def migrated_databases(postgres_server: PostgresServer) -> MigratedDatabases:
+    return MigratedDatabases(postgres_server)
 
 
 @pytest.fixture
-def migrated_postgres_url(postgres_server: PostgresServer, migrated_template: str) -> Iterator[str]:
+def migrated_postgres_url(migrated_databases: MigratedDatabases) -> Iterator[str]:
     """The URL of a fresh database for one test, already migrated; dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    yield postgres_server.create_database(name, migrated_template)
-    postgres_server.drop_database(name)
+    url = migrated_databases.take()
+    yield url
+    migrated_databases.give_back(url)
