@@ -100,6 +100,8 @@ class Config:
     # Metrics (metrics.py): the multiprocess directory of this host, and the bearer token of /metrics.
     metrics_dir: Path = Path("data/metrics")
     metrics_token: str | None = field(default=None, repr=False)
+    # Peers whose X-Forwarded-For and X-Forwarded-Proto are believed (nginx); any other client's are ignored.
+    trusted_proxies: frozenset[str] = frozenset({"127.0.0.1", "::1"})
     daily_report: DailyReportSettings | None = None  # None: REPORT_EMAIL is not set
 
     @property
@@ -298,7 +300,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         return Path(read.text(name) or data_dir / filename).expanduser().resolve()
 
     config = Config(
-        host=read.text("HOST", "0.0.0.0"),
+        host=read.text("HOST", "127.0.0.1"),
         port=read.integer("PORT", 5000, 1, 65535),
         data_dir=data_dir,
         database=_database(read, data_path("DATABASE_PATH", "sms_bulk_app.db")),
@@ -341,6 +343,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         secret_key=read.text("SECRET_KEY"),
         metrics_dir=Path(read.text("PROMETHEUS_MULTIPROC_DIR") or data_dir / "metrics").expanduser().resolve(),
         metrics_token=read.text("METRICS_TOKEN"),
+        trusted_proxies=frozenset(filter(None, (read.text("TRUSTED_PROXIES", "127.0.0.1,::1") or "").replace(" ", "")
+                                         .split(","))),
         daily_report=_daily_report(read),
     )
     if config.secret_key is not None and len(config.secret_key) < MIN_SECRET_KEY_LENGTH:

@@ -30,8 +30,8 @@ threads = int(os.environ.get("WEB_THREADS", "32"))
 timeout = 60
 graceful_timeout = 10
 keepalive = 5
-# nginx in front is the one trusted hop; it sets X-Forwarded-For.
-forwarded_allow_ips = "127.0.0.1"
+# nginx in front is the one trusted hop (TRUSTED_PROXIES); it sets X-Forwarded-For and -Proto.
+forwarded_allow_ips = ",".join(sorted(_config.trusted_proxies))
 
 # Metrics (metrics.py): each worker keeps its own in files of PROMETHEUS_MULTIPROC_DIR
 # (prometheus_client's multiprocess mode, chosen from the environment when a worker imports it),

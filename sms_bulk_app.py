@@ -245,12 +245,28 @@ def build_services(config: Config) -> Services:
     return Services(config, store, Dispatcher(config, store, moyklass, providers))
 
 
+class FromTrustedProxy:
+    """One proxy hop (nginx), believed only when the request comes from TRUSTED_PROXIES: then the
+    client's address is the last X-Forwarded-For entry and the scheme X-Forwarded-Proto. A client
+    that reaches gunicorn directly cannot choose its address (and dodge the login throttling) or
+    pass for HTTPS."""
+
+    def __init__(self, wsgi_app: Any, trusted: frozenset[str]):
+        self.wsgi_app = wsgi_app
+        self.behind_proxy = ProxyFix(wsgi_app, x_for=1, x_proto=1)
+        self.trusted = trusted
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REMOTE_ADDR") in self.trusted:
+            return self.behind_proxy(environ, start_response)
+        return self.wsgi_app(environ, start_response)
+
+
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     """Build the app from `test_config` (tests) or from the environment and .env."""
     app_services = build_services(_load_config(test_config))
     app = Flask(__name__)
-    # One trusted proxy hop (nginx): the client address is the last X-Forwarded-For entry.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)
+    app.wsgi_app = FromTrustedProxy(app.wsgi_app, app_services.config.trusted_proxies)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     app.extensions["sms_bulk_app"] = app_services

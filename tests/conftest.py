@@ -80,7 +80,7 @@ ENGINES = {"sqlite": ("sqlite",), "postgresql": ("postgresql",)}.get(os.environ.
 EDGE_MODULES = frozenset({"test_bodies", "test_burst", "test_config", "test_console_browser",
                           "test_console_pages_browser", "test_deploy",
                           "test_docs", "test_error_pages", "test_gunicorn", "test_logs", "test_openapi",
-                          "test_validation"})
+                          "test_proxy", "test_validation"})
 # A test of SQLite itself (its file, another program locking it), not of the service's behaviour.
 sqlite_only = pytest.mark.sqlite_only
 

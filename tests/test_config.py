@@ -12,7 +12,7 @@ from tests.conftest import ROOT, running_gunicorn
 
 def test_no_settings_at_all_gives_console_provider_and_local_data(tmp_path):
     config = load_config({"DATA_DIR": str(tmp_path)})
-    assert (config.host, config.port, config.sms_provider) == ("0.0.0.0", 5000, "console")
+    assert (config.host, config.port, config.sms_provider) == ("127.0.0.1", 5000, "console")
     assert (config.database.engine, config.database.path) == ("sqlite", tmp_path / "sms_bulk_app.db")
     assert config.token_file_path == tmp_path / "token.json"
     assert (config.sms_sender, config.default_region, config.dedup_seconds) == ("SmartLab", "RS", 180)
