@@ -10,6 +10,7 @@ import traceback
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 from urllib.parse import unquote
 
 from phones import mask_phones_in
@@ -120,6 +121,11 @@ class SharedRotatingFileHandler(RotatingFileHandler):
             self._lock_pid = os.getpid()
         return self._lock_fd
 
+    def _open(self) -> TextIO:
+        """The log file, made readable by the service's user alone (its lines name clients)."""
+        return open(os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a",
+                    encoding=self.encoding)
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
@@ -163,7 +169,7 @@ def setup_logging(log_file: Path, level: str, secrets: list[str]) -> None:
     stderr is the terminal, or journald under systemd: it gets what an operator must see
     (startup warnings, errors) without a second copy of every line of the file.
     """
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     for secret in secrets:
         masking_filter.add_secret(secret)
     formatter = logging.Formatter(LOG_FORMAT)

@@ -847,7 +847,10 @@ class Store:
 
     def initialize(self) -> None:
         """Apply the migrations this database has not had yet, each in its own transaction."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Made by us, private, before SQLite opens it: SQLite gives its -wal and -shm files (which
+        # hold the latest rows: phones, password hashes) the database file's own mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         db = self.connection()
         db.execute("PRAGMA foreign_keys = OFF")  # a table rebuild must not cascade its drop
         try:

@@ -161,3 +161,21 @@ def test_phones_in_urls_and_odd_forms_are_masked_and_control_characters_escaped(
         for phone in ["987 6543", "9876543", "123.4567", "123/4567", "123-4567", "1234567", "123+4567",
                       "123\u20114567", "123_4567"]:
             assert phone not in text
+
+
+def test_the_data_directory_and_its_files_are_the_service_users_alone(settings):
+    """Under a umask that lets others read (022, `make run` in a shell), what holds phones, names,
+    password hashes and the log is still private: the directory 0700, its files 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        app = create_app(settings)  # makes DATA_DIR, the database and the log
+        app.extensions["sms_bulk_app"].store.enqueue("api", 3600, phone="+381641234567", text="Zdravo")
+        logging.getLogger("sms_bulk_app").warning("a line for the log file")
+    finally:
+        os.umask(old)
+    data = Path(settings["DATA_DIR"])
+    modes = {path.name: path.stat().st_mode & 0o777 for path in data.iterdir() if path.is_file()}
+    assert {"sms_bulk_app.db", "sms_bulk_app.db-wal", "sms_bulk_app.db-shm", "sms_bulk_app.log"} <= set(modes)
+    assert (data.stat().st_mode & 0o777, {name: mode for name, mode in modes.items() if mode != 0o600}) == (0o700, {})
