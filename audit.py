@@ -28,7 +28,7 @@ ACTIONS = (
     "message.send", "message.resend", "batch_request.create",
     "template.create", "template.edit", "template.approve",
     "key.create", "key.revoke",
-    "user.create", "user.disable", "user.password",
+    "user.create", "user.disable", "user.enable", "user.password", "user.reset_password", "user.role",
     "phone.disable", "phone.revoke",
     "provider.pause", "provider.resume",
     "login", "login.failed",

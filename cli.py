@@ -353,6 +353,29 @@ def _users(app_services: Services, args: argparse.Namespace) -> int:
                 print("Give it to the person: it is shown only now, and must be changed at the first login.",
                       file=sys.stderr)
             return 0
+        if args.users_command == "reset-password":
+            user = accounts.user_of(store, args.email)
+            password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
+            one_time = accounts.reset_password(store, user, password)
+            audit.record(store, "user.reset_password", "user", user.id)
+            print(f"{user.email}: password reset; their sessions ended")
+            if one_time:
+                print(f"one-time password: {one_time}")
+                print("Give it to the person: it is shown only now, and must be changed at the next login.",
+                      file=sys.stderr)
+            return 0
+        if args.users_command == "enable":
+            user = accounts.user_of(store, args.email)
+            if store.enable_user(user.id):
+                audit.record(store, "user.enable", "user", user.id)
+            print(f"{user.email} may log in")
+            return 0
+        if args.users_command == "set-role":
+            user = accounts.user_of(store, args.email)
+            if accounts.set_role(store, user, args.role):
+                audit.record(store, "user.role", "user", user.id, f"role {args.role}")
+            print(f"{user.email} is {args.role}")
+            return 0
         if args.users_command == "disable":
             if not accounts.disable(store, args.email):
                 print(f"users disable: no active account {args.email}", file=sys.stderr)
@@ -520,6 +543,15 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     user_commands.add_parser("list", help="every account, without passwords")
     disable = user_commands.add_parser("disable", help="disable an account and end its sessions")
     disable.add_argument("email")
+    user_commands.add_parser("enable", help="let a disabled account log in again").add_argument("email")
+    reset = user_commands.add_parser("reset-password", help="a forgotten password: prints a one-time one and"
+                                     " ends the account's sessions")
+    reset.add_argument("email")
+    reset.add_argument("--password-stdin", action="store_true",
+                       help="read the new password from the first line of standard input (not one-time)")
+    set_role = user_commands.add_parser("set-role", help="change an account's role")
+    set_role.add_argument("email")
+    set_role.add_argument("--role", required=True, choices=accounts.ROLES)
     phones = commands.add_parser("phones", help="the phones that send as gateways (SMS Gateway for Android)")
     phone_commands = phones.add_subparsers(dest="phones_command", metavar="ACTION", required=True)
     phone_commands.add_parser("list", help="every phone and its health")

@@ -1945,6 +1945,27 @@ class Store:
             return db.execute("UPDATE users SET disabled_at = ? WHERE id = ? AND disabled_at IS NULL",
                               (time.time(), user_id)).rowcount == 1
 
+    def enable_user(self, user_id: int) -> bool:
+        """Let a disabled account log in again; False if it is not disabled."""
+        with self.transaction() as db:
+            return db.execute("UPDATE users SET disabled_at = NULL WHERE id = ? AND disabled_at IS NOT NULL",
+                              (user_id,)).rowcount == 1
+
+    def set_user_role(self, user_id: int, role: str) -> bool:
+        """False if the account has that role already (or does not exist)."""
+        with self.transaction() as db:
+            return db.execute("UPDATE users SET role = ? WHERE id = ? AND role <> ?",
+                              (role, user_id, role)).rowcount == 1
+
+    def reset_user_password(self, user_id: int, password_hash: str, must_change: bool, failures_key: str) -> None:
+        """A password set for the person (by an admin): every session of theirs ends, and the
+        failed logins that may have locked the account are forgotten."""
+        with self.transaction() as db:
+            db.execute("UPDATE users SET password_hash = ?, must_change_password = ? WHERE id = ?",
+                       (password_hash, must_change, user_id))
+            db.execute("DELETE FROM console_sessions WHERE user_id = ?", (user_id,))
+            db.execute("DELETE FROM login_failures WHERE key = ?", (failures_key,))
+
     def set_user_password(self, user_id: int, password_hash: str, keep_session: str) -> None:
         """A new password the person chose; every session of theirs but `keep_session` (a token hash) ends."""
         with self.transaction() as db:

@@ -106,8 +106,12 @@ def create(store: Store, email: str, role: str, password: str | None, now: float
     return user_id, generated
 
 
+def _account_key(email: str) -> str:
+    return f"account:{email}"
+
+
 def _keys(email: str, address: str) -> tuple[str, str]:
-    return f"account:{email}", f"address:{address}"
+    return _account_key(email), f"address:{address}"
 
 
 def retry_after(store: Store, email: str, address: str, now: float) -> float | None:
@@ -169,6 +173,34 @@ def disable(store: Store, email: str) -> bool:
     """Disable an account and end its sessions; False if there is no such active account."""
     user = store.user_by_email(normalize_email(email))
     return user is not None and store.disable_user(user.id)
+
+
+def user_of(store: Store, email: str) -> User:
+    """The account of `email`; AccountError if it has none."""
+    user = store.user_by_email(normalize_email(email))
+    if user is None:
+        raise AccountError(f"there is no account for {email.strip()}")
+    return user
+
+
+def reset_password(store: Store, user: User, password: str | None) -> str | None:
+    """A forgotten password replaced: a one-time one (returned; the person chooses theirs at the
+    next login), or `password` if given. Their sessions end and their failed logins are forgotten."""
+    generated = None
+    if password is None:
+        password = generated = one_time_password()
+    problem = password_problem(password, user.email)
+    if problem:
+        raise AccountError(problem)
+    store.reset_user_password(user.id, hash_password(password), generated is not None, _account_key(user.email))
+    return generated
+
+
+def set_role(store: Store, user: User, role: str) -> bool:
+    """False if the account has that role already."""
+    if role not in ROLES:
+        raise AccountError(f"a role is one of: {', '.join(ROLES)}")
+    return store.set_user_role(user.id, role)
 
 
 def may(user: User, role: str) -> bool:
