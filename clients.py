@@ -121,7 +121,9 @@ def decode_csv(raw: bytes) -> tuple[str, str]:
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as error:
-        raise NotText(f"the CSV is not text in UTF-8, cp1250 or cp1251 (read as {encoding}: {error})")
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise NotText(f"the CSV is not text in UTF-8, cp1250 or cp1251: byte 0x{raw[error.start]:02X} on line"
+                      f" {line} is no letter in any of them") from None
     if "\x00" in text:
         raise NotText("the CSV holds NUL characters, which text never has (UTF-16 without its BOM?)")
     return text, encoding
