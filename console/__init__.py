@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, g, render_template, request, session
+from flask import Blueprint, Flask, abort, current_app, g, render_template, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_babel import Babel, get_locale
 from flask_babel import gettext as _
@@ -25,9 +25,10 @@ from werkzeug.wrappers import Response
 
 from console import audit, auth, clients, keys, mailings, messages, pages, people, providers, templates_pages
 from console.accounts import ADMIN, OPERATOR, ROLES, SESSION_SECONDS, VIEWER, token_hash
+from console.helpers import BadParameter
 from console.secret import secret_key
 from errors import error_response
-from store import DatabaseUnavailable
+from store import MAX_ID, DatabaseUnavailable
 
 log = logging.getLogger("sms_bulk_app")
 
@@ -99,6 +100,14 @@ def _load_user() -> None:
             session.pop("sid")
 
 
+@bp.before_request
+def _ids_in_range() -> None:
+    """An id in the address (<int:...>) larger than any the database keeps (MAX_ID, 64 bits) names
+    nothing: 404, as a missing one, where the database would refuse the number."""
+    if any(isinstance(value, int) and value > MAX_ID for value in (request.view_args or {}).values()):
+        abort(404)
+
+
 @bp.after_request
 def _headers(response: Response) -> Response:
     response.headers.update(SECURITY_HEADERS)
@@ -120,6 +129,11 @@ def error_page(code: int, message: str) -> tuple[str, int]:
 def _csrf_refused(error: CSRFError) -> tuple[str, int]:
     return error_page(400, _("This form has expired or did not come from this site. Go back, reload the page "
                              "and try again."))
+
+
+@bp.errorhandler(BadParameter)
+def _bad_parameter(error: BadParameter) -> tuple[str, int]:
+    return error_page(400, error.description)
 
 
 @bp.errorhandler(HTTPException)

@@ -9,17 +9,11 @@ from flask import Blueprint, current_app, render_template, request, url_for
 import audit
 from console.access import requires
 from console.accounts import ADMIN
+from console.helpers import day_parameter, number_parameter
 
 PAGE_SIZE = 50
 
 bp = Blueprint("audit", __name__)
-
-
-def _day(text: str | None) -> date | None:
-    try:
-        return date.fromisoformat(text) if text else None
-    except ValueError:
-        return None
 
 
 def _midnight(day: date | None, timezone: str) -> float | None:
@@ -33,10 +27,10 @@ def audit_page() -> str:
     timezone = services.config.default_timezone
     actor = request.args.get("actor") or None
     action = request.args.get("action") if request.args.get("action") in audit.ACTIONS else None
-    first, last = _day(request.args.get("from")), _day(request.args.get("to"))
+    first, last = day_parameter("from", None), day_parameter("to", None)
     entries = services.store.audit_entries(
         actor, action, _midnight(first, timezone), _midnight(last + timedelta(days=1) if last else None, timezone),
-        request.args.get("before", type=int), PAGE_SIZE + 1)
+        number_parameter("before", request.args.get("before")), PAGE_SIZE + 1)
     filters = {"actor": actor or "", "action": action or "", "from": first.isoformat() if first else "",
                "to": last.isoformat() if last else ""}
     older = url_for("console.audit.audit_page", **filters, before=entries[PAGE_SIZE - 1].id) \

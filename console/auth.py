@@ -4,9 +4,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+import unicodedata
+from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
+from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response
 
 import audit
@@ -24,9 +27,15 @@ def _store():
 
 
 def _local(target: str | None) -> str:
-    """`target` if it is a path on this site (never another host: //evil.example), else the dashboard."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
+    """`target` as the Location header will carry it, if that is a plain path on this site; else the
+    dashboard. Never another host: not //evil.example, /\\evil.example or https://evil.example, nor a
+    path with a control character (urlsplit, and browsers, drop a tab, CR or LF: /<tab>/evil.example
+    is sent as //evil.example) or a backslash (which browsers read as /)."""
+    if target and not any(char == "\\" or unicodedata.category(char) == "Cc" for char in target):
+        sent = iri_to_uri(target)  # what Werkzeug writes into the header
+        parts = urlsplit(sent)
+        if sent.startswith("/") and not sent.startswith("//") and not parts.scheme and not parts.netloc:
+            return sent
     return url_for("console.pages.dashboard_page")
 
 

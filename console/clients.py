@@ -16,8 +16,8 @@ from api import MAX_IMPORT_BYTES
 from clients import NotText
 from console.access import requires
 from console.accounts import OPERATOR, VIEWER
-from console.helpers import config, errors_of, store, validation_context, words
-from schemas import ClientUpdate
+from console.helpers import BadParameter, config, errors_of, page_number, store, validation_context, words
+from schemas import ClientQuery, ClientUpdate
 from store import ClientConflict
 
 log = logging.getLogger("sms_bulk_app")
@@ -42,7 +42,11 @@ def allow_large_import(app: Flask) -> None:
 @requires(VIEWER)
 def list_page() -> str:
     tag, code, phone = (request.args.get(name, "").strip() for name in ("tag", "operator_code", "phone"))
-    page = max(int(request.args["page"]), 1) if request.args.get("page", "").isdigit() else 1
+    try:  # the API's check of its filters: a phone without a digit would match every client
+        ClientQuery(phone=phone or None)
+    except ValidationError as error:
+        raise BadParameter(_("“%(name)s”: %(problem)s.", name="phone", problem=errors_of(error)["phone"])) from None
+    page = page_number()
     items, total = clients.search(store(), tag or None, code or None, phone or None, PAGE_SIZE,
                                   (page - 1) * PAGE_SIZE, config().default_region)
     return render_template("clients.html", clients=items, total=total, page=page,

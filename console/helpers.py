@@ -6,11 +6,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import current_app, render_template, request
+from flask_babel import gettext as _
 from pydantic import ValidationError
+from werkzeug.exceptions import BadRequest
 
 from clients import field_path
 from config import Config
-from store import Store
+from store import MAX_ID, Store
+
+MAX_PAGE = 1_000_000  # of 50 rows: far beyond any list here, and its offset well inside a 64-bit integer
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2100, 12, 31)  # the days a search or filter may name
 
 
 def services() -> Any:
@@ -48,11 +53,51 @@ def local_input(moment: float) -> str:
     return datetime.fromtimestamp(moment, zone()).strftime("%Y-%m-%dT%H:%M")
 
 
-def day(text: str | None, default: date) -> date:
-    try:
-        return date.fromisoformat(text) if text else default
-    except ValueError:
+class BadParameter(BadRequest):
+    """A value of the address or the form the console cannot take: a 400 page naming it (console's handler)."""
+
+
+def whole_number(text: str | None, most: int = MAX_ID) -> int | None:
+    """`text` as a whole number from 1 to `most`, else None: ASCII digits only (never '²' or '٣', which
+    str.isdigit takes and int refuses or reads), and never more digits than `most` has (int() of
+    thousands of digits is refused, and costs)."""
+    if not text or not (text.isascii() and text.isdecimal()) or len(text) > len(str(most)):
+        return None
+    number = int(text)
+    return number if 1 <= number <= most else None
+
+
+def number_parameter(name: str, text: str | None, most: int = MAX_ID, default: int | None = None) -> int | None:
+    """The parameter `name` (its `text`, of the address or the form) as a whole number from 1 to `most`;
+    `default` when it is empty. BadParameter otherwise."""
+    text = (text or "").strip()
+    if not text:
         return default
+    number = whole_number(text, most)
+    if number is None:
+        raise BadParameter(_("“%(name)s” must be a whole number from 1 to %(most)d.", name=name, most=most))
+    return number
+
+
+def page_number() -> int:
+    """The address's page: 1 when not given."""
+    return number_parameter("page", request.args.get("page"), MAX_PAGE, default=1)
+
+
+def day_parameter(name: str, default: date | None) -> date | None:
+    """The address's parameter `name` as a day (2026-05-01) from FIRST_DAY to LAST_DAY; `default` when
+    it is empty. BadParameter otherwise: an unreadable day is refused, not replaced."""
+    text = request.args.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        found = date.fromisoformat(text)
+    except ValueError:
+        found = None
+    if found is None or not FIRST_DAY <= found <= LAST_DAY:
+        raise BadParameter(_("“%(name)s” must be a date such as 2026-05-01, from %(first)s to %(last)s.",
+                             name=name, first=FIRST_DAY.isoformat(), last=LAST_DAY.isoformat()))
+    return found
 
 
 def words(text: str | None) -> list[str]:

@@ -13,7 +13,7 @@ import api_keys
 import audit
 from console.access import requires
 from console.accounts import ADMIN
-from console.helpers import store
+from console.helpers import store, whole_number
 
 log = logging.getLogger("sms_bulk_app")
 
@@ -41,7 +41,7 @@ def create() -> tuple[str, int]:
     name = request.form.get("name", "").strip()
     scopes = [scope for scope in api_keys.SCOPES if scope in request.form.getlist("scopes")]
     quota_text = request.form.get("daily_quota", "").strip()
-    quota = int(quota_text) if quota_text.isdigit() and 0 < int(quota_text) <= MAX_QUOTA else None
+    quota = whole_number(quota_text, MAX_QUOTA)
     if not name or len(name) > 64 or not scopes or (quota_text and quota is None):
         return _page(400, error=_("Give the key a name (at most 64 characters), at least one scope, and a daily"
                                   " quota from 1 to %(most)d (or leave it empty).", most=MAX_QUOTA))

@@ -25,6 +25,7 @@ from console.helpers import (
     errors_of,
     local_input,
     local_moment,
+    page_number,
     page_or_fragment,
     store,
     validation_context,
@@ -134,7 +135,7 @@ def _detail(mailing_id: int, status: int = 200, **shown: Any) -> tuple[str, int]
     if mailing is None:
         abort(404)
     state = request.args.get("status") if request.args.get("status") in STATUSES else None
-    page = max(int(request.args["page"]), 1) if request.args.get("page", "").isdigit() else 1
+    page = page_number()
     items, total = mailings.messages(store(), mailing_id, state, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     return render_template("mailing.html", mailing=mailing, stats=mailings.stats(store(), mailing_id),
                            messages=items, total=total, page=page, pages=max(1, -(-total // PAGE_SIZE)),
@@ -151,13 +152,17 @@ def detail(mailing_id: int) -> tuple[str, int]:
 @bp.post("/mailings/<int:mailing_id>/cancel")
 @requires(OPERATOR)
 def cancel(mailing_id: int) -> Response | tuple[str, int]:
-    try:
-        if mailings.cancel(store(), mailing_id) is None:
-            abort(404)
-    except MailingConflict:
-        return _detail(mailing_id, 409, error=_("This mailing has finished: nothing of it is left to cancel."))
-    audit.record(store(), "mailing.cancel", "mailing", mailing_id)
-    log.info("Console: mailing %d canceled by user %d", mailing_id, g.user.id)
+    """Audited when it cancels: a mailing cancelled already stays as it was (and its page says so)."""
+    current = mailings.get(store(), mailing_id)
+    if current is None:
+        abort(404)
+    if current["state"] != CANCELED_STATE:
+        try:
+            mailings.cancel(store(), mailing_id)
+        except MailingConflict:
+            return _detail(mailing_id, 409, error=_("This mailing has finished: nothing of it is left to cancel."))
+        audit.record(store(), "mailing.cancel", "mailing", mailing_id)
+        log.info("Console: mailing %d canceled by user %d", mailing_id, g.user.id)
     return redirect(url_for("console.mailings.detail", mailing_id=mailing_id))
 
 

@@ -19,7 +19,7 @@ import audit
 import mailings
 from console.access import requires
 from console.accounts import OPERATOR, VIEWER, may
-from console.helpers import config, day, store, zone
+from console.helpers import config, day_parameter, number_parameter, page_number, store, zone
 from mailings import MailingConflict
 from phones import InvalidPhone, to_e164
 from store import CANCELED_STATE, FAILED, FINISHED, SCHEDULED, STARTED, STATUSES, UNDELIVERED
@@ -47,8 +47,8 @@ def _page_globals() -> dict[str, Any]:
 @requires(VIEWER)
 def search() -> tuple[str, int]:
     today = datetime.now(zone()).date()
-    last = day(request.args.get("to"), today)
-    first = day(request.args.get("from"), last - timedelta(days=DEFAULT_DAYS - 1))
+    last = day_parameter("to", today)
+    first = day_parameter("from", last - timedelta(days=DEFAULT_DAYS - 1))
     problems = []
     if first > last or (last - first).days >= MAX_DAYS:
         problems.append(_("Choose at most %(days)d days, the first before the last.", days=MAX_DAYS))
@@ -64,9 +64,9 @@ def search() -> tuple[str, int]:
     if status not in (None, *STATUSES):
         status = None
     mailing_text = request.args.get("mailing", "").strip()
-    mailing_id = int(mailing_text) if mailing_text.isdigit() and len(mailing_text) < 19 else None
+    mailing_id = number_parameter("mailing", mailing_text)
     event = request.args.get("event", "").strip() or None
-    page = max(int(request.args["page"]), 1) if request.args.get("page", "").isdigit() else 1
+    page = page_number()
     found: list[dict] = []
     if not problems:
         start = datetime.combine(first, datetime.min.time(), zone()).timestamp()

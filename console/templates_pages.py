@@ -17,7 +17,7 @@ import audit
 import templates
 from console.access import requires
 from console.accounts import ADMIN, OPERATOR, VIEWER, may
-from console.helpers import config, store
+from console.helpers import config, number_parameter, store
 from store import TemplateConflict
 from templates import APPROVE_SCOPE, NAME, NotLatest
 from texts import TemplateError, measure, transliterate
@@ -147,13 +147,19 @@ def save(template_id: int) -> Response | tuple[str, int]:
 @bp.post("/templates/<int:template_id>/approve")
 @requires(ADMIN)
 def approve(template_id: int) -> Response | tuple[str, int]:
-    version = request.form.get("version", "")
+    """Audited when it approves: approving the version approved already changes nothing."""
+    version = number_parameter("version", request.form.get("version"))
+    current = store().template(template_id)
+    if current is None:
+        abort(404)
     try:
-        approved = templates.approve(store(), template_id, int(version) if version.isdigit() else None, _by()[0])
+        approved = templates.approve(store(), template_id, version, _by()[0])
     except NotLatest:
         return _edit_page(template_id, 409, error=_("A newer version was written meanwhile: read it, then approve."))
     if approved is None:
         abort(404)
-    audit.record(store(), "template.approve", "template", template_id, f"version {approved.approved_version}")
-    log.info("Console: template %d version %d approved by user %d", template_id, approved.approved_version, g.user.id)
+    if approved.approved_version != current.approved_version:
+        audit.record(store(), "template.approve", "template", template_id, f"version {approved.approved_version}")
+        log.info("Console: template %d version %d approved by user %d", template_id, approved.approved_version,
+                 g.user.id)
     return redirect(url_for("console.templates_pages.edit", template_id=template_id))

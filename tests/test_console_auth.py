@@ -290,3 +290,33 @@ def test_an_admin_creates_and_disables_accounts_but_not_their_own(app, people):
     assert admin.post(f"/users/{admin_id}/disable", data={"csrf_token": token}).status_code == 403
     assert admin.post(f"/users/{viewer_id}/disable", data={"csrf_token": token}).status_code == 302
     assert viewer.get("/").status_code == 302  # the viewer's session ended with the account
+
+
+# Where `next` sends after a login or the language switch: a plain path on this site, or the dashboard.
+NEXT_TARGETS = [
+    ("/\t/evil.example", "/"),  # urlsplit (and browsers) drop the tab: it would be sent as //evil.example
+    ("/\r\n/evil.example", "/"),
+    ("/messages\r\nSet-Cookie: sms_console=x", "/"),  # a header split
+    ("//evil.example", "/"),
+    ("/\\evil.example", "/"),  # browsers read the backslash as /
+    ("https://evil.example/", "/"),
+    ("javascript:alert(1)", "/"),
+    ("/messages?status=FAILED", "/messages?status=FAILED"),
+]
+
+
+@pytest.mark.parametrize("target, location", NEXT_TARGETS)
+def test_login_sends_to_next_only_when_it_is_a_path_on_this_site(client, people, target, location):
+    page = client.get("/login", query_string={"next": target})
+    assert page.status_code == 200 and b"Log in" in page.data
+    answer = client.post("/login", data={"email": people["viewer"], "password": PASSWORD, "next": target,
+                                         "csrf_token": csrf_token(page.data)})
+    assert answer.status_code == 302 and answer.headers["Location"] == location
+
+
+@pytest.mark.parametrize("target, location", NEXT_TARGETS)
+def test_the_language_switch_sends_to_next_only_when_it_is_a_path_on_this_site(client, target, location):
+    token = csrf_token(client.get("/login").data)
+    answer = client.post("/language", data={"lang": "ru", "next": target, "csrf_token": token})
+    assert answer.status_code == 302 and answer.headers["Location"] == location
+    assert "Войти".encode() in client.get("/login").data  # the switch itself worked

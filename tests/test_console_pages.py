@@ -265,3 +265,111 @@ def test_the_pages_speak_russian(people, data):
     for path, word in (("/messages", "Сообщения"), ("/mailings", "Рассылки"), ("/mailings/new", "Новая рассылка"),
                        ("/clients", "Клиенты"), ("/templates", "Шаблоны")):
         assert word in client.get(path).data.decode(), path
+
+
+@pytest.mark.parametrize("method, path, role", [
+    ("get", "/messages/9223372036854775808", "viewer"),  # MAX_ID + 1
+    ("get", "/messages/9223372036854775807", "viewer"),  # MAX_ID: kept by the database, but no such message
+    ("get", "/clients/99999999999999999999999", "viewer"),
+    ("get", "/mailings/99999999999999999999999", "viewer"),
+    ("post", "/mailings/99999999999999999999999/cancel", "operator"),
+    ("post", "/templates/99999999999999999999999/approve", "admin"),
+])
+def test_an_id_beyond_64_bits_is_no_such_page(people, data, method, path, role):
+    client = people[role]
+    answer = getattr(client, method)(path, data={"csrf_token": token(client)} if method == "post" else None,
+                                     headers={"Accept": "text/html,application/xhtml+xml"})  # a browser's
+    assert answer.status_code == 404 and b"There is no such page" in answer.data
+
+
+LONG = "9" * 10_000
+BAD_PARAMETERS = [  # (path, its query, the role, what the 400 page says)
+    ("/messages", {"page": "99999999999999999999"}, "viewer", "“page” must be a whole number from 1 to 1000000."),
+    ("/messages", {"page": LONG}, "viewer", "“page” must be a whole number"),
+    ("/messages", {"page": "²"}, "viewer", "“page” must be a whole number"),  # str.isdigit takes it, int not
+    ("/messages", {"page": "0"}, "viewer", "“page” must be a whole number"),
+    ("/clients", {"page": "99999999999999999999"}, "viewer", "“page” must be a whole number"),
+    ("/clients", {"page": LONG}, "viewer", "“page” must be a whole number"),
+    ("/clients", {"page": "²"}, "viewer", "“page” must be a whole number"),
+    ("/mailings/1", {"page": "99999999999999999999"}, "viewer", "“page” must be a whole number"),
+    ("/mailings/1", {"page": LONG}, "viewer", "“page” must be a whole number"),
+    ("/messages", {"mailing": "²"}, "viewer", "“mailing” must be a whole number from 1 to 9223372036854775807."),
+    ("/messages", {"mailing": "99999999999999999999"}, "viewer", "“mailing” must be a whole number"),
+    ("/audit", {"before": "99999999999999999999"}, "admin", "“before” must be a whole number"),
+    ("/audit", {"to": "9999-12-31"}, "admin",
+     "“to” must be a date such as 2026-05-01, from 2000-01-01 to 2100-12-31."),
+    ("/audit", {"from": "nonsense"}, "admin", "“from” must be a date"),
+    ("/messages", {"to": "9999-12-31"}, "viewer", "“to” must be a date such as 2026-05-01"),
+    ("/messages", {"from": "0001-01-01", "to": "0001-01-02"}, "viewer", "“to” must be a date"),
+    ("/messages", {"from": "2026-13-45"}, "viewer", "“from” must be a date"),  # no longer the default days
+]
+
+
+@pytest.mark.parametrize("path, query, role, says", BAD_PARAMETERS)
+def test_a_number_or_day_the_console_cannot_take_is_a_400_page_naming_it(people, data, path, query, role, says):
+    answer = people[role].get(path, query_string=query)
+    page = answer.data.decode()
+    assert answer.status_code == 400 and says in page and 'class="card narrow error"' in page, page[-600:]
+
+
+def test_numbers_and_days_in_range_are_taken(people, data):
+    viewer = people["viewer"]
+    for path in ("/messages?page=2&mailing=1&from=2026-01-01&to=2026-01-31", "/clients?page=3", "/mailings/1?page=2"):
+        assert viewer.get(path).status_code == 200, path
+    assert people["admin"].get("/audit?before=5&from=2000-01-01&to=2100-12-31").status_code == 200
+
+
+def test_a_form_number_the_console_cannot_take_is_a_400_page(people, data):
+    admin = people["admin"]
+    approve = admin.post("/templates/1/approve", data={"csrf_token": token(admin),
+                                                       "version": "99999999999999999999999"})
+    assert approve.status_code == 400 and "“version” must be a whole number" in approve.data.decode()
+    key = admin.post("/keys", data={"csrf_token": token(admin), "name": "crm2", "scopes": ["read"],
+                                    "daily_quota": "²"})
+    assert key.status_code == 400 and b"a daily quota from 1 to 10000000" in key.data
+
+
+def test_a_message_shows_an_error_only_when_it_had_one(app, people):
+    store = store_of(app)
+    sent = store.enqueue("api", 3600, phone="+381641234567", text="Prva")
+    failed = store.enqueue("api", 3600, phone="+381641234567", text="Druga")
+    with store.transaction() as db:  # a provider's code of success ("0") stays with a SENT message
+        db.execute("UPDATE messages SET status = 'SENT', error_code = '0', last_error = NULL, provider = 'oneclick'"
+                   " WHERE id = ?", (sent,))
+        db.execute("UPDATE messages SET status = ?, error_code = '21', last_error = 'refused by the operator'"
+                   " WHERE id = ?", (FAILED, failed))
+    viewer = people["viewer"]
+    shown = viewer.get(f"/messages/{sent}").data.decode()
+    assert "Last error" not in shown and "[0]" not in shown and 'class="bad"' not in shown
+    shown = viewer.get(f"/messages/{failed}").data.decode()
+    assert '<li class="bad">Last error: [21] refused by the operator</li>' in shown
+
+
+def test_the_event_texts_hint_shows_the_setting_name_literally(people):
+    viewer = people["viewer"]
+    assert "settings (SMS_TEXT_&lt;EVENT&gt;)" in viewer.get("/templates").data.decode()
+    viewer.post("/language", data={"lang": "ru", "next": "/", "csrf_token": token(viewer)})
+    assert "настройки (SMS_TEXT_&lt;EVENT&gt;)" in viewer.get("/templates").data.decode()
+
+
+@pytest.mark.parametrize("phone", ["%", "abc", "_"])
+def test_a_phone_filter_without_a_digit_is_refused_as_the_api_refuses_it(app, people, phone):
+    add_clients(app)
+    answer = people["viewer"].get("/clients", query_string={"phone": phone})
+    page = answer.data.decode()
+    assert answer.status_code == 400 and "Ana Ilić" not in page
+    assert "“phone”: give a whole number or some of its digits: this has no digit 0-9." in page
+
+
+def test_an_action_that_changes_nothing_is_not_audited(app, people, data):
+    admin, operator, store = people["admin"], people["operator"], store_of(app)
+    for _ in range(2):
+        answer = admin.post("/templates/1/approve", data={"csrf_token": token(admin), "version": "1"})
+        assert answer.status_code == 302 and store.template(1).approved_version == 1
+    for _ in range(2):
+        answer = operator.post("/mailings/1/cancel", data={"csrf_token": token(operator)})
+        assert answer.status_code == 302 and answer.headers["Location"] == "/mailings/1"
+    assert "canceled" in operator.get("/mailings/1").data.decode()
+    entries = store.audit_entries(None, None, None, None, None, 10)
+    assert [(entry.action, entry.object_id) for entry in entries if entry.action != "login"] == [
+        ("mailing.cancel", "1"), ("template.approve", "1")]
