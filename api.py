@@ -297,12 +297,13 @@ def delete_mailing(mailing_id: int):
           scope="mailings:write", responses={200: Mailing, 404: Error, 409: (Error, "It has finished")})
 def cancel_mailing(mailing_id: int):
     try:
-        canceled = mailings.cancel(_services().store, mailing_id)
+        mailing, canceled = mailings.cancel(_services().store, mailing_id)
     except MailingConflict as error:
         raise ApiError(409, str(error))
-    _found(canceled, "mailing", mailing_id)
-    audit.record(_services().store, "mailing.cancel", "mailing", mailing_id)
-    return _answer(Mailing, canceled)
+    _found(mailing, "mailing", mailing_id)
+    if canceled:
+        audit.record(_services().store, "mailing.cancel", "mailing", mailing_id)
+    return _answer(Mailing, mailing)
 
 
 @endpoint("POST", "/mailings/{mailing_id}/retry-failed", summary="Queue the mailing's FAILED and UNDELIVERED again",

@@ -31,7 +31,7 @@ ACTIONS = (
     "user.create", "user.disable", "user.enable", "user.password", "user.reset_password", "user.role",
     "phone.disable", "phone.revoke",
     "provider.pause", "provider.resume",
-    "login", "login.failed",
+    "login", "login.failed", "logout",
 )
 NOT_LOGGED_IN = "(not logged in)"  # the actor of a failed login
 

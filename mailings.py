@@ -166,15 +166,16 @@ def delete(store: Store, mailing_id: int) -> bool:
     return True
 
 
-def cancel(store: Store, mailing_id: int) -> dict[str, Any] | None:
-    """Stop a mailing: it will not start, or its queued messages become CANCELED. Cancelling a
-    cancelled mailing changes nothing; a finished one cannot be cancelled (MailingConflict)."""
+def cancel(store: Store, mailing_id: int) -> tuple[dict[str, Any] | None, bool]:
+    """Stop a mailing: it will not start, or its queued messages become CANCELED. (The mailing, or
+    None if there is none; whether this call cancelled it: cancelling a cancelled mailing changes
+    nothing.) A finished one cannot be cancelled (MailingConflict)."""
     current = get(store, mailing_id)
     if current is None or current["state"] == CANCELED_STATE:
-        return current
+        return current, False
     if not store.cancel_mailing(mailing_id):
         raise MailingConflict(f"mailing {mailing_id} has finished: nothing of it is left to cancel")
-    return get(store, mailing_id)
+    return get(store, mailing_id), True
 
 
 def retry_failed(store: Store, mailing_id: int, now: float, message_id: int | None = None) -> int:

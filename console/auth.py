@@ -71,6 +71,7 @@ def login() -> Response | tuple[str, int] | str:
 @requires(accounts.VIEWER, first_password=True)
 def logout() -> Response:
     _store().end_console_session(accounts.token_hash(session["sid"]))
+    audit.record(_store(), "logout", "user", g.user.id)
     session.clear()
     return redirect(url_for("console.auth.login"))
 

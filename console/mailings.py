@@ -153,14 +153,13 @@ def detail(mailing_id: int) -> tuple[str, int]:
 @requires(OPERATOR)
 def cancel(mailing_id: int) -> Response | tuple[str, int]:
     """Audited when it cancels: a mailing cancelled already stays as it was (and its page says so)."""
-    current = mailings.get(store(), mailing_id)
-    if current is None:
+    try:
+        mailing, canceled = mailings.cancel(store(), mailing_id)
+    except MailingConflict:
+        return _detail(mailing_id, 409, error=_("This mailing has finished: nothing of it is left to cancel."))
+    if mailing is None:
         abort(404)
-    if current["state"] != CANCELED_STATE:
-        try:
-            mailings.cancel(store(), mailing_id)
-        except MailingConflict:
-            return _detail(mailing_id, 409, error=_("This mailing has finished: nothing of it is left to cancel."))
+    if canceled:
         audit.record(store(), "mailing.cancel", "mailing", mailing_id)
         log.info("Console: mailing %d canceled by user %d", mailing_id, g.user.id)
     return redirect(url_for("console.mailings.detail", mailing_id=mailing_id))

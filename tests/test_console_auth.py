@@ -246,10 +246,12 @@ def test_language_follows_accept_language_and_the_switch(client, people):
     assert "Войти".encode() in client.get("/login").data
 
 
-def test_logout_ends_the_session(client, people):
+def test_logout_ends_the_session(client, people, app):
     log_in(client, people["viewer"], PASSWORD)
     stolen = client.get_cookie("sms_console").value
     client.post("/logout", data={"csrf_token": csrf_token(client.get("/").data)})
+    [logout] = app.extensions["sms_bulk_app"].store.audit_entries(None, "logout", None, None, None, 10)
+    assert (logout.actor, logout.object_type) == (people["viewer"], "user")
     assert client.get("/").status_code == 302
     client.set_cookie("sms_console", stolen)  # the cookie as it was before the logout opens nothing
     assert client.get("/").status_code == 302
