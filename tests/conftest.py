@@ -26,6 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "production_password_hashing: hash with the service's own Argon2id profile")
     config.addinivalue_line("markers", "sqlite_only: about the SQLite file itself; not run on PostgreSQL")
+    config.addinivalue_line("markers", "input_only: inputs refused before the database is asked; run on SQLite")
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +72,7 @@ def smsaero():
 # `store`...) run twice, on a SQLite file and on a fresh, migrated database of a throwaway PostgreSQL
 # server (tests/postgres.py): their ids end in [sqlite] or [postgresql]. SMS_TEST_DATABASE=sqlite or
 # =postgresql runs them on that one alone. Run on SQLite only: the modules of EDGE_MODULES, tests
-# marked sqlite_only, and tests that ask for PostgreSQL themselves (`postgres_url`).
+# marked sqlite_only or input_only, and tests that ask for PostgreSQL themselves (`postgres_url`).
 ENGINES = {"sqlite": ("sqlite",), "postgresql": ("postgresql",)}.get(os.environ.get("SMS_TEST_DATABASE", ""),
                                                                       ("sqlite", "postgresql"))
 # Tests of the HTTP edge and the deployment (nginx, gunicorn's parser, body limits, request
@@ -83,12 +84,16 @@ EDGE_MODULES = frozenset({"test_bodies", "test_burst", "test_config", "test_cons
                           "test_proxy", "test_validation"})
 # A test of SQLite itself (its file, another program locking it), not of the service's behaviour.
 sqlite_only = pytest.mark.sqlite_only
+# A table of inputs refused before the database is asked for anything: the engine changes nothing
+# they check, and run twice they cost the suite half a minute.
+input_only = pytest.mark.input_only
 
 
 def pytest_generate_tests(metafunc) -> None:
     if ("database_engine" in metafunc.fixturenames and "postgres_url" not in metafunc.fixturenames
             and metafunc.module.__name__.rsplit(".", 1)[-1] not in EDGE_MODULES
-            and metafunc.definition.get_closest_marker("sqlite_only") is None):
+            and metafunc.definition.get_closest_marker("sqlite_only") is None
+            and metafunc.definition.get_closest_marker("input_only") is None):
         metafunc.parametrize("database_engine", ENGINES, indirect=True)
 
 

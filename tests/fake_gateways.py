@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes import serve_in_background, stop_serving
+from tests.fakes import interruptible, serve_in_background, stop_serving, wait_for_interrupt
 
 # (status, body: a JSON value or raw bytes)
 Answer = tuple[int, Any]
@@ -255,15 +255,13 @@ class FakeLocalGateway(FakeGateway):
 def serve(port: int, journal: str | None = None) -> None:
     """Run the SMS Aero fake on `port` in the foreground until interrupted (a process of its own
     for benchmarks), each accepted SMS appended to the file `journal` if given."""
+    interruptible()
     fake = FakeSmsAero()
     if journal:
         fake.journal = open(journal, "a", encoding="utf-8")
     fake.start(port)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        fake.stop()
+    wait_for_interrupt()
+    fake.stop()
 
 
 if __name__ == "__main__":

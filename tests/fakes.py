@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import socket
 import socketserver
 import sys
@@ -435,7 +436,13 @@ def _new_fake(service: str, numbered_users: int, rate_limit: bool) -> FakeServic
     return FakeOneClick()
 
 
-def _wait_for_interrupt() -> None:
+def interruptible() -> None:
+    """Ctrl+C (SIGINT) stops this process, even when it was started with SIGINT ignored, as a
+    shell's background job is (Python then leaves it ignored, and a stop would go unheard)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def wait_for_interrupt() -> None:
     try:
         while True:
             time.sleep(3600)
@@ -446,10 +453,11 @@ def _wait_for_interrupt() -> None:
 def serve(service: str, port: int, latency: float = 0.0, numbered_users: int = 1000,
           rate_limit: bool = True) -> None:
     """Run one fake in the foreground until interrupted (a process of its own for benchmarks)."""
+    interruptible()
     fake = _new_fake(service, numbered_users, rate_limit)
     fake.latency = latency
     fake.start(port)
-    _wait_for_interrupt()
+    wait_for_interrupt()
 
 
 NAMES = {"moyklass": "MoyKlass", "oneclick": "OneClick"}
@@ -465,6 +473,7 @@ def _describe(service: str, port: int) -> str:
 
 def main(argv: list[str]) -> int:
     """Run both fakes, or the one named, until interrupted; 1 with one line if a port is taken."""
+    interruptible()
     parser = argparse.ArgumentParser(prog="python -m tests.fakes",
                                      description="Run the fake MoyKlass and OneClick on 127.0.0.1")
     parser.add_argument("service", nargs="?", choices=["both", *NAMES], default="both",
@@ -496,7 +505,7 @@ def main(argv: list[str]) -> int:
                 return 1
         for service in services:
             print(_describe(service, ports[service]), flush=True)
-        _wait_for_interrupt()
+        wait_for_interrupt()
     finally:
         for fake in started:
             fake.stop()

@@ -23,6 +23,8 @@ from typing import Any
 
 import requests
 
+from tests.fakes import interruptible
+
 USER_AGENT = "me.capcom.smsgateway/1.68.0"
 REPORT_TRIES = 10
 
@@ -297,6 +299,7 @@ class PhoneSim:
 
 
 def main() -> None:
+    interruptible()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="the server's URL as typed into the app: https://host/api/mobile/v1")
     parser.add_argument("--token", required=True, help="the private token (PHONES_PRIVATE_TOKEN)")

@@ -10,7 +10,7 @@ import pytest
 
 import api_keys
 from sms_bulk_app import create_app
-from tests.conftest import run_command, running_worker, settings_store, sqlite_only, wait_until
+from tests.conftest import input_only, run_command, running_worker, settings_store, sqlite_only, wait_until
 
 ALL_SCOPES = list(api_keys.SCOPES)
 
@@ -151,6 +151,7 @@ def test_client_list_filters_and_pages(api):
     assert api.call("GET", "/clients?phone=1000003").get_json()["items"][0]["name"] == "Klijent 3"
 
 
+@input_only
 @pytest.mark.parametrize("query", ["abc", "%25", "_", "%25%25", "+", "%20", "(-)", "%C2%B2", "%D9%A3"])
 def test_a_phone_filter_without_digits_is_a_400_naming_the_field(api, query):
     api.add_client("0641000001")
@@ -230,6 +231,7 @@ def mailing_body(**overrides):
             "filter": {"tags": ["a"]}} | overrides
 
 
+@input_only
 @pytest.mark.parametrize("overrides, field", [
     ({"end_at": iso(soon(30))}, "body"),  # before start
     ({"start_at": iso(soon(-120)), "end_at": iso(soon(-60))}, "body"),  # in the past

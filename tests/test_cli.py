@@ -13,7 +13,7 @@ import pytest
 import cli
 import clients
 from store import QUEUED
-from tests.conftest import command, command_env, run_command, settings_store
+from tests.conftest import command, command_env, input_only, run_command, settings_store
 
 CliResult = tuple[int, str, str]
 
@@ -89,6 +89,7 @@ def test_a_number_that_cannot_receive_sms_is_refused_with_its_reason_as_typed(ru
     assert run_cli("status")[1].splitlines()[0] == "QUEUED       0"
 
 
+@input_only
 @pytest.mark.parametrize("content, reason", [
     (None, "the header has no phone column"),  # /dev/null
     (b"", "the header has no phone column"),
@@ -131,6 +132,7 @@ def test_a_settings_error_is_one_line(run_cli, monkeypatch):
     assert "PORT='abc' is not a whole number" in stderr and "{nme}" in stderr
 
 
+@input_only
 @pytest.mark.parametrize("name", ["localtime", "Factory", "posixrules"])
 def test_a_default_timezone_that_is_no_iana_zone_is_a_settings_error(run_cli, monkeypatch, name):
     monkeypatch.setenv("DEFAULT_TIMEZONE", name)

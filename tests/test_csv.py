@@ -11,7 +11,7 @@ import pytest
 import api_keys
 import mailings
 from sms_bulk_app import create_app
-from tests.conftest import run_command
+from tests.conftest import input_only, run_command
 
 FORMULA_NAMES = ["=cmd|' /C calc'!A0", '+HYPERLINK("http://evil.example","x")', "@SUM(1+1)", "-2+3",
                  "\tTab", "\rReturn", "Ana Ilić"]
@@ -111,6 +111,7 @@ UTF16_ERROR = ('the CSV is UTF-16 (Excel\'s "Unicode Text"): save it from Excel 
 NUL_ERROR = "the CSV holds NUL characters, which text never has (UTF-16 without its BOM?)"
 
 
+@input_only
 @pytest.mark.parametrize("raw, error", [
     (b"\xff\xfe" + "phone\tname\r\n0641000001\tĐorđe Čolić\r\n".encode("utf-16-le"), UTF16_ERROR),  # Unicode Text
     (b"\xfe\xff" + "phone\tname\r\n0641000001\tМария\r\n".encode("utf-16-be"), UTF16_ERROR),

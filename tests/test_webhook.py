@@ -11,7 +11,7 @@ from config import ConfigError, load_config
 from events import family_of
 from sms_bulk_app import create_app
 from store import FAILED, QUEUED, SENT
-from tests.conftest import load_fixture, run_command
+from tests.conftest import input_only, load_fixture, run_command
 from texts import measure
 
 
@@ -73,6 +73,7 @@ def test_each_moyklass_event_with_its_text_sends_one_sms(event, settings, moykla
     assert row["provider"] == "oneclick"
 
 
+@input_only
 @pytest.mark.parametrize("event", [event for event in EVENT_TEXTS if event != "sub_lessons_left"])
 def test_each_moyklass_event_without_its_text_is_ignored(event, app, client, moyklass, oneclick):
     response = client.post("/webhook", json=load_fixture(event))
@@ -170,6 +171,7 @@ def test_seed_minimal_body_is_accepted(client, moyklass, oneclick):
     assert oneclick.messages[0]["phone"] == "381641234567"
 
 
+@input_only
 @pytest.mark.parametrize("body, reason", [
     (b"not json", "not valid JSON"),
     (b"[1, 2]", "JSON object"),
@@ -342,6 +344,7 @@ def test_webhook_secret_accepted_in_query_or_header(settings, moyklass, oneclick
     assert response.status_code == 200
 
 
+@input_only
 @pytest.mark.parametrize("path", ["/webhook", "/webhook?secret=wrong", "/webhook?secret="])
 def test_webhook_secret_missing_or_wrong_answers_401(settings, oneclick, path):
     settings["WEBHOOK_SECRET"] = "s3cret-hook-value"
@@ -379,6 +382,7 @@ def test_moyklass_failing_on_every_try_answers_502_after_three(client, moyklass)
     assert moyklass.fail_next == [] and len(moyklass.request_log) == 3  # three tries, then no more
 
 
+@input_only
 @pytest.mark.parametrize("event, obj, error", [
     ("payment_new", {"userId": 1004, "date": "2026-11-23"}, "object.summa is missing (in a payment_new webhook)"),
     ("payment_new", {"userId": 1004, "summa": "6000", "date": "2026-11-23"},
