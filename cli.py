@@ -339,30 +339,30 @@ def _keys(app_services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_one_time_password(password: str | None, which_login: str) -> None:
+    if password:
+        print(f"one-time password: {password}")
+        print(f"Give it to the person: it is shown only now, and must be changed at the {which_login} login.",
+              file=sys.stderr)
+
+
 def _users(app_services: Services, args: argparse.Namespace) -> int:
     """People's accounts for the web console."""
     store = app_services.store
     try:
+        password = sys.stdin.readline().rstrip("\r\n") if getattr(args, "password_stdin", False) else None
         if args.users_command == "create":
-            password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
             user_id, one_time = accounts.create(store, args.email, args.role, password, time.time())
             audit.record(store, "user.create", "user", user_id, f"role {args.role}")
             print(f"user {user_id} ({accounts.normalize_email(args.email)}, {args.role}) created")
-            if one_time:
-                print(f"one-time password: {one_time}")
-                print("Give it to the person: it is shown only now, and must be changed at the first login.",
-                      file=sys.stderr)
+            _show_one_time_password(one_time, "first")
             return 0
         if args.users_command == "reset-password":
             user = accounts.user_of(store, args.email)
-            password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
             one_time = accounts.reset_password(store, user, password)
             audit.record(store, "user.reset_password", "user", user.id)
             print(f"{user.email}: password reset; their sessions ended")
-            if one_time:
-                print(f"one-time password: {one_time}")
-                print("Give it to the person: it is shown only now, and must be changed at the next login.",
-                      file=sys.stderr)
+            _show_one_time_password(one_time, "next")
             return 0
         if args.users_command == "enable":
             user = accounts.user_of(store, args.email)

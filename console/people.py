@@ -67,20 +67,21 @@ def _other_account(user_id: int) -> accounts.User:
 @bp.post("/users/<int:user_id>/disable")
 @requires(ADMIN)
 def disable_user(user_id: int) -> Response:
-    user = _other_account(user_id)
-    if _store().disable_user(user.id):
-        log.info("Console: user %d disabled by user %d", user.id, g.user.id)
-        audit.record(_store(), "user.disable", "user", user.id)
-    return redirect(url_for("console.people.users"))
+    return _switch(user_id, enable=False)
 
 
 @bp.post("/users/<int:user_id>/enable")
 @requires(ADMIN)
 def enable_user(user_id: int) -> Response:
+    return _switch(user_id, enable=True)
+
+
+def _switch(user_id: int, enable: bool) -> Response:
+    """Disable or enable another account, audited if that changed it."""
     user = _other_account(user_id)
-    if _store().enable_user(user.id):
-        log.info("Console: user %d enabled by user %d", user.id, g.user.id)
-        audit.record(_store(), "user.enable", "user", user.id)
+    if (_store().enable_user if enable else _store().disable_user)(user.id):
+        log.info("Console: user %d %s by user %d", user.id, "enabled" if enable else "disabled", g.user.id)
+        audit.record(_store(), "user.enable" if enable else "user.disable", "user", user.id)
     return redirect(url_for("console.people.users"))
 
 
