@@ -38,6 +38,7 @@ from console import accounts
 from database import POSTGRESQL, BadDatabaseUrl, parse_database_url
 from events import MOYKLASS_EVENTS
 from logs import ACCESS_LOGGER, setup_access_log
+from models import whole_number
 from moyklass import MoyKlassError
 from phones import InvalidPhone, to_e164
 from sms_bulk_app import Services, _load_config, build_services, create_app, new_worker, services
@@ -432,9 +433,10 @@ def _since(text: str) -> datetime:
 
 def _positive(text: str) -> int:
     """A whole number SQLite can hold as an id or a count: 1..2^63-1."""
-    if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= MAX_ID:
+    number = whole_number(text)
+    if number is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_ID}")
-    return int(text)
+    return number
 
 
 def _event(text: str) -> str:

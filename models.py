@@ -34,6 +34,16 @@ Id = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]  # JSON's integers only
 EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
 
 
+def whole_number(text: str | None, most: int = MAX_ID) -> int | None:
+    """`text` as a whole number from 1 to `most`, else None: ASCII digits only (never '²' or '٣', which
+    str.isdigit takes and int refuses or reads), and never more digits than `most` has (int() of
+    thousands of digits is refused, and costs)."""
+    if not text or not (text.isascii() and text.isdecimal()) or len(text) > len(str(most)):
+        return None
+    number = int(text)
+    return number if 1 <= number <= most else None
+
+
 def check_moment(value: datetime) -> datetime:
     """Bounded so that every moment the API accepts can be stored and read back (a year past
     9999 in UTC, from an offset, could be written but not read)."""

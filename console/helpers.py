@@ -12,6 +12,7 @@ from werkzeug.exceptions import BadRequest
 
 from clients import field_path
 from config import Config
+from models import whole_number
 from store import MAX_ID, Store
 
 MAX_PAGE = 1_000_000  # of 50 rows: far beyond any list here, and its offset well inside a 64-bit integer
@@ -55,16 +56,6 @@ def local_input(moment: float) -> str:
 
 class BadParameter(BadRequest):
     """A value of the address or the form the console cannot take: a 400 page naming it (console's handler)."""
-
-
-def whole_number(text: str | None, most: int = MAX_ID) -> int | None:
-    """`text` as a whole number from 1 to `most`, else None: ASCII digits only (never '²' or '٣', which
-    str.isdigit takes and int refuses or reads), and never more digits than `most` has (int() of
-    thousands of digits is refused, and costs)."""
-    if not text or not (text.isascii() and text.isdecimal()) or len(text) > len(str(most)):
-        return None
-    number = int(text)
-    return number if 1 <= number <= most else None
 
 
 def number_parameter(name: str, text: str | None, most: int = MAX_ID, default: int | None = None) -> int | None:

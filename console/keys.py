@@ -13,7 +13,8 @@ import api_keys
 import audit
 from console.access import requires
 from console.accounts import ADMIN
-from console.helpers import store, whole_number
+from console.helpers import store
+from models import whole_number
 
 log = logging.getLogger("sms_bulk_app")
 
