@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import mailings
 import metrics
 from daily_report import DailyReporter
-from delivery import AttemptResult, Dispatcher
+from delivery import AttemptResult, Dispatcher, Lookup
 from store import EXPIRED, Change, DatabaseUnavailable, Store
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Worker:
                     if room >= self.concurrency and not self._unwritten:
                         claimed = self.store.claim(self.owner, room, self.lease_seconds)
                         if claimed:
-                            lookup = lookups.submit(self.dispatcher.users_for, claimed)
+                            lookup = lookups.submit(self._look_up, claimed)
                             for message in claimed:
                                 in_flight[pool.submit(self._attempt_after, lookup, message)] = message["id"]
                         for reminder in self.store.claim_lesson_reminders(self.owner, REMINDER_BATCH,
@@ -108,13 +108,19 @@ class Worker:
             lookups.shutdown(wait=False, cancel_futures=True)
             scheduler.join(SHUTDOWN_GRACE_SECONDS)
 
+    def _look_up(self, claimed: list[dict]) -> Lookup:
+        """The claim's students, looked up together. A lookup that fails unexpectedly (a bug, the
+        database) is logged once, and every message of the claim waits, as after a failed lookup."""
+        try:
+            return self.dispatcher.users_for(claimed)
+        except Exception as error:
+            log.exception("Unexpected error looking up the students of a claim")
+            return Lookup({}, frozenset(message["user_id"] for message in claimed),
+                          f"looking up its student failed ({type(error).__name__})")
+
     def _attempt_after(self, lookup: Future, message: dict) -> AttemptResult:
         """Send `message` once its claim's students are looked up (or postpone it, as the lookup says)."""
-        try:
-            found = lookup.result()
-        except Exception as error:  # a bug or the database: the message waits, like after a failed lookup
-            log.exception("Unexpected error looking up the students of a claim")
-            return self.dispatcher.postpone(message, f"looking up its student failed ({type(error).__name__})")
+        found = lookup.result()
         if message["user_id"] in found.postponed:
             return self.dispatcher.postpone(message, found.reason)
         return self.dispatcher.attempt(message, self.owner, None, found.users.get(message["user_id"]))
