@@ -81,12 +81,10 @@ def message_status(status: str, provider: str | None, count: int = 1) -> None:
 
 def changes_written(changes: Iterable[Any], lost: Iterable[int] = ()) -> None:
     """The results (store.Change) just written, less those of `lost` messages (taken over, not written)."""
-    if _current is None:
-        return
     lost = set(lost)
     for change in changes:
         if change.message_id not in lost:
-            _current.messages.labels(change.status, change.fields.get("provider") or NO_PROVIDER).inc()
+            message_status(change.status, change.fields.get("provider"))
 
 
 @contextmanager
